@@ -1,0 +1,349 @@
+"""Checkpoint conversion between robertax and PyTorch formats (Hugging Face; fairseq).
+
+One table, `TABLE`, names every tensor in each format and how its layout differs; both
+directions read it. Hugging Face files are read and written with safetensors (no PyTorch
+needed); `pytorch_model.bin` is read with `torch.load(weights_only=True)`.
+
+    python -m robertax.convert --src=hf_dir --dst=out_dir            # hf -> robertax
+    python -m robertax.convert --src=ckpt_dir --dst=hf_dir --dst_format=hf
+
+Layout differences (torch Linear stores (out, in); Flax kernels are (in, out)):
+  linear   W[out, in]        -> kernel[in, out]
+  qkv      W[N*K, D]         -> kernel[D, N, K];  bias[N*K] -> [N, K]
+  attn_out W[D, N*K]         -> kernel[N, K, D]
+  vocab    rows [V, ...]     -> rows [V_padded, ...] (zero rows appended; sliced on export)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from robertax.model import RobertaConfig
+
+
+class Row(NamedTuple):
+    ours: tuple  # path in robertax params; per-layer rows live under the stacked "layers"
+    hf: str  # Hugging Face name ("{i}" = layer index); "" if absent in that format
+    fairseq: str  # fairseq name, released layout ("" if absent)
+    kind: str  # copy | linear | qkv_w | qkv_b | attn_out_w | vocab | vocab_bias | type_rows
+
+
+_E = ("encoder", "embed")
+_Y = ("encoder", "layers")
+_FS = "decoder.sentence_encoder"
+
+TABLE: list[Row] = [
+    # embeddings
+    Row(_E + ("tokens", "embedding"), "roberta.embeddings.word_embeddings.weight",
+        f"{_FS}.embed_tokens.weight", "vocab"),
+    Row(_E + ("positions", "embedding"), "roberta.embeddings.position_embeddings.weight",
+        f"{_FS}.embed_positions.weight", "copy"),
+    Row(_E + ("types", "embedding"), "roberta.embeddings.token_type_embeddings.weight",
+        "", "type_rows"),
+    Row(_E + ("norm", "scale"), "roberta.embeddings.LayerNorm.weight",
+        f"{_FS}.emb_layer_norm.weight", "copy"),
+    Row(_E + ("norm", "bias"), "roberta.embeddings.LayerNorm.bias",
+        f"{_FS}.emb_layer_norm.bias", "copy"),
+    # one transformer layer (stacked over layers on our side)
+    *[Row(_Y + ("attn", ours, kind[0]), f"roberta.encoder.layer.{{i}}.attention.self.{hf}.{kind[1]}",
+          f"{_FS}.layers.{{i}}.self_attn.{fs}_proj.{kind[1]}", kind[2])
+      for ours, hf, fs in (("query", "query", "q"), ("key", "key", "k"), ("value", "value", "v"))
+      for kind in (("kernel", "weight", "qkv_w"), ("bias", "bias", "qkv_b"))],
+    Row(_Y + ("attn", "out", "kernel"), "roberta.encoder.layer.{i}.attention.output.dense.weight",
+        f"{_FS}.layers.{{i}}.self_attn.out_proj.weight", "attn_out_w"),
+    Row(_Y + ("attn", "out", "bias"), "roberta.encoder.layer.{i}.attention.output.dense.bias",
+        f"{_FS}.layers.{{i}}.self_attn.out_proj.bias", "copy"),
+    Row(_Y + ("attn_norm", "scale"), "roberta.encoder.layer.{i}.attention.output.LayerNorm.weight",
+        f"{_FS}.layers.{{i}}.self_attn_layer_norm.weight", "copy"),
+    Row(_Y + ("attn_norm", "bias"), "roberta.encoder.layer.{i}.attention.output.LayerNorm.bias",
+        f"{_FS}.layers.{{i}}.self_attn_layer_norm.bias", "copy"),
+    Row(_Y + ("up", "kernel"), "roberta.encoder.layer.{i}.intermediate.dense.weight",
+        f"{_FS}.layers.{{i}}.fc1.weight", "linear"),
+    Row(_Y + ("up", "bias"), "roberta.encoder.layer.{i}.intermediate.dense.bias",
+        f"{_FS}.layers.{{i}}.fc1.bias", "copy"),
+    Row(_Y + ("down", "kernel"), "roberta.encoder.layer.{i}.output.dense.weight",
+        f"{_FS}.layers.{{i}}.fc2.weight", "linear"),
+    Row(_Y + ("down", "bias"), "roberta.encoder.layer.{i}.output.dense.bias",
+        f"{_FS}.layers.{{i}}.fc2.bias", "copy"),
+    Row(_Y + ("mlp_norm", "scale"), "roberta.encoder.layer.{i}.output.LayerNorm.weight",
+        f"{_FS}.layers.{{i}}.final_layer_norm.weight", "copy"),
+    Row(_Y + ("mlp_norm", "bias"), "roberta.encoder.layer.{i}.output.LayerNorm.bias",
+        f"{_FS}.layers.{{i}}.final_layer_norm.bias", "copy"),
+    # masked-LM head (its projection is the token table, so it has no row of its own)
+    Row(("mlm_head", "dense", "kernel"), "lm_head.dense.weight", "decoder.lm_head.dense.weight",
+        "linear"),
+    Row(("mlm_head", "dense", "bias"), "lm_head.dense.bias", "decoder.lm_head.dense.bias", "copy"),
+    Row(("mlm_head", "norm", "scale"), "lm_head.layer_norm.weight",
+        "decoder.lm_head.layer_norm.weight", "copy"),
+    Row(("mlm_head", "norm", "bias"), "lm_head.layer_norm.bias", "decoder.lm_head.layer_norm.bias",
+        "copy"),
+    Row(("mlm_head", "bias"), "lm_head.bias", "decoder.lm_head.bias", "vocab_bias"),
+    # sentence classification head ("{h}" = the fairseq head's name, e.g. mnli)
+    Row(("classifier", "dense", "kernel"), "classifier.dense.weight",
+        "classification_heads.{h}.dense.weight", "linear"),
+    Row(("classifier", "dense", "bias"), "classifier.dense.bias",
+        "classification_heads.{h}.dense.bias", "copy"),
+    Row(("classifier", "out", "kernel"), "classifier.out_proj.weight",
+        "classification_heads.{h}.out_proj.weight", "linear"),
+    Row(("classifier", "out", "bias"), "classifier.out_proj.bias",
+        "classification_heads.{h}.out_proj.bias", "copy"),
+]
+
+# Names transformers writes that carry no information of their own (tied copies, buffers).
+HF_DERIVED = ("lm_head.decoder.weight", "lm_head.decoder.bias",
+              "roberta.embeddings.position_ids", "embeddings.position_ids")
+HEADS = ("mlm_head", "classifier")
+
+
+# --- layout transforms: (torch tensor, config) -> ours, and back ---------------------------
+
+def _to_ours(kind: str, t: np.ndarray, c: RobertaConfig) -> np.ndarray:
+    N, K, D = c.num_heads, c.head_dim, c.hidden_size
+    if kind in ("copy", "type_rows"):
+        return t
+    if kind == "linear":
+        return t.T
+    if kind == "qkv_w":
+        return t.T.reshape(D, N, K)
+    if kind == "qkv_b":
+        return t.reshape(N, K)
+    if kind == "attn_out_w":
+        return t.T.reshape(N, K, D)
+    if kind in ("vocab", "vocab_bias"):
+        pad = c.padded_vocab_size - t.shape[0]
+        return np.concatenate([t, np.zeros((pad, *t.shape[1:]), t.dtype)]) if pad else t
+    raise ValueError(kind)
+
+
+def _from_ours(kind: str, a: np.ndarray, c: RobertaConfig) -> np.ndarray:
+    N, K, D = c.num_heads, c.head_dim, c.hidden_size
+    if kind in ("copy", "type_rows"):
+        return a
+    if kind == "linear":
+        return a.T
+    if kind == "qkv_w":
+        return a.reshape(D, N * K).T
+    if kind == "qkv_b":
+        return a.reshape(N * K)
+    if kind == "attn_out_w":
+        return a.reshape(N * K, D).T
+    if kind in ("vocab", "vocab_bias"):
+        return a[: c.vocab_size]
+    raise ValueError(kind)
+
+
+def _expected_shape(row: Row, c: RobertaConfig, num_labels: int | None) -> tuple:
+    """Shape of the tensor as the PyTorch side stores it."""
+    D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
+    name = row.ours
+    shapes = {
+        ("tokens", "embedding"): (V, D), ("positions", "embedding"): (c.max_position_embeddings, D),
+        ("types", "embedding"): (c.type_vocab_size, D), ("mlm_head", "bias"): (V,),
+    }
+    if name[-2:] in shapes:
+        return shapes[name[-2:]]
+    if name[0] == "classifier":
+        out = {("dense", "kernel"): (D, D), ("dense", "bias"): (D,),
+               ("out", "kernel"): (num_labels, D), ("out", "bias"): (num_labels,)}
+        return out[name[-2:]]
+    if row.kind in ("qkv_w", "attn_out_w") or name[-2:] == ("dense", "kernel"):
+        return (D, D)
+    if row.kind == "qkv_b" or name[-1] in ("bias", "scale"):
+        return (F,) if name[-2] == "up" else (D,)
+    return {"up": (F, D), "down": (D, F)}[name[-2]]
+
+
+def _set(tree: dict, path: tuple, value) -> None:
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+def _get(tree: dict, path: tuple):
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _has(tree: dict, path: tuple) -> bool:
+    try:
+        _get(tree, path)
+        return True
+    except (KeyError, TypeError):
+        return False
+
+
+# --- generic table-driven import / export ------------------------------------------------
+
+def tensors_to_params(tensors: dict[str, np.ndarray], c: RobertaConfig, name_of: Callable[[Row], str],
+                      source: str, num_labels: int | None = None,
+                      derived: tuple = ()) -> dict:
+    """Builds robertax params from named PyTorch-layout tensors, checking every name and shape.
+
+    `name_of(row)` gives the row's name in the source format (with "{i}" for the layer).
+    Heads are taken when their tensors are present. Tensors no row consumes are reported.
+    """
+    params: dict = {}
+    used = set()
+    for row in TABLE:
+        template = name_of(row)
+        if not template:
+            if row.kind == "type_rows":  # fairseq has no token types: RoBERTa's row is zero
+                _set(params, row.ours, np.zeros((c.type_vocab_size, c.hidden_size), np.float32))
+            continue
+        head = row.ours[0] if row.ours[0] in HEADS else None
+        if head and template.replace("{i}", "0") not in tensors:
+            continue
+        per_layer = "{i}" in template
+        names = [template.format(i=i) for i in range(c.num_layers)] if per_layer else [template]
+        arrays = []
+        for name in names:
+            if name not in tensors:
+                raise KeyError(f"{source}: missing tensor {name!r} (needed for "
+                               f"{'/'.join(row.ours)})")
+            t = np.asarray(tensors[name])
+            want = _expected_shape(row, c, num_labels)
+            if tuple(t.shape) != tuple(want):
+                raise ValueError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, "
+                                 f"expected {tuple(want)} for this config")
+            arrays.append(_to_ours(row.kind, t.astype(np.float32), c))
+            used.add(name)
+        _set(params, row.ours, np.stack(arrays) if per_layer else arrays[0])
+    extra = sorted(set(tensors) - used - set(derived))
+    if extra:
+        logging.warning("%s: %d tensor(s) not used by robertax: %s", source, len(extra), extra)
+    return params
+
+
+def params_to_tensors(params: dict, c: RobertaConfig, name_of: Callable[[Row], str],
+                      dtype=np.float32) -> dict[str, np.ndarray]:
+    out = {}
+    for row in TABLE:
+        template = name_of(row)
+        if not template or not _has(params, row.ours):
+            continue
+        a = np.asarray(_get(params, row.ours))
+        if "{i}" in template:
+            for i in range(c.num_layers):
+                out[template.format(i=i)] = _from_ours(row.kind, a[i], c).astype(dtype)
+        else:
+            out[template] = _from_ours(row.kind, a, c).astype(dtype)
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+# --- Hugging Face --------------------------------------------------------------------------
+
+def _read_hf_tensors(path: str) -> dict[str, np.ndarray]:
+    st = os.path.join(path, "model.safetensors")
+    if os.path.exists(st):
+        from safetensors.numpy import load_file
+        return load_file(st)
+    binary = os.path.join(path, "pytorch_model.bin")
+    if os.path.exists(binary):
+        import torch
+        state = torch.load(binary, map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+                for k, v in state.items()}
+    raise FileNotFoundError(f"{path}: neither model.safetensors nor pytorch_model.bin found")
+
+
+def hf_config_to_ours(hf: dict, source: str, **overrides) -> RobertaConfig:
+    if hf.get("model_type") not in ("roberta", "xlm-roberta", "camembert"):
+        raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, not a RoBERTa "
+                         "checkpoint (robertax converts model_type 'roberta')")
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r}; RoBERTa uses exact 'gelu'")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"{source}: position_embedding_type {hf['position_embedding_type']!r} "
+                         "is not supported (RoBERTa uses 'absolute')")
+    return RobertaConfig(
+        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf["max_position_embeddings"],
+        type_vocab_size=hf.get("type_vocab_size", 1), pad_token_id=hf.get("pad_token_id", 1),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-5),
+        dropout_rate=hf.get("hidden_dropout_prob", 0.1),
+        attention_dropout_rate=hf.get("attention_probs_dropout_prob", 0.1),
+        initializer_range=hf.get("initializer_range", 0.02), **overrides)
+
+
+def _hf_name(prefix: str):
+    def name_of(row: Row) -> str:
+        if not row.hf:
+            return ""
+        return row.hf.replace("roberta.", prefix, 1) if row.hf.startswith("roberta.") else row.hf
+    return name_of
+
+
+def from_hf(path: str, **config_overrides) -> tuple[RobertaConfig, dict]:
+    """Reads a Hugging Face RoBERTa directory (config.json + model.safetensors or
+    pytorch_model.bin) -> (RobertaConfig, params). Heads found in the file are included
+    (`mlm_head`, `classifier`); unused tensors (e.g. a pooler) are logged by name."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{cfg_path} not found: not a Hugging Face model directory")
+    with open(cfg_path) as f:
+        hf = json.load(f)
+    config = hf_config_to_ours(hf, cfg_path, **config_overrides)
+    tensors = _read_hf_tensors(path)
+    # RobertaModel (no head) saves without the "roberta." prefix.
+    prefix = "roberta." if any(k.startswith("roberta.") for k in tensors) else ""
+    num_labels = None
+    if "classifier.out_proj.weight" in tensors:
+        num_labels = tensors["classifier.out_proj.weight"].shape[0]
+    params = tensors_to_params(tensors, config, _hf_name(prefix), path, num_labels, HF_DERIVED)
+    return config, params
+
+
+def hf_config(config: RobertaConfig, params: dict, id2label: dict | None = None) -> dict:
+    archs = []
+    if "mlm_head" in params:
+        archs.append("RobertaForMaskedLM")
+    if "classifier" in params:
+        archs.append("RobertaForSequenceClassification")
+    out = {
+        "architectures": archs or ["RobertaModel"], "model_type": "roberta",
+        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size, "hidden_act": "gelu",
+        "hidden_dropout_prob": config.dropout_rate,
+        "attention_probs_dropout_prob": config.attention_dropout_rate,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size, "initializer_range": config.initializer_range,
+        "layer_norm_eps": config.layer_norm_eps, "pad_token_id": config.pad_token_id,
+        "bos_token_id": 0, "eos_token_id": 2, "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+    }
+    if "classifier" in params:
+        n = int(np.shape(params["classifier"]["out"]["kernel"])[-1])
+        id2label = id2label or {i: f"LABEL_{i}" for i in range(n)}
+        out["id2label"] = {str(k): v for k, v in id2label.items()}
+        out["label2id"] = {v: int(k) for k, v in id2label.items()}
+        if n == 1:
+            out["problem_type"] = "regression"
+    return out
+
+
+def to_hf(config: RobertaConfig, params: dict, path: str, id2label: dict | None = None) -> None:
+    """Writes a directory that `transformers.RobertaForMaskedLM.from_pretrained(path)` (or
+    `RobertaForSequenceClassification`, for a classifier) loads: config.json + model.safetensors."""
+    from safetensors.numpy import save_file
+    params = _to_numpy(params)
+    os.makedirs(path, exist_ok=True)
+    prefix = "roberta." if any(h in params for h in HEADS) else ""
+    tensors = params_to_tensors(params, config, _hf_name(prefix))
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf_config(config, params, id2label), f, indent=2)
+
+
+def _to_numpy(params) -> dict:
+    import flax.linen as nn
+    import jax
+    return jax.tree.map(np.asarray, nn.unbox(params))

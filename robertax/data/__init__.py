@@ -1,0 +1,1 @@
+"""Corpus readers, tokenized shards, input formats, masking and the Grain input pipeline."""

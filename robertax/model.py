@@ -1,0 +1,457 @@
+"""The RoBERTa encoder and its heads, in Flax Linen.
+
+Numerically RoBERTa (fairseq's `roberta.base/large`, transformers' `RobertaModel`): a post-LayerNorm
+BERT encoder with learned positions offset by the pad id, one token-type row, exact (erf) GELU,
+LayerNorm eps 1e-5, and an MLM head tied to the token embeddings with its own bias.
+
+Dimension letters used in shapes and einsums:
+  B batch   L length (query)   S length (key)   D model   N heads   K head dim
+  F feed-forward   V vocabulary (padded)   P masked positions   C choices   Y layers
+
+Parameters are float32 (`param_dtype`); activations run in `dtype` (float32 / bfloat16 /
+float16). Every parameter carries logical axis names; `robertax.sharding` maps them to the mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class RobertaConfig:
+    vocab_size: int = 50265
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 514  # 512 tokens + the pad offset (positions start at 2)
+    type_vocab_size: int = 1
+    pad_token_id: int = 1
+    layer_norm_eps: float = 1e-5
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    initializer_range: float = 0.02
+    pad_vocab_to: int = 1  # embedding rows padded to a multiple of this (128 is fast on GPUs)
+    dtype: Any = jnp.float32  # compute dtype
+    param_dtype: Any = jnp.float32
+    attention: str = "auto"  # "auto" | "xla" | "cudnn"
+    remat: str = "none"  # "none" | "full" | "dots"
+
+    @classmethod
+    def base(cls, **kw) -> "RobertaConfig":
+        return cls(**kw)
+
+    @classmethod
+    def large(cls, **kw) -> "RobertaConfig":
+        return cls(**{**dict(hidden_size=1024, num_layers=24, num_heads=16,
+                             intermediate_size=4096), **kw})
+
+    @classmethod
+    def tiny(cls, **kw) -> "RobertaConfig":
+        return cls(**{**dict(vocab_size=8192, hidden_size=128, num_layers=2, num_heads=4,
+                             intermediate_size=512, max_position_embeddings=130), **kw})
+
+    @classmethod
+    def from_dict(cls, d, **kw) -> "RobertaConfig":
+        """From a config's `model` section (ml_collections ConfigDict or dict)."""
+        d = dict(d)
+        d.update(kw)
+        for key in ("dtype", "param_dtype"):
+            if isinstance(d.get(key), str):
+                d[key] = jnp.dtype(d[key])
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise KeyError(f"unknown model config keys {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = max(1, self.pad_vocab_to)
+        return -(-self.vocab_size // m) * m
+
+    @property
+    def head_dim(self) -> int:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_heads {self.num_heads}")
+        return self.hidden_size // self.num_heads
+
+    @property
+    def max_length(self) -> int:
+        return self.max_position_embeddings - self.pad_token_id - 1
+
+
+def _init(config: RobertaConfig, names):
+    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), names)
+
+
+def _zeros(names):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _ones(names):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def _embed_init(config: RobertaConfig, names):
+    """N(0, 0.02) with the padding row zero (and rows past the real vocabulary zero)."""
+    normal = nn.initializers.normal(config.initializer_range)
+
+    def init(key, shape, dtype=jnp.float32):
+        table = normal(key, shape, dtype)
+        rows = jnp.arange(shape[0])[:, None]
+        keep = (rows != config.pad_token_id)
+        if shape[0] == config.padded_vocab_size:
+            keep &= rows < config.vocab_size
+        return jnp.where(keep, table, 0).astype(dtype)
+
+    return nn.with_logical_partitioning(init, names)
+
+
+def _layer_norm(config: RobertaConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=config.dtype,
+                        param_dtype=config.param_dtype, scale_init=_ones(("embed",)),
+                        bias_init=_zeros(("embed",)), name=name)
+
+
+def _dense(config: RobertaConfig, features, names, name: str, axis=-1) -> nn.DenseGeneral:
+    return nn.DenseGeneral(features, axis=axis, dtype=config.dtype, param_dtype=config.param_dtype,
+                           kernel_init=_init(config, names), bias_init=_zeros(names[-len(
+                               features if isinstance(features, tuple) else (features,)):]),
+                           name=name)
+
+
+def gelu(x: Array) -> Array:
+    return jax.nn.gelu(x, approximate=False)  # RoBERTa uses the exact erf form
+
+
+def position_ids_from_input_ids(input_ids: Array, pad_token_id: int) -> Array:
+    """Real tokens count up from pad_id + 1 (= 2); padding gets the pad row (1)."""
+    not_pad = (input_ids != pad_token_id).astype(jnp.int32)
+    return jnp.cumsum(not_pad, axis=1) * not_pad + pad_token_id
+
+
+def attention_implementation(config: RobertaConfig, dropout_active: bool) -> str:
+    """Which attention path runs: cuDNN flash where it applies, else XLA.
+
+    cuDNN's fused kernel needs a GPU, half precision and no attention-weight dropout (the
+    paper trains with 0.1; set attention_dropout_rate=0 to use the fast path in training).
+    """
+    want = config.attention
+    if want not in ("auto", "xla", "cudnn"):
+        raise ValueError(f"model.attention must be auto, xla or cudnn, got {want!r}")
+    half = jnp.dtype(config.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if want == "cudnn":
+        if dropout_active:
+            raise ValueError("model.attention='cudnn' cannot apply attention dropout; set "
+                             "model.attention_dropout_rate=0 or model.attention='auto'")
+        if not half:
+            raise ValueError(f"model.attention='cudnn' needs bfloat16/float16 compute, "
+                             f"got {jnp.dtype(config.dtype)}")
+        return "cudnn"
+    if want == "auto" and half and not dropout_active and jax.default_backend() == "gpu":
+        return "cudnn"
+    return "xla"
+
+
+@dataclasses.dataclass
+class AttentionMask:
+    """How attention is restricted: a dense boolean mask and/or per-row key lengths."""
+    mask: Optional[Array] = None  # [B, 1, L, S] bool, True where attending is allowed
+    kv_lengths: Optional[Array] = None  # [B] int32: keys 0..len-1 are real (padding at the end)
+
+
+jax.tree_util.register_dataclass(AttentionMask, data_fields=["mask", "kv_lengths"], meta_fields=[])
+
+
+def make_attention_mask(input_ids: Array, pad_token_id: int, attention_mask=None,
+                        segment_ids=None, kv_lengths=None) -> AttentionMask:
+    if kv_lengths is not None:
+        return AttentionMask(kv_lengths=kv_lengths.astype(jnp.int32))
+    if segment_ids is not None:  # packed rows: attend only within the same input
+        seg = segment_ids
+        mask = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)  # [B, L, S]
+        return AttentionMask(mask=mask[:, None])
+    if attention_mask is None:
+        attention_mask = input_ids != pad_token_id
+    return AttentionMask(mask=attention_mask.astype(bool)[:, None, None, :])
+
+
+class SelfAttention(nn.Module):
+    config: RobertaConfig
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: Array, amask: AttentionMask) -> Array:
+        c = self.config
+        N, K = c.num_heads, c.head_dim
+        q = _dense(c, (N, K), ("embed", "heads", "kv"), "query")(x)  # [B, L, N, K]
+        k = _dense(c, (N, K), ("embed", "heads", "kv"), "key")(x)  # [B, S, N, K]
+        v = _dense(c, (N, K), ("embed", "heads", "kv"), "value")(x)  # [B, S, N, K]
+        dropout = c.attention_dropout_rate > 0 and not self.deterministic
+        impl = attention_implementation(c, dropout)
+        if dropout:  # explicit path: dot_product_attention has no dropout on the weights
+            logits = jnp.einsum("BLNK,BSNK->BNLS", q, k).astype(jnp.float32) / jnp.sqrt(K)
+            mask = amask.mask
+            if amask.kv_lengths is not None:
+                S = k.shape[1]
+                mask = (jnp.arange(S)[None, :] < amask.kv_lengths[:, None])[:, None, None, :]
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+            weights = jax.nn.softmax(logits, axis=-1).astype(c.dtype)  # [B, N, L, S]
+            weights = nn.Dropout(c.attention_dropout_rate)(weights, deterministic=False)
+            out = jnp.einsum("BNLS,BSNK->BLNK", weights, v)
+        else:
+            out = jax.nn.dot_product_attention(
+                q, k, v, mask=amask.mask, key_value_seq_lengths=amask.kv_lengths,
+                implementation=impl)  # [B, L, N, K]
+        return _dense(c, c.hidden_size, ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)
+
+
+class Layer(nn.Module):
+    """One post-LayerNorm transformer block (BERT's layout, as RoBERTa keeps it)."""
+    config: RobertaConfig
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: Array, amask: AttentionMask):
+        c = self.config
+        drop = functools.partial(nn.Dropout(c.dropout_rate), deterministic=self.deterministic)
+        h = SelfAttention(c, self.deterministic, name="attn")(x, amask)
+        x = _layer_norm(c, "attn_norm")(x + drop(h))
+        h = gelu(_dense(c, c.intermediate_size, ("embed", "mlp"), "up")(x))  # [B, L, F]
+        h = _dense(c, c.hidden_size, ("mlp", "embed"), "down")(h)  # [B, L, D]
+        x = _layer_norm(c, "mlp_norm")(x + drop(h))
+        return x, None
+
+
+class Embeddings(nn.Module):
+    config: RobertaConfig
+    deterministic: bool
+
+    def setup(self):
+        c = self.config
+        self.tokens = nn.Embed(c.padded_vocab_size, c.hidden_size, dtype=c.dtype,
+                               param_dtype=c.param_dtype,
+                               embedding_init=_embed_init(c, ("vocab", "embed")))
+        self.positions = nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=c.dtype,
+                                  param_dtype=c.param_dtype,
+                                  embedding_init=_embed_init(c, (None, "embed")))
+        self.types = nn.Embed(c.type_vocab_size, c.hidden_size, dtype=c.dtype,
+                              param_dtype=c.param_dtype, embedding_init=_init(c, (None, "embed")))
+        self.norm = _layer_norm(c, "norm")
+        self.dropout = nn.Dropout(c.dropout_rate)
+
+    def __call__(self, input_ids: Array, position_ids: Array) -> Array:
+        x = self.tokens(input_ids) + self.positions(position_ids)  # [B, L, D]
+        x = x + self.types.embedding[0].astype(x.dtype)  # the one token-type row, added to all
+        return self.dropout(self.norm(x), deterministic=self.deterministic)
+
+    def attend(self, h: Array) -> Array:
+        """Logits against the token table (the tied output projection): [..., D] -> [..., V]."""
+        return self.tokens.attend(h)
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Encoder(nn.Module):
+    """Embeddings and the stack of layers (scanned: one compiled layer, Y stacked weights)."""
+    config: RobertaConfig
+    deterministic: bool = True
+
+    def setup(self):
+        c = self.config
+        self.embed = Embeddings(c, self.deterministic)
+        layer = Layer
+        if c.remat != "none":
+            if c.remat not in _REMAT_POLICIES:
+                raise ValueError(f"model.remat must be none, full or dots, got {c.remat!r}")
+            layer = nn.remat(Layer, prevent_cse=False, policy=_REMAT_POLICIES[c.remat])
+        self.layers = nn.scan(
+            layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+            in_axes=nn.broadcast, length=c.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(c, self.deterministic)
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, segment_ids=None,
+                 kv_lengths=None) -> Array:
+        c = self.config
+        if input_ids.shape[-1] > c.max_length:
+            raise ValueError(f"input length {input_ids.shape[-1]} exceeds the model's maximum "
+                             f"{c.max_length} (max_position_embeddings {c.max_position_embeddings})")
+        if position_ids is None:
+            position_ids = position_ids_from_input_ids(input_ids, c.pad_token_id)
+        amask = make_attention_mask(input_ids, c.pad_token_id, attention_mask, segment_ids,
+                                    kv_lengths)
+        x = self.embed(input_ids, position_ids)
+        x, _ = self.layers(x, amask)
+        return x  # [B, L, D]
+
+    def attend(self, h):
+        return self.embed.attend(h)
+
+
+class MaskedLMHead(nn.Module):
+    """dense -> GELU -> LayerNorm -> tied projection + bias."""
+    config: RobertaConfig
+
+    @nn.compact
+    def __call__(self, h: Array, encoder: Encoder) -> Array:
+        c = self.config
+        h = gelu(_dense(c, c.hidden_size, ("embed", "embed_out"), "dense")(h))
+        h = _layer_norm(c, "norm")(h)
+        logits = encoder.attend(h)  # [..., V]
+        bias = self.param("bias", _zeros(("vocab",)), (c.padded_vocab_size,), c.param_dtype)
+        return logits + bias.astype(logits.dtype)
+
+
+class ClassificationHead(nn.Module):
+    """RoBERTa's sentence head on the <s> vector: dropout, dense, tanh, dropout, projection."""
+    config: RobertaConfig
+    num_labels: int
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x0: Array) -> Array:
+        c = self.config
+        drop = functools.partial(nn.Dropout(c.dropout_rate), deterministic=self.deterministic)
+        h = jnp.tanh(_dense(c, c.hidden_size, ("embed", "embed_out"), "dense")(drop(x0)))
+        return _dense(c, self.num_labels, ("embed", None), "out")(drop(h))
+
+
+def gather_positions(x: Array, positions: Array) -> Array:
+    """x [B, L, D], positions [B, P] -> [B, P, D]."""
+    return jnp.take_along_axis(x, positions[..., None], axis=1)
+
+
+@dataclasses.dataclass
+class PretrainingOutput:
+    mlm_logits: Array  # [B, P, V] at masked_positions (or [B, L, V])
+    nsp_logits: Optional[Array] = None  # [B, 2]
+
+
+jax.tree_util.register_dataclass(PretrainingOutput, data_fields=["mlm_logits", "nsp_logits"],
+                                 meta_fields=[])
+
+
+class RobertaForPretraining(nn.Module):
+    """Encoder + MLM head (+ an NSP head for the paper's *-PAIR+NSP ablations).
+
+    With `masked_positions` [B, P] the vocabulary projection runs only there (~15% of tokens).
+    Logits keep the padded vocabulary; rows past `vocab_size` are masked to a large negative.
+    """
+    config: RobertaConfig
+    nsp: bool = False
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic=True, *, position_ids=None,
+                 segment_ids=None, kv_lengths=None, masked_positions=None) -> PretrainingOutput:
+        c = self.config
+        encoder = Encoder(c, deterministic, name="encoder")
+        x = encoder(input_ids, attention_mask, position_ids, segment_ids, kv_lengths)
+        h = x if masked_positions is None else gather_positions(x, masked_positions)
+        logits = MaskedLMHead(c, name="mlm_head")(h, encoder)
+        if c.padded_vocab_size != c.vocab_size:
+            real = jnp.arange(c.padded_vocab_size) < c.vocab_size
+            logits = jnp.where(real, logits, jnp.finfo(logits.dtype).min)
+        nsp_logits = None
+        if self.nsp:  # BERT's NSP classifier, on the <s> vector
+            nsp_logits = ClassificationHead(c, 2, deterministic, name="nsp_head")(x[:, 0])
+        return PretrainingOutput(logits, nsp_logits)
+
+
+class RobertaForMaskedLM(nn.Module):
+    """The public contract: `apply({"params": p}, input_ids, attention_mask=None,
+    deterministic=True)` -> logits [B, L, vocab_size]."""
+    config: RobertaConfig
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic=True, *, position_ids=None,
+                 segment_ids=None, masked_positions=None) -> Array:
+        c = self.config
+        encoder = Encoder(c, deterministic, name="encoder")
+        x = encoder(input_ids, attention_mask, position_ids, segment_ids)
+        h = x if masked_positions is None else gather_positions(x, masked_positions)
+        return MaskedLMHead(c, name="mlm_head")(h, encoder)[..., :c.vocab_size]
+
+
+class RobertaForSequenceClassification(nn.Module):
+    """Classification (num_labels > 1) or regression (num_labels == 1, STS-B)."""
+    config: RobertaConfig
+    num_labels: int = 2
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic=True) -> Array:
+        x = Encoder(self.config, deterministic, name="encoder")(input_ids, attention_mask)
+        return ClassificationHead(self.config, self.num_labels, deterministic,
+                                  name="classifier")(x[:, 0])  # [B, num_labels]
+
+
+@dataclasses.dataclass
+class SpanOutput:
+    start_logits: Array  # [B, L]
+    end_logits: Array  # [B, L]
+    answerable_logits: Optional[Array] = None  # [B, 2] (SQuAD v2.0)
+
+
+jax.tree_util.register_dataclass(SpanOutput, data_fields=["start_logits", "end_logits",
+                                                          "answerable_logits"], meta_fields=[])
+
+
+class RobertaForQuestionAnswering(nn.Module):
+    """Start/end logits per token; for SQuAD v2.0 also an answerable classifier on <s>."""
+    config: RobertaConfig
+    answerable_head: bool = False
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic=True) -> SpanOutput:
+        c = self.config
+        x = Encoder(c, deterministic, name="encoder")(input_ids, attention_mask)
+        se = _dense(c, 2, ("embed", None), "span")(x).astype(jnp.float32)  # [B, L, 2]
+        answerable = None
+        if self.answerable_head:
+            answerable = ClassificationHead(c, 2, deterministic, name="answerable")(x[:, 0])
+        return SpanOutput(se[..., 0], se[..., 1], answerable)
+
+
+class RobertaForMultipleChoice(nn.Module):
+    """RACE: each choice encoded separately; one score per choice from its <s> vector."""
+    config: RobertaConfig
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic=True) -> Array:
+        B, C, L = input_ids.shape
+        flat_mask = None if attention_mask is None else attention_mask.reshape(B * C, L)
+        x = Encoder(self.config, deterministic, name="encoder")(input_ids.reshape(B * C, L),
+                                                               flat_mask)
+        scores = ClassificationHead(self.config, 1, deterministic, name="classifier")(x[:, 0])
+        return scores.reshape(B, C)  # [B, C]
+
+
+def init_params(module: nn.Module, rng: Array, length: int = 8, batch_shape=(1,)):
+    """Unboxed float32 parameters of `module` (for tests and small models)."""
+    ids = jnp.full((*batch_shape, length), 5, jnp.int32)
+    variables = module.init(rng, ids)
+    return nn.unbox(variables["params"])
+
+
+def abstract_params(module: nn.Module, length: int = 8, batch_shape=(1,)):
+    """Shapes (and logical axis boxes) of the parameters, computed without memory."""
+    ids = jax.ShapeDtypeStruct((*batch_shape, length), jnp.int32)
+    return jax.eval_shape(lambda r, i: module.init(r, i)["params"], jax.random.key(0), ids)
+
+
+def count_params(tree) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(nn.unbox(tree)))

@@ -1,0 +1,1 @@
+"""Fine-tuning tasks: GLUE, SQuAD, RACE (readers, featurization, metrics)."""

@@ -1,0 +1,201 @@
+"""The encoder computes what RoBERTa computes: parity with transformers' PyTorch RoBERTa."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.numpy import load_file
+
+from robertax import convert, model as M
+
+CONFIGS = [  # odd vocabularies, 1-3 layers, different head counts
+    dict(vocab_size=997, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+         intermediate_size=64, max_position_embeddings=40),
+    dict(vocab_size=1234, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+         intermediate_size=80, max_position_embeddings=34),
+    dict(vocab_size=515, hidden_size=64, num_hidden_layers=3, num_attention_heads=8,
+         intermediate_size=128, max_position_embeddings=66),
+]
+
+
+def hf_config(**kw):
+    return transformers.RobertaConfig(type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+                                      eos_token_id=2, layer_norm_eps=1e-5, **kw)
+
+
+def scale_up(model, seed, std=0.25):
+    """Random weights far from init, so GELU's form, eps and every bias matter."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if "LayerNorm.weight" in name
+                                                                or "layer_norm.weight" in name
+                                                                else 0.0))
+    return model.eval()
+
+
+def padded_batch(vocab, seed, B=3, L=16):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(4, vocab, size=(B, L))
+    lengths = [L, L - 5, 3][:B]
+    for b, n in enumerate(lengths):
+        ids[b, 0] = 0
+        ids[b, n - 1] = 2
+        ids[b, n:] = 1
+    mask = (ids != 1)
+    return ids, mask
+
+
+def max_diff_real(a, b, mask):
+    return float(np.abs(np.asarray(a) - np.asarray(b))[mask].max())
+
+
+@pytest.mark.parametrize("i", range(len(CONFIGS)))
+def test_masked_lm_parity_and_roundtrip(i, tmp_path):
+    torch.manual_seed(i)
+    hf = scale_up(transformers.RobertaForMaskedLM(hf_config(**CONFIGS[i])), seed=i)
+    hf.save_pretrained(tmp_path / "hf")
+    config, params = convert.from_hf(str(tmp_path / "hf"))
+    ids, mask = padded_batch(config.vocab_size, seed=i)
+    with torch.no_grad():
+        want = hf(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    got = M.RobertaForMaskedLM(config).apply({"params": params}, jnp.asarray(ids))
+    assert got.shape == want.shape
+    assert np.abs(want[mask]).max() > 5.0  # the scaled weights give large activations
+    assert max_diff_real(got, want, mask) < 1e-5
+
+    # robertax -> HF: transformers reloads it with the same logits.
+    convert.to_hf(config, params, str(tmp_path / "back"))
+    hf2 = transformers.RobertaForMaskedLM.from_pretrained(str(tmp_path / "back")).eval()
+    with torch.no_grad():
+        again = hf2(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    assert max_diff_real(again, want, mask) < 1e-5
+
+    # HF -> robertax -> HF is bit-exact for every stored tensor.
+    a, b = load_file(tmp_path / "hf" / "model.safetensors"), load_file(
+        tmp_path / "back" / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+def test_padded_vocab_matches_and_exports_sliced(tmp_path):
+    hf = scale_up(transformers.RobertaForMaskedLM(hf_config(**CONFIGS[0])), seed=7)
+    hf.save_pretrained(tmp_path / "hf")
+    config, params = convert.from_hf(str(tmp_path / "hf"), pad_vocab_to=128)
+    assert config.padded_vocab_size == 1024
+    assert params["encoder"]["embed"]["tokens"]["embedding"].shape == (1024, 32)
+    ids, mask = padded_batch(config.vocab_size, seed=3)
+    with torch.no_grad():
+        want = hf(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    got = M.RobertaForMaskedLM(config).apply({"params": params}, jnp.asarray(ids))
+    assert got.shape[-1] == 997
+    assert max_diff_real(got, want, mask) < 1e-5
+    # The pretraining module masks the padded rows out of the softmax.
+    out = M.RobertaForPretraining(config).apply({"params": params}, jnp.asarray(ids))
+    assert out.mlm_logits.shape[-1] == 1024
+    np.testing.assert_array_equal(np.asarray(out.mlm_logits[..., :997]), np.asarray(got))
+    assert float(jax.nn.softmax(out.mlm_logits)[..., 997:].max()) == 0.0
+    convert.to_hf(config, params, str(tmp_path / "back"))
+    a, b = load_file(tmp_path / "hf" / "model.safetensors"), load_file(
+        tmp_path / "back" / "model.safetensors")
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("num_labels", [3, 1])
+def test_classification_parity(num_labels, tmp_path):
+    hf = transformers.RobertaForSequenceClassification(
+        hf_config(**CONFIGS[1], num_labels=num_labels))
+    hf = scale_up(hf, seed=11)
+    hf.save_pretrained(tmp_path / "hf")
+    config, params = convert.from_hf(str(tmp_path / "hf"))
+    ids, mask = padded_batch(config.vocab_size, seed=5)
+    with torch.no_grad():
+        want = hf(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    got = M.RobertaForSequenceClassification(config, num_labels).apply(
+        {"params": params}, jnp.asarray(ids))
+    assert got.shape == (3, num_labels)
+    assert float(np.abs(np.asarray(got) - want).max()) < 1e-5
+    convert.to_hf(config, params, str(tmp_path / "back"))
+    hf2 = transformers.RobertaForSequenceClassification.from_pretrained(
+        str(tmp_path / "back")).eval()
+    with torch.no_grad():
+        again = hf2(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    assert float(np.abs(again - want).max()) < 1e-5
+
+
+def test_gathered_head_equals_full_head():
+    config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
+                                  intermediate_size=64, pad_vocab_to=128)
+    module = M.RobertaForPretraining(config)
+    params = M.init_params(module, jax.random.key(0))
+    ids = jnp.asarray(padded_batch(300, seed=1)[0])
+    full = module.apply({"params": params}, ids).mlm_logits
+    pos = jnp.array([[1, 4, 7], [2, 3, 3], [1, 1, 1]])
+    part = module.apply({"params": params}, ids, masked_positions=pos).mlm_logits
+    np.testing.assert_allclose(np.asarray(part),
+                               np.asarray(jnp.take_along_axis(full, pos[..., None], 1)),
+                               atol=1e-6)
+
+
+def test_packed_segments_equal_separate_inputs():
+    """Two inputs packed in one row (segment ids, restarting positions) = each alone."""
+    config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
+                                  intermediate_size=64)
+    module = M.RobertaForMaskedLM(config)
+    params = M.init_params(module, jax.random.key(1))
+    a, b = [0, 10, 11, 12, 2], [0, 20, 21, 2]
+    row = jnp.array([a + b + [1, 1, 1]])
+    seg = jnp.array([[1] * 5 + [2] * 4 + [0] * 3])
+    pos = jnp.array([[2, 3, 4, 5, 6, 2, 3, 4, 5, 1, 1, 1]])
+    packed = module.apply({"params": params}, row, position_ids=pos, segment_ids=seg)
+    alone_a = module.apply({"params": params}, jnp.array([a]))
+    alone_b = module.apply({"params": params}, jnp.array([b]))
+    np.testing.assert_allclose(np.asarray(packed[0, :5]), np.asarray(alone_a[0]), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(packed[0, 5:9]), np.asarray(alone_b[0]), atol=2e-5)
+
+
+def test_dropout_is_active_only_in_training():
+    config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
+                                  intermediate_size=64)
+    module = M.RobertaForMaskedLM(config)
+    params = M.init_params(module, jax.random.key(2))
+    ids = jnp.asarray(padded_batch(300, seed=2)[0])
+    eval1 = module.apply({"params": params}, ids)
+    eval2 = module.apply({"params": params}, ids, deterministic=True)
+    np.testing.assert_array_equal(np.asarray(eval1), np.asarray(eval2))
+    train = module.apply({"params": params}, ids, deterministic=False,
+                         rngs={"dropout": jax.random.key(3)})
+    assert float(jnp.abs(train - eval1).max()) > 1e-3
+
+
+@pytest.mark.parametrize("size", ["base", "large"])
+def test_param_counts_equal_transformers(size):
+    ours = getattr(M.RobertaConfig, size)()
+    abstract = M.abstract_params(M.RobertaForMaskedLM(ours))  # no memory used
+    with torch.device("meta"):
+        hf = transformers.RobertaForMaskedLM(hf_config(
+            vocab_size=ours.vocab_size, hidden_size=ours.hidden_size,
+            num_hidden_layers=ours.num_layers, num_attention_heads=ours.num_heads,
+            intermediate_size=ours.intermediate_size,
+            max_position_embeddings=ours.max_position_embeddings))
+    want = sum(p.numel() for p in hf.parameters())
+    assert M.count_params(abstract) == want
+    assert {"base": 124_697_433, "large": 355_412_057}[size] == want  # ~125M / ~355M
+
+
+def test_attention_selection_falls_back():
+    cpu32 = M.RobertaConfig.tiny()
+    assert M.attention_implementation(cpu32, dropout_active=False) == "xla"
+    bf16 = M.RobertaConfig.tiny(dtype=jnp.bfloat16)
+    expect = "cudnn" if jax.default_backend() == "gpu" else "xla"
+    assert M.attention_implementation(bf16, dropout_active=False) == expect
+    assert M.attention_implementation(bf16, dropout_active=True) == "xla"
+    with pytest.raises(ValueError, match="attention dropout"):
+        M.attention_implementation(M.RobertaConfig.tiny(attention="cudnn", dtype=jnp.bfloat16),
+                                   dropout_active=True)
+    with pytest.raises(ValueError, match="bfloat16"):
+        M.attention_implementation(M.RobertaConfig.tiny(attention="cudnn"), dropout_active=False)
