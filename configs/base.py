@@ -45,6 +45,8 @@ def get_config():
     d.mask_count = "exact"        # "exact" (fairseq: round(p * n) per sequence) | "independent"
     d.whole_word_mask = False
     d.max_predictions = 80        # capacity of the gathered MLM head per row (>= 0.15 * 512)
+    d.max_inputs_per_row = 16     # sentence_pair: pairs packed per row (NSP capacity; ~64-token
+                                  # pairs, 8 a row on average, so 16 rarely binds)
     d.seed = 0
     d.num_workers = 2             # Grain worker processes (0: in-process)
     d.valid_fraction = 0.01       # documents held out for validation when preprocessing

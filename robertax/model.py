@@ -199,7 +199,10 @@ class SelfAttention(nn.Module):
         v = _dense(c, (N, K), ("embed", "heads", "kv"), "value")(x)  # [B, S, N, K]
         dropout = c.attention_dropout_rate > 0 and not self.deterministic
         impl = attention_implementation(c, dropout)
-        if dropout:  # explicit path: dot_product_attention has no dropout on the weights
+        # The explicit path: dot_product_attention has no dropout on the weights, and its XLA
+        # path asks for float16 x float16 -> float32 products, which CPUs do not support.
+        cpu_fp16 = jnp.dtype(c.dtype) == jnp.float16 and jax.default_backend() == "cpu"
+        if dropout or cpu_fp16:
             logits = jnp.einsum("BLNK,BSNK->BNLS", q, k).astype(jnp.float32) / jnp.sqrt(K)
             mask = amask.mask
             if amask.kv_lengths is not None:
@@ -207,7 +210,8 @@ class SelfAttention(nn.Module):
                 mask = (jnp.arange(S)[None, :] < amask.kv_lengths[:, None])[:, None, None, :]
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
             weights = jax.nn.softmax(logits, axis=-1).astype(c.dtype)  # [B, N, L, S]
-            weights = nn.Dropout(c.attention_dropout_rate)(weights, deterministic=False)
+            if dropout:
+                weights = nn.Dropout(c.attention_dropout_rate)(weights, deterministic=False)
             out = jnp.einsum("BNLS,BSNK->BLNK", weights, v)
         else:
             out = jax.nn.dot_product_attention(
@@ -339,7 +343,7 @@ def gather_positions(x: Array, positions: Array) -> Array:
 @dataclasses.dataclass
 class PretrainingOutput:
     mlm_logits: Array  # [B, P, V] at masked_positions (or [B, L, V])
-    nsp_logits: Optional[Array] = None  # [B, 2]
+    nsp_logits: Optional[Array] = None  # [B, K, 2]: one per packed input (K = 1 unpacked)
 
 
 jax.tree_util.register_dataclass(PretrainingOutput, data_fields=["mlm_logits", "nsp_logits"],
@@ -357,7 +361,8 @@ class RobertaForPretraining(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic=True, *, position_ids=None,
-                 segment_ids=None, kv_lengths=None, masked_positions=None) -> PretrainingOutput:
+                 segment_ids=None, kv_lengths=None, masked_positions=None,
+                 nsp_positions=None) -> PretrainingOutput:
         c = self.config
         encoder = Encoder(c, deterministic, name="encoder")
         x = encoder(input_ids, attention_mask, position_ids, segment_ids, kv_lengths)
@@ -367,8 +372,9 @@ class RobertaForPretraining(nn.Module):
             real = jnp.arange(c.padded_vocab_size) < c.vocab_size
             logits = jnp.where(real, logits, jnp.finfo(logits.dtype).min)
         nsp_logits = None
-        if self.nsp:  # BERT's NSP classifier, on the <s> vector
-            nsp_logits = ClassificationHead(c, 2, deterministic, name="nsp_head")(x[:, 0])
+        if self.nsp:  # BERT's NSP classifier, on each input's <s> vector
+            starts = x[:, :1] if nsp_positions is None else gather_positions(x, nsp_positions)
+            nsp_logits = ClassificationHead(c, 2, deterministic, name="nsp_head")(starts)
         return PretrainingOutput(logits, nsp_logits)
 
 

@@ -43,11 +43,18 @@ def decode_sentence(record: bytes, dtype: np.dtype) -> np.ndarray:
     return np.frombuffer(record, dtype=dtype).astype(np.int32)
 
 
-def write_shard(path: str, sentences: Sequence[Sequence[int]], dtype: np.dtype) -> None:
-    """Writes one ArrayRecord shard (group_size 1: Grain needs it for random access)."""
+def open_shard_writer(path: str):
+    """An ArrayRecord writer for one shard (group_size 1: Grain needs it for random access).
+
+    Write `encode_sentence(ids, dtype)` records and `close()` it; for writing as records arrive."""
     from array_record.python import array_record_module as arm
 
-    writer = arm.ArrayRecordWriter(path, "group_size:1")
+    return arm.ArrayRecordWriter(path, "group_size:1")
+
+
+def write_shard(path: str, sentences: Sequence[Sequence[int]], dtype: np.dtype) -> None:
+    """Writes one ArrayRecord shard (group_size 1: Grain needs it for random access)."""
+    writer = open_shard_writer(path)
     try:
         for ids in sentences:
             writer.write(encode_sentence(ids, dtype))

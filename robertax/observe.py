@@ -1,0 +1,80 @@
+"""What a run reports: `metrics.jsonl`, TensorBoard events (tensorboardX, no TensorFlow) and the
+end-of-run summary.
+
+`metrics.jsonl` has one JSON object per line with `step`; train rows carry `loss` (MLM, nats per
+masked token), `loss_bits` (fairseq reports base 2), `learning_rate`, `tokens_per_sec`, ...;
+eval rows carry `eval_loss` and `eval_perplexity`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, enabled: bool | None = None):
+        # Only the first host writes in a multi-host run.
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, row: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if hasattr(v, "__float__") else v) for k, v in row.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": int(step), **clean}) + "\n")
+        for k, v in clean.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self._tb.add_scalar(k, v, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Throughput:
+    """Tokens and sequences per second between two log points (wall clock, host side)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.t0, self.tokens, self.seqs = time.perf_counter(), 0, 0
+
+    def add(self, tokens: int, seqs: int):
+        self.tokens += tokens
+        self.seqs += seqs
+
+    def rates(self) -> tuple[float, float]:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        return self.tokens / dt, self.seqs / dt
+
+
+def summary(first: dict, last: dict, steps: int, tokens: int, seconds: float,
+            eval_first: dict | None = None, eval_last: dict | None = None) -> str:
+    lines = [f"trained {steps} steps, {tokens:,} tokens in {seconds:.1f} s "
+             f"({tokens / max(seconds, 1e-9):,.0f} tokens/s)",
+             f"train loss {first['loss']:.3f} -> {last['loss']:.3f} nats "
+             f"(perplexity {math.exp(first['loss']):.1f} -> {math.exp(last['loss']):.1f}; "
+             f"fell {first['loss'] - last['loss']:.3f} nats)"]
+    if eval_first and eval_last:
+        lines.append(f"eval loss  {eval_first['eval_loss']:.3f} -> {eval_last['eval_loss']:.3f} "
+                     f"nats (perplexity {eval_first['eval_perplexity']:.1f} -> "
+                     f"{eval_last['eval_perplexity']:.1f})")
+    return "\n".join(lines)

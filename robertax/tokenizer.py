@@ -1,0 +1,465 @@
+"""Tokenizers for robertax: RoBERTa's byte-level BPE and the paper's sentencepiece BPE alternative.
+
+Both kinds share one interface and RoBERTa's special-token layout, `<s>`=0 `<pad>`=1 `</s>`=2
+`<unk>`=3, and `<mask>` as the last id (50264 in RoBERTa's 50,265-unit vocabulary).
+
+    tok = robertax.tokenizer.load(path)      # robertax, Hugging Face, fairseq/GPT-2 or spm files
+    tok.encode("Hello world!")               # [0, 31414, 232, 328, 2]
+    tok.encode("A", pair="B")                # <s> A </s></s> B </s>
+
+`load` accepts a directory saved by robertax (`robertax_tokenizer.json` names the kind), a
+Hugging Face directory (`vocab.json` + `merges.txt`), a fairseq/GPT-2 directory (`encoder.json`
++ `vocab.bpe` + `dict.txt`: GPT-2 ids are mapped through `dict.txt` as fairseq's Dictionary does)
+or a sentencepiece `.model` (file or directory). The byte-level BPE runs on Hugging Face
+`tokenizers` (Rust). Training: `train_byte_bpe`, `train_sentencepiece`, and the CLI
+`python -m robertax.tokenizer train --kind=byte_bpe --input='corpus/*.txt' --vocab_size=50265 --output=DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+from typing import Iterable, Sequence
+
+import numpy as np
+
+SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3, as fairseq's Dictionary
+MASK = "<mask>"
+CONFIG_FILE = "robertax_tokenizer.json"
+SPM_FILE = "spm.model"
+# Bytes whose GPT-2 byte-to-unicode stand-ins (chr(256 + b) for b <= 32) mark a token that starts
+# after whitespace, i.e. a new word: space, \t, \n, \v, \f, \r.
+_WORD_START_CHARS = frozenset(chr(256 + b) for b in (32, 9, 10, 11, 12, 13))
+
+
+class _Base:
+    """What both kinds share: special ids, RoBERTa's framing of single texts and pairs."""
+
+    kind: str
+    vocab_size: int
+    mask_id: int
+    bos_id, pad_id, eos_id, unk_id = 0, 1, 2, 3
+
+    @property
+    def special_ids(self) -> frozenset:
+        return frozenset((self.bos_id, self.pad_id, self.eos_id, self.unk_id, self.mask_id))
+
+    @property
+    def special_tokens(self) -> dict:
+        return {"bos": self.bos_id, "pad": self.pad_id, "eos": self.eos_id, "unk": self.unk_id,
+                "mask": self.mask_id}
+
+    def encode(self, text: str, pair: str | None = None) -> list[int]:
+        """`<s> A </s>`, or `<s> A </s></s> B </s>` with a pair, as RoBERTa."""
+        ids = [self.bos_id, *self.encode_plain(text), self.eos_id]
+        if pair is not None:
+            ids += [self.eos_id, *self.encode_plain(pair), self.eos_id]
+        return ids
+
+    def encode_plain(self, text: str, *, literal: bool = False) -> list[int]:
+        return self.encode_batch_plain([text], literal=literal)[0]
+
+    def _config(self) -> dict:
+        return {"kind": self.kind, "format": 1, "vocab_size": self.vocab_size,
+                "special_ids": self.special_tokens, "fingerprint": self.fingerprint}
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.kind} vocab_size={self.vocab_size} {self.fingerprint[:12]}>"
+
+
+class ByteBPETokenizer(_Base):
+    """GPT-2/RoBERTa byte-level BPE on Hugging Face `tokenizers`, identical to RobertaTokenizer.
+
+    `vocab` maps byte-level token strings to robertax ids (specials included); ids need not be
+    dense (RoBERTa reserves 50261-50263 for fairseq's madeupwords), `vocab_size` is max id + 1.
+    """
+
+    kind = "byte_bpe"
+
+    def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]]):
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+        for i, tok in enumerate(SPECIALS):
+            if vocab.get(tok) != i:
+                raise ValueError(f"vocab must map {tok!r} to {i} (RoBERTa's layout), got {vocab.get(tok)!r}")
+        if MASK not in vocab:
+            raise ValueError(f"vocab has no {MASK!r} token")
+        self.vocab = dict(vocab)
+        self.merges = [tuple(m) for m in merges]
+        self.mask_id = vocab[MASK]
+        self.vocab_size = max(vocab.values()) + 1
+        try:
+            model = models.BPE(vocab=self.vocab, merges=self.merges, fuse_unk=False)
+        except Exception as e:  # tokenizers names the bad merge; say which files it came from
+            raise ValueError(f"inconsistent vocab/merges: {e}") from e
+        tok = Tokenizer(model)
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        # Trims the leading space out of offsets, as RobertaTokenizer(trim_offsets=True) does:
+        # SQuAD answer starts then land on the word, not on the space before it.
+        tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True,
+                                                          add_prefix_space=False)
+        # `<mask>` absorbs the space before it (lstrip), as in roberta-base's published tokenizer:
+        # "A, <mask> AllenNLP" -> [..., 6, 50264, ...].
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS]
+                               + [AddedToken(MASK, lstrip=True, special=True, normalized=False)])
+        self._tok = tok
+        self._literal_tok = None
+        payload = json.dumps([self.kind, sorted(self.vocab.items(), key=lambda kv: kv[1]), self.merges],
+                             ensure_ascii=False)
+        self.fingerprint = hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def _hf(self, literal: bool):
+        if not literal:
+            return self._tok
+        if self._literal_tok is None:
+            # Corpus text is encoded literally, as fairseq's preprocessing does: an HTML "<s>" in
+            # a web page must become characters, not a begin-of-sequence id inside a sentence.
+            from tokenizers import Tokenizer
+            self._literal_tok = Tokenizer.from_str(self._tok.to_str())
+            self._literal_tok.encode_special_tokens = True
+        return self._literal_tok
+
+    def encode_batch_plain(self, texts: Sequence[str], *, literal: bool = False) -> list[list[int]]:
+        """Ids without specials. `literal=True` reads special-token strings in `texts` as text."""
+        return [e.ids for e in self._hf(literal).encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids (no specials) and (char_start, char_end) of each into `text`, spaces trimmed."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return enc.ids, [tuple(o) for o in enc.offsets]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self._tok.id_to_token(int(i))
+
+    def word_start_table(self) -> np.ndarray:
+        """[vocab_size] bool: True where a token begins after whitespace (or is special)."""
+        table = np.zeros(self.vocab_size, dtype=bool)
+        for tok, i in self.vocab.items():
+            table[i] = tok[:1] in _WORD_START_CHARS
+        table[list(self.special_ids)] = True
+        return table
+
+    def save(self, directory: str) -> None:
+        """Writes Hugging Face files (vocab.json, merges.txt) plus robertax's kind file."""
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump(dict(sorted(self.vocab.items(), key=lambda kv: kv[1])), f, ensure_ascii=False)
+        with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges))
+        _write_config(directory, self._config())
+
+
+class SentencePieceTokenizer(_Base):
+    """sentencepiece BPE (the paper's 30K character-level alternative, Section 4.4).
+
+    The model holds `<s> <pad> </s> <unk>` as pieces 0..3; `<mask>` is one id past the model's
+    pieces so that it is the last id, as in RoBERTa. Special-token strings in text are split out
+    here (sentencepiece would spell them out), so both kinds treat "<mask>" the same way.
+    """
+
+    kind = "sentencepiece"
+    _SPECIAL_RE = re.compile(r" ?<mask>|<s>|</s>|<pad>|<unk>")
+
+    def __init__(self, model_proto: bytes, source: str = "<bytes>"):
+        import sentencepiece as spm
+
+        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self._proto = model_proto
+        got = [self._sp.id_to_piece(i) for i in range(min(4, self._sp.get_piece_size()))]
+        if got != list(SPECIALS):
+            raise ValueError(f"{source}: pieces 0..3 are {got}, robertax needs {list(SPECIALS)} "
+                             "(train it with robertax.tokenizer.train_sentencepiece)")
+        self.mask_id = self._sp.get_piece_size()
+        self.vocab_size = self.mask_id + 1
+        self.fingerprint = hashlib.sha256(self.kind.encode() + model_proto).hexdigest()
+        self._by_string = {t: i for i, t in enumerate(SPECIALS)} | {MASK: self.mask_id}
+
+    def _segments(self, text: str, literal: bool):
+        """(start, end, special_id or None) runs of `text`."""
+        if literal or "<" not in text:
+            return [(0, len(text), None)]
+        out, pos = [], 0
+        for m in self._SPECIAL_RE.finditer(text):
+            if m.start() > pos:
+                out.append((pos, m.start(), None))
+            out.append((m.start(), m.end(), self._by_string[m.group().lstrip(" ")]))
+            pos = m.end()
+        if pos < len(text):
+            out.append((pos, len(text), None))
+        return out
+
+    def encode_batch_plain(self, texts: Sequence[str], *, literal: bool = False) -> list[list[int]]:
+        texts = list(texts)
+        if literal or not any("<" in t for t in texts):
+            return self._sp.encode(texts)
+        return [self.encode_with_offsets(t, literal=literal)[0] for t in texts]
+
+    def encode_with_offsets(self, text: str, *, literal: bool = False):
+        ids, offsets = [], []
+        for start, end, special in self._segments(text, literal):
+            if special is not None:
+                ids.append(special)
+                offsets.append((start + (text[start] == " "), end))
+                continue
+            piece = text[start:end]
+            proto = self._sp.encode(piece, out_type="immutable_proto")
+            # sentencepiece reports byte offsets into the utf-8 input; map them to characters.
+            raw = piece.encode("utf-8")
+            for p in proto.pieces:
+                ids.append(p.id)
+                offsets.append((start + len(raw[:p.begin].decode("utf-8", "ignore")),
+                                start + len(raw[:p.end].decode("utf-8", "ignore"))))
+        return ids, offsets
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        out, run = [], []
+        for i in (int(i) for i in ids):
+            if i in self.special_ids:
+                if run:
+                    out.append(self._sp.decode(run))
+                    run = []
+                if not skip_special_tokens:
+                    out.append(MASK if i == self.mask_id else SPECIALS[i])
+            else:
+                run.append(i)
+        if run:
+            out.append(self._sp.decode(run))
+        return "".join(out)
+
+    def id_to_token(self, i: int) -> str | None:
+        return MASK if i == self.mask_id else self._sp.id_to_piece(int(i))
+
+    def word_start_table(self) -> np.ndarray:
+        table = np.array([self._sp.id_to_piece(i).startswith("\u2581") for i in range(self.mask_id)]
+                         + [True])
+        table[list(self.special_ids)] = True
+        return table
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, SPM_FILE), "wb") as f:
+            f.write(self._proto)
+        _write_config(directory, self._config())
+
+
+Tokenizer = ByteBPETokenizer | SentencePieceTokenizer
+
+
+def _write_config(directory: str, config: dict) -> None:
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=1)
+
+
+def _read_merges(path: str) -> list[tuple[str, str]]:
+    merges = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if (n == 1 and line.startswith("#version")) or not line:
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{n}: a merge is two tokens separated by one space, got {line!r}")
+            merges.append((parts[0], parts[1]))
+    return merges
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def load_hf(directory: str) -> ByteBPETokenizer:
+    """A Hugging Face RoBERTa directory: vocab.json (RoBERTa ids) + merges.txt."""
+    vocab = _read_json(os.path.join(directory, "vocab.json"))
+    if vocab.get("<s>") != 0:
+        raise ValueError(f"{directory}/vocab.json does not put <s> at 0: GPT-2's vocab.json? "
+                         "Use encoder.json + vocab.bpe + dict.txt (fairseq's layout) for GPT-2 files")
+    return ByteBPETokenizer(vocab, _read_merges(os.path.join(directory, "merges.txt")))
+
+
+def load_fairseq(directory: str) -> ByteBPETokenizer:
+    """fairseq/GPT-2 files: GPT-2 ids (encoder.json) mapped through dict.txt as fairseq does.
+
+    fairseq's Dictionary numbers `<s> <pad> </s> <unk>` 0..3, then dict.txt's entries in file
+    order (each entry is a GPT-2 id written as text), and RoBERTa appends `<mask>` last. Entries
+    that are not GPT-2 ids (fairseq's `madeupword0000`..) keep their id but no BPE token produces them.
+    """
+    encoder = _read_json(os.path.join(directory, "encoder.json"))
+    by_gpt2_id = {i: t for t, i in encoder.items()}
+    dict_path = os.path.join(directory, "dict.txt")
+    vocab = {t: i for i, t in enumerate(SPECIALS)}
+    next_id = len(SPECIALS)
+    with open(dict_path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            symbol = line.rsplit(" ", 2)[0] if " #fairseq:" in line else line.rsplit(" ", 1)[0]
+            if symbol.isdigit():
+                if int(symbol) not in by_gpt2_id:
+                    raise ValueError(f"{dict_path}:{n}: GPT-2 id {symbol} is not in encoder.json")
+                token = by_gpt2_id[int(symbol)]
+                if token in vocab:
+                    raise ValueError(f"{dict_path}:{n}: GPT-2 id {symbol} appears twice")
+                vocab[token] = next_id
+            next_id += 1
+    missing = len(by_gpt2_id) - (len(vocab) - len(SPECIALS))
+    if missing:
+        raise ValueError(f"{dict_path} lacks {missing} of encoder.json's {len(by_gpt2_id)} GPT-2 tokens")
+    vocab[MASK] = next_id
+    return ByteBPETokenizer(vocab, _read_merges(os.path.join(directory, "vocab.bpe")))
+
+
+def load_sentencepiece(path: str) -> SentencePieceTokenizer:
+    with open(path, "rb") as f:
+        return SentencePieceTokenizer(f.read(), source=path)
+
+
+def load(path: str) -> ByteBPETokenizer | SentencePieceTokenizer:
+    """Loads any tokenizer robertax knows, telling the kind from the files in `path`."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        if path.endswith(".model"):
+            return load_sentencepiece(path)
+        path = os.path.dirname(path) or "."
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer path {path} does not exist")
+    has = lambda *names: all(os.path.exists(os.path.join(path, n)) for n in names)  # noqa: E731
+    if has(CONFIG_FILE):
+        config = _read_json(os.path.join(path, CONFIG_FILE))
+        kind = config.get("kind")
+        tok = (load_hf(path) if kind == "byte_bpe" else
+               load_sentencepiece(os.path.join(path, SPM_FILE)) if kind == "sentencepiece" else None)
+        if tok is None:
+            raise ValueError(f"{path}/{CONFIG_FILE}: unknown kind {kind!r} (byte_bpe or sentencepiece)")
+        if config.get("fingerprint") not in (None, tok.fingerprint):
+            raise ValueError(f"{path}: files changed since saving (fingerprint {tok.fingerprint[:12]} "
+                             f"!= {config['fingerprint'][:12]} in {CONFIG_FILE})")
+        return tok
+    if has("vocab.json", "merges.txt"):
+        return load_hf(path)
+    if has("encoder.json", "vocab.bpe", "dict.txt"):
+        return load_fairseq(path)
+    models = sorted(glob.glob(os.path.join(path, "*.model")))
+    if len(models) == 1:
+        return load_sentencepiece(models[0])
+    raise ValueError(f"{path}: no tokenizer found. Expected {CONFIG_FILE}, or vocab.json + merges.txt "
+                     f"(Hugging Face), or encoder.json + vocab.bpe + dict.txt (fairseq), or one *.model "
+                     f"(sentencepiece); found {sorted(os.listdir(path))[:10]}")
+
+
+# ----------------------------------------------------------------------------------- training
+
+
+def _training_lines(inputs, fmt: str = "text", text_key: str = "text") -> Iterable[str]:
+    """A path/glob or a list/tuple of them (read with robertax.data.corpus, so .gz and JSON lines
+    work), or any other iterable (a generator, an iterator) of text lines."""
+    if isinstance(inputs, (str, os.PathLike, list, tuple)):
+        from robertax.data import corpus
+        patterns = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        return corpus.iter_lines(corpus.make_source(patterns, fmt=fmt, text_key=text_key))
+    return (t for t in inputs if t.strip())
+
+
+def train_byte_bpe(files_or_iterator, vocab_size: int, out_dir: str | None = None, *,
+                   min_frequency: int = 2, fmt: str = "text", text_key: str = "text") -> ByteBPETokenizer:
+    """Learns a byte-level BPE (GPT-2's algorithm) with RoBERTa's layout: specials 0..3, `<mask>` last.
+
+    `vocab_size` counts every id; with too little text for `min_frequency` the vocabulary stops
+    short, and `<mask>` then follows the last merge.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    if vocab_size < 256 + len(SPECIALS) + 1:
+        raise ValueError(f"vocab_size {vocab_size} is below the 256 bytes + 5 specials")
+    tok = Tokenizer(models.BPE(fuse_unk=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, min_frequency=min_frequency,
+                                  special_tokens=list(SPECIALS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    lines = _training_lines(files_or_iterator, fmt, text_key)
+    tok.train_from_iterator(lines, trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    vocab = dict(model["vocab"])
+    vocab[MASK] = max(vocab.values()) + 1
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    result = ByteBPETokenizer(vocab, merges)
+    if out_dir:
+        result.save(out_dir)
+    return result
+
+
+def train_sentencepiece(files_or_iterator, vocab_size: int = 30000, out_dir: str | None = None, *,
+                        byte_fallback: bool = False, character_coverage: float = 0.9995,
+                        max_sentence_length: int = 1 << 16, input_sentence_size: int = 10_000_000,
+                        fmt: str = "text", text_key: str = "text") -> SentencePieceTokenizer:
+    """Learns a sentencepiece BPE with RoBERTa's layout (`<mask>` is added as the last id).
+
+    Defaults follow the paper's alternative: a character-level BPE, so characters outside the
+    coverage become `<unk>` (byte_fallback=False); turn `byte_fallback` on to avoid unknowns.
+    Normalization is the identity so text and offsets are not rewritten.
+    """
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.set_random_generator_seed(0)  # sentence sampling is the only randomness: fix it
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_training_lines(files_or_iterator, fmt, text_key)), model_writer=model,
+        model_type="bpe", vocab_size=vocab_size - 1, character_coverage=character_coverage,
+        byte_fallback=byte_fallback, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        bos_id=0, pad_id=1, eos_id=2, unk_id=3, bos_piece=SPECIALS[0], pad_piece=SPECIALS[1],
+        eos_piece=SPECIALS[2], unk_piece=SPECIALS[3], max_sentence_length=max_sentence_length,
+        input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
+        num_threads=os.cpu_count() or 1, minloglevel=2)
+    result = SentencePieceTokenizer(model.getvalue())
+    if out_dir:
+        result.save(out_dir)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m robertax.tokenizer", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="learn a vocabulary from a corpus")
+    train.add_argument("--kind", choices=["byte_bpe", "sentencepiece"], default="byte_bpe")
+    train.add_argument("--input", required=True, help="comma-separated globs of corpus files")
+    train.add_argument("--format", choices=["text", "jsonl"], default="text")
+    train.add_argument("--text_key", default="text", help="JSON lines: the field with the text")
+    train.add_argument("--vocab_size", type=int, default=None, help="default 50265 (byte_bpe) / 30000")
+    train.add_argument("--min_frequency", type=int, default=2, help="byte_bpe: rarest pair merged")
+    train.add_argument("--byte_fallback", action="store_true", help="sentencepiece: bytes, not <unk>")
+    train.add_argument("--output", required=True, help="directory to save the tokenizer in")
+    enc = sub.add_parser("encode", help="print the ids of a text")
+    enc.add_argument("--tokenizer", required=True)
+    enc.add_argument("text")
+    enc.add_argument("--pair", default=None)
+    args = parser.parse_args(argv)
+    if args.command == "encode":
+        print(load(args.tokenizer).encode(args.text, pair=args.pair))
+        return
+    inputs = [p for p in args.input.split(",") if p]
+    if args.kind == "byte_bpe":
+        tok = train_byte_bpe(inputs, args.vocab_size or 50265, args.output,
+                             min_frequency=args.min_frequency, fmt=args.format, text_key=args.text_key)
+    else:
+        tok = train_sentencepiece(inputs, args.vocab_size or 30000, args.output,
+                                  byte_fallback=args.byte_fallback, fmt=args.format, text_key=args.text_key)
+    print(f"saved {tok!r} to {args.output}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

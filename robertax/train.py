@@ -1,0 +1,269 @@
+"""Pretraining entry point.
+
+    python -m robertax.train                                   # tiny model, built-in corpus, CPU
+    python -m robertax.train --config=configs/large.py --workdir=DIR --config.key=value
+
+One `main()` in steps: mesh -> data -> model and sharded state -> checkpoint/resume -> jitted
+step -> loop (log, eval, checkpoint) -> summary. Writes to --workdir: `config.json`,
+`checkpoints/` (Orbax: train state + data iterator), `metrics.jsonl` and `tensorboard/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:  # config files import `configs.base`
+    sys.path.insert(0, _REPO)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from robertax import checkpoint, observe, optim, perf, sharding, step as step_lib  # noqa: E402
+from robertax.model import RobertaConfig, RobertaForPretraining  # noqa: E402
+
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+NSP_FORMATS = ("segment_pair", "sentence_pair")
+PACKED_FORMATS = ("doc_sentences", "sentence_pair")
+
+
+def model_config(run_config, **overrides) -> RobertaConfig:
+    """The model section of a run config (ConfigDict or dict), in the run's compute dtype."""
+    precision = run_config["precision"]
+    if precision not in PRECISIONS:
+        raise ValueError(f"config.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    return RobertaConfig.from_dict(dict(run_config["model"]),
+                                   **{"dtype": PRECISIONS[precision], **overrides})
+
+
+def init_state(config, module, tx, mesh, rng):
+    """The train state, created directly in its sharded layout (never whole on one device)."""
+    L = config.data.max_length
+    dummy = jnp.ones((1, L), jnp.int32)
+    boxed = jax.eval_shape(lambda r: module.init(r, dummy)["params"], rng)
+    param_sh = sharding.logical_shardings(mesh, boxed)
+    rep = sharding.replicated(mesh)
+    fp16 = config.precision == "float16"
+
+    def create(r):
+        import flax.linen as nn
+        return optim.TrainState.create(nn.unbox(module.init(r, dummy)["params"]), tx, fp16)
+
+    abstract = jax.eval_shape(create, rng)
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_sh,
+                                   transform_non_params=lambda _: rep)
+    state_sh = jax.tree.map(lambda _: rep, abstract).replace(params=param_sh, opt_state=opt_sh)
+    state = jax.jit(create, out_shardings=state_sh)(rng)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, state_sh)
+    return state, abstract, state_sh
+
+
+def check_corpus(config, shard_dir: str) -> dict:
+    from robertax.data import shards
+    manifest = shards.read_manifest(shard_dir)
+    if manifest["vocab_size"] != config.model.vocab_size:
+        raise ValueError(f"{shard_dir}/manifest.json: the corpus was tokenized with a vocabulary "
+                         f"of {manifest['vocab_size']}, but config.model.vocab_size is "
+                         f"{config.model.vocab_size}")
+    return manifest
+
+
+def evaluate(config, eval_fn, params, mesh, shard_dir) -> dict | None:
+    """Held-out MLM loss over up to `eval_batches` batches of the valid split."""
+    from robertax.data import pipeline
+    batch_size = config.batch_size // config.microbatches
+    try:
+        it = pipeline.make_iterator(config.data, shard_dir, "valid", batch_size=batch_size,
+                                    seed=config.data.seed + 1, process_index=jax.process_index(),
+                                    process_count=jax.process_count(), epochs=1, num_workers=0)
+    except ValueError as e:  # e.g. a validation split smaller than one batch
+        logging.warning("no evaluation: %s", e)
+        return None
+    totals = None
+    for i, batch in enumerate(it):
+        if i >= config.eval_batches:
+            break
+        sums = eval_fn(params, sharding.host_batch_to_global(mesh, step_lib.device_batch(batch)))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+        return None
+    totals = jax.device_get(totals)
+    loss = float(totals["mlm_nll"] / max(totals["mlm_count"], 1.0))
+    row = {"eval_loss": loss, "eval_loss_bits": loss / math.log(2),
+           "eval_perplexity": math.exp(min(loss, 50.0)),
+           "eval_accuracy": float(totals["mlm_correct"] / max(totals["mlm_count"], 1.0))}
+    if "nsp_nll" in totals:
+        row["eval_nsp_accuracy"] = float(totals["nsp_correct"] / totals["nsp_count"])
+    return row
+
+
+class _Preemption:
+    """SIGTERM (a preempted job) asks the loop to checkpoint and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        try:
+            signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. some notebooks)
+            pass
+
+    def _handle(self, *_):
+        self.requested = True
+
+
+def train(config, workdir: str) -> dict:
+    """Runs (or resumes) pretraining; returns the summary numbers."""
+    from robertax.data import pipeline
+
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    sharding.maybe_initialize_distributed()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    # 1. Mesh.
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_divisible(mesh, config.batch_size, config.microbatches)
+    logging.info("mesh %s on %d %s device(s)", dict(mesh.shape), jax.device_count(),
+                 jax.devices()[0].platform)
+
+    # 2. Data: each host reads its own slice of every global batch.
+    shard_dir = pipeline.resolve_shard_dir(config)
+    check_corpus(config, shard_dir)
+    train_iter = pipeline.make_iterator(config.data, shard_dir, "train", batch_size=config.batch_size,
+                                        seed=config.data.seed, process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+
+    # 3. Model, optimizer and the sharded train state.
+    mc = model_config(config)
+    module = RobertaForPretraining(mc, nsp=config.data.format in NSP_FORMATS)
+    rng = jax.random.key(config.seed)
+    init_rng, dropout_rng = jax.random.split(rng)
+    params_shape = jax.eval_shape(
+        lambda r: module.init(r, jnp.ones((1, 8), jnp.int32))["params"], init_rng)
+    import flax.linen as nn
+    tx, schedule = optim.make_optimizer(config.optim, nn.unbox(params_shape))
+    state, abstract_state, state_sh = init_state(config, module, tx, mesh, init_rng)
+
+    # 4. Resume from the latest checkpoint, if any (state and data position).
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                   keep=config.keep_checkpoints)
+    start = ckpt.latest_step()
+    if start is not None:
+        state = ckpt.restore(abstract_state, train_iter)
+        logging.info("resumed from step %d", start)
+    start = int(jax.device_get(state.step))
+
+    # 5. The jitted step: state donated, shardings stated once.
+    packed = config.data.format in PACKED_FORMATS
+    fp16 = config.precision == "float16"
+    train_fn = step_lib.make_train_step(module, tx, schedule, microbatches=config.microbatches,
+                                        packed=packed, fp16=fp16)
+    rep = sharding.replicated(mesh)
+    p_train = jax.jit(train_fn, in_shardings=(state_sh, None, rep),
+                      out_shardings=(state_sh, rep), donate_argnums=(0,))
+    p_eval = jax.jit(step_lib.make_eval_step(module, packed=packed),
+                     in_shardings=(state_sh.params, None), out_shardings=rep)
+
+    flops = perf.flops_per_token(mc.num_layers, mc.hidden_size, config.data.max_length,
+                                 mc.padded_vocab_size,
+                                 config.data.max_predictions / config.data.max_length,
+                                 mc.intermediate_size)
+    peak = perf.device_peak_flops()
+    writer = observe.MetricWriter(workdir)
+    preempt = _Preemption()
+    total = config.optim.total_steps
+    first = last = eval_first = eval_last = None
+    pending, tput, overflow = [], observe.Throughput(), 0
+    tokens_seen, t_start = 0, time.perf_counter()
+
+    # 6. The loop.
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=start, disable=jax.process_index() != 0, dynamic_ncols=True)
+    step = start
+    while step < total:
+        batch = next(train_iter)
+        ntok = int((batch["segment_ids"] != 0).sum()) * jax.process_count()
+        overflow += int(batch["mlm_overflow"].sum()) if "mlm_overflow" in batch else 0
+        gbatch = sharding.host_batch_to_global(mesh, step_lib.device_batch(batch))
+        state, metrics = p_train(state, gbatch, dropout_rng)
+        step += 1
+        pending.append(metrics)
+        tput.add(ntok, config.batch_size)
+        tokens_seen += ntok
+        bar.update(1)
+        if step % config.log_every == 0 or step == total:
+            rows = jax.device_get(pending)
+            pending = []
+            for i, r in enumerate(rows):
+                if not math.isfinite(float(r["loss"])) and not (fp16 and r["skipped"]):
+                    ckpt.wait()
+                    raise FloatingPointError(
+                        f"loss is {float(r['loss'])} at step {step - len(rows) + i + 1}; stopping. "
+                        f"The last good checkpoint (step {ckpt.latest_step()}) is kept in "
+                        f"{ckpt.directory}")
+            tok_s, seq_s = tput.rates()
+            tput.reset()
+            last = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1]}
+            last.update(loss_bits=last["loss"] / math.log(2), tokens_per_sec=tok_s,
+                        seqs_per_sec=seq_s, skipped_steps=int(jax.device_get(state.skipped_steps)),
+                        learning_rate=float(rows[-1]["learning_rate"]),
+                        mlm_overflow_tokens=overflow)
+            m = perf.mfu(tok_s, flops.total, jax.device_count(), peak)
+            if m is not None:
+                last["mfu"] = m
+            last.pop("skipped", None)
+            first = first or dict(last)
+            writer.write(step, last)
+            bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
+        if step % config.eval_every == 0 or step == total:
+            row = evaluate(config, p_eval, state.params, mesh, shard_dir)
+            if row:
+                eval_first, eval_last = eval_first or row, row
+                writer.write(step, row)
+                logging.info("step %d: eval loss %.4f", step, row["eval_loss"])
+        if step % config.checkpoint_every == 0 or step == total or preempt.requested:
+            ckpt.save(step, state, train_iter, force=True)
+        if preempt.requested:
+            logging.warning("SIGTERM: saved step %d and stopping", step)
+            break
+    bar.close()
+    ckpt.close()
+    writer.close()
+    seconds = time.perf_counter() - t_start
+    result = {"steps": step - start, "tokens": tokens_seen, "seconds": seconds,
+              "first": first, "last": last, "eval_first": eval_first, "eval_last": eval_last}
+    if first and last and jax.process_index() == 0:
+        print(observe.summary(first, last, step - start, tokens_seen, seconds, eval_first,
+                              eval_last), flush=True)
+    return result
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(_REPO, "configs", "tiny.py"), "Training config file.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: workdir/<config>).")
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+    workdir = _WORKDIR.value or os.path.join("workdir", name)
+    train(config, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
