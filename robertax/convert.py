@@ -347,3 +347,73 @@ def _to_numpy(params) -> dict:
     import flax.linen as nn
     import jax
     return jax.tree.map(np.asarray, nn.unbox(params))
+
+
+# --- any format to any format -------------------------------------------------------------
+
+def detect_format(path: str) -> str:
+    from robertax import checkpoint
+    if os.path.isfile(path) and path.endswith(".pt"):
+        return "fairseq"
+    if os.path.exists(os.path.join(path, "model.pt")):
+        return "fairseq"
+    if os.path.exists(os.path.join(path, "config.json")) and any(
+            os.path.exists(os.path.join(path, f)) for f in ("model.safetensors",
+                                                            "pytorch_model.bin")):
+        return "hf"
+    if checkpoint.is_model_dir(path) or checkpoint.is_train_dir(path):
+        return "robertax"
+    raise ValueError(f"{path}: cannot tell its format (expected a Hugging Face dir with "
+                     "config.json + model.safetensors, a fairseq model.pt, or a robertax model "
+                     "or training dir); pass --src_format")
+
+
+def read(path: str, fmt: str | None = None) -> tuple[RobertaConfig, dict]:
+    fmt = fmt or detect_format(path)
+    if fmt == "hf":
+        return from_hf(path)
+    if fmt == "robertax":
+        from robertax import checkpoint
+        config, params, _ = checkpoint.load_model(path)
+        return config, params
+    if fmt == "fairseq":
+        from robertax import fairseq
+        return fairseq.from_fairseq(path)
+    raise ValueError(f"unknown format {fmt!r}: use hf, fairseq or robertax")
+
+
+def write(config: RobertaConfig, params: dict, path: str, fmt: str) -> None:
+    if fmt == "hf":
+        to_hf(config, params, path)
+    elif fmt == "robertax":
+        from robertax import checkpoint
+        checkpoint.save_model(path, config, _to_numpy(params))
+    elif fmt == "fairseq":
+        from robertax import fairseq
+        fairseq.to_fairseq(config, params, path)
+    else:
+        raise ValueError(f"unknown format {fmt!r}: use hf, fairseq or robertax")
+
+
+def main(argv=None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m robertax.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", required=True)
+    parser.add_argument("--dst", required=True)
+    parser.add_argument("--src_format", choices=("hf", "fairseq", "robertax"))
+    parser.add_argument("--dst_format", choices=("hf", "fairseq", "robertax"))
+    args = parser.parse_args(argv)
+    src_format = args.src_format or detect_format(args.src)
+    dst_format = args.dst_format or ("robertax" if src_format != "robertax" else "hf")
+    config, params = read(args.src, src_format)
+    write(config, params, args.dst, dst_format)
+    n = sum(int(np.size(x)) for x in __import__("jax").tree.leaves(params))
+    heads = [h for h in HEADS if h in params]
+    print(f"{args.src} ({src_format}) -> {args.dst} ({dst_format}): {config.num_layers} layers, "
+          f"hidden {config.hidden_size}, vocab {config.vocab_size}, heads {heads}, "
+          f"{n:,} parameters")
+
+
+if __name__ == "__main__":
+    main()

@@ -212,13 +212,19 @@ class SentencePieceTokenizer(_Base):
                 offsets.append((start + (text[start] == " "), end))
                 continue
             piece = text[start:end]
-            proto = self._sp.encode(piece, out_type="immutable_proto")
+            proto = self._sp.encode(piece, return_type="proto")
             # sentencepiece reports byte offsets into the utf-8 input; map them to characters.
-            raw = piece.encode("utf-8")
+            # A byte-fallback piece covers the whole character its bytes belong to, as in byte BPE.
+            char_of_byte = [c for c, ch in enumerate(piece) for _ in range(len(ch.encode("utf-8")))]
+            char_of_byte.append(len(piece))
             for p in proto.pieces:
                 ids.append(p.id)
-                offsets.append((start + len(raw[:p.begin].decode("utf-8", "ignore")),
-                                start + len(raw[:p.end].decode("utf-8", "ignore"))))
+                a = char_of_byte[p.begin]
+                # spm gives a character to its last byte piece; the earlier ones get it too.
+                b = char_of_byte[p.end - 1] + 1 if p.end > p.begin else a + self._sp.is_byte(p.id)
+                while a < b and piece[a].isspace():  # trim the space before a word, as byte BPE does
+                    a += 1
+                offsets.append((start + a, start + b))
         return ids, offsets
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:

@@ -121,8 +121,9 @@ class _Preemption:
         self.requested = True
 
 
-def train(config, workdir: str) -> dict:
-    """Runs (or resumes) pretraining; returns the summary numbers."""
+def train(config, workdir: str, stop_at: int | None = None) -> dict:
+    """Runs (or resumes) pretraining; returns the summary numbers. `stop_at` ends this run early
+    at that step with a checkpoint, as a preempted job would."""
     from robertax.data import pipeline
 
     workdir = os.path.abspath(workdir)
@@ -233,10 +234,11 @@ def train(config, workdir: str) -> dict:
                 eval_first, eval_last = eval_first or row, row
                 writer.write(step, row)
                 logging.info("step %d: eval loss %.4f", step, row["eval_loss"])
-        if step % config.checkpoint_every == 0 or step == total or preempt.requested:
+        stop = preempt.requested or step == stop_at
+        if step % config.checkpoint_every == 0 or step == total or stop:
             ckpt.save(step, state, train_iter, force=True)
-        if preempt.requested:
-            logging.warning("SIGTERM: saved step %d and stopping", step)
+        if stop:
+            logging.warning("stopping at step %d (checkpoint saved)", step)
             break
     bar.close()
     ckpt.close()
@@ -258,6 +260,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: work
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
+        logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]

@@ -298,6 +298,8 @@ def _read_jsonl(unit: Unit, stats: Stats) -> Iterator[Document]:
 
 def _tfds_source(name: str, split: str, data_dir: str | None):
     import tensorflow_datasets as tfds
+    import tensorflow_datasets.text  # noqa: F401 -- without TF, wikipedia/c4 only register on import
+
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # noqa: BLE001 -- say what to do, keep the cause chained
