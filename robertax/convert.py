@@ -261,7 +261,7 @@ def hf_config_to_ours(hf: dict, source: str, **overrides) -> RobertaConfig:
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"{source}: position_embedding_type {hf['position_embedding_type']!r} "
                          "is not supported (RoBERTa uses 'absolute')")
-    return RobertaConfig(
+    return RobertaConfig(**{**dict(
         vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
         num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
         intermediate_size=hf["intermediate_size"],
@@ -270,7 +270,7 @@ def hf_config_to_ours(hf: dict, source: str, **overrides) -> RobertaConfig:
         layer_norm_eps=hf.get("layer_norm_eps", 1e-5),
         dropout_rate=hf.get("hidden_dropout_prob", 0.1),
         attention_dropout_rate=hf.get("attention_probs_dropout_prob", 0.1),
-        initializer_range=hf.get("initializer_range", 0.02), **overrides)
+        initializer_range=hf.get("initializer_range", 0.02)), **overrides})
 
 
 def _hf_name(prefix: str):

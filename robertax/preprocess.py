@@ -41,10 +41,11 @@ _BATCH_SENTENCES = 4096  # sentences per encode_batch call: big enough to amorti
 _state: dict = {}  # per-process: units, tokenizer, options (set by _init)
 
 
-def _init(units, tokenizer_dir, options, threads):
+def _init(units, tokenizer, options, threads):
     if threads:  # one Rust thread pool per process: avoid processes x cores threads
         os.environ["RAYON_NUM_THREADS"] = str(threads)
-    _state.update(units=units, tok=tokenizer_lib.load(tokenizer_dir), options=options)
+    tok = tokenizer_lib.load(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    _state.update(units=units, tok=tok, options=options)
 
 
 def _is_valid(key: tuple, seed: int, fraction: float) -> bool:
@@ -208,7 +209,7 @@ def preprocess(sources, tokenizer, out_dir: str, *, valid_fraction: float = 0.01
     start = time.time()
     opts = {**options, "work_dir": work_dir}
     if num_processes <= 1 or len(todo) <= 1:
-        _init(units, tok_dir, opts, 0)
+        _init(units, tok, opts, 0)
         for i in todo:
             _process_unit(i)
     else:
@@ -301,12 +302,15 @@ def main(argv):
     from absl import flags
     FLAGS = flags.FLAGS
     del argv
-    manifest = preprocess(
-        FLAGS.input, FLAGS.tokenizer, FLAGS.output, valid_fraction=FLAGS.valid_fraction, seed=FLAGS.seed,
-        num_processes=FLAGS.num_processes, fmt=FLAGS.format, text_key=FLAGS.text_key,
-        split_sentences=FLAGS.split_sentences, max_line_bytes=FLAGS.max_line_bytes,
-        chunk_bytes=FLAGS.chunk_mb << 20, tfds_split=FLAGS.tfds_split, tfds_data_dir=FLAGS.tfds_data_dir,
-        overwrite=FLAGS.overwrite)
+    try:
+        manifest = preprocess(
+            FLAGS.input, FLAGS.tokenizer, FLAGS.output, valid_fraction=FLAGS.valid_fraction, seed=FLAGS.seed,
+            num_processes=FLAGS.num_processes, fmt=FLAGS.format, text_key=FLAGS.text_key,
+            split_sentences=FLAGS.split_sentences, max_line_bytes=FLAGS.max_line_bytes,
+            chunk_bytes=FLAGS.chunk_mb << 20, tfds_split=FLAGS.tfds_split, tfds_data_dir=FLAGS.tfds_data_dir,
+            overwrite=FLAGS.overwrite)
+    except (OSError, ValueError, KeyError) as e:  # bad input: the message says what and where
+        raise SystemExit(f"error: {e}") from e
     for split, s in manifest["splits"].items():
         print(f"{split}: {s['documents']:,} documents, {s['sentences']:,} sentences, {s['tokens']:,} tokens, "
               f"{len(s['shards'])} shards")

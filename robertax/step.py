@@ -44,7 +44,10 @@ def _forward_sums(model, params, mb: dict, *, packed: bool, deterministic: bool,
     logits = out.mlm_logits.astype(jnp.float32)  # [B, P, V]
     targets, w = mb["mlm_targets"], mb["mlm_weights"].astype(jnp.float32)  # [B, P]
     logp = jax.nn.log_softmax(logits)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    # One-hot, not take_along_axis: XLA's SPMD partitioner mis-partitions the backward of that
+    # gather (a scatter into vocab-sharded logits) on meshes with data, fsdp and tensor all > 1
+    # (jax 0.10.2; caught by tests/test_train_step.py).
+    nll = -(logp * jax.nn.one_hot(targets, logp.shape[-1], dtype=logp.dtype)).sum(-1)
     sums = {"mlm_nll": (nll * w).sum(), "mlm_count": w.sum(),
             "mlm_correct": ((logits.argmax(-1) == targets) * w).sum()}
     if out.nsp_logits is not None:  # [B, K, 2]: one per packed input, weighted

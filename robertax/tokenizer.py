@@ -22,6 +22,7 @@ import glob
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -371,14 +372,26 @@ def load(path: str) -> ByteBPETokenizer | SentencePieceTokenizer:
 # ----------------------------------------------------------------------------------- training
 
 
-def _training_lines(inputs, fmt: str = "text", text_key: str = "text") -> Iterable[str]:
+def _training_lines(inputs, fmt: str = "text", text_key: str = "text",
+                    max_bytes: int | None = None) -> Iterable[str]:
     """A path/glob or a list/tuple of them (read with robertax.data.corpus, so .gz and JSON lines
-    work), or any other iterable (a generator, an iterator) of text lines."""
+    work), or any other iterable (a generator, an iterator) of text lines. Skips are logged."""
+    from robertax.data import corpus
+
+    stats = corpus.Stats()
     if isinstance(inputs, (str, os.PathLike, list, tuple)):
-        from robertax.data import corpus
         patterns = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-        return corpus.iter_lines(corpus.make_source(patterns, fmt=fmt, text_key=text_key))
-    return (t for t in inputs if t.strip())
+        lines = corpus.iter_lines(corpus.make_source(patterns, fmt=fmt, text_key=text_key), stats)
+    else:
+        lines = (t for t in inputs if t.strip())
+    for line in lines:
+        if max_bytes is not None and len(line.encode("utf-8")) > max_bytes:
+            stats.skip("line_too_long", line[:40] + "...")  # sentencepiece would drop it unsaid
+            continue
+        yield line
+    if any(stats.skipped.values()):
+        stats.resolve()
+        logging.warning("tokenizer training skipped %s, e.g. at %s", dict(stats.skipped), stats.examples)
 
 
 def train_byte_bpe(files_or_iterator, vocab_size: int, out_dir: str | None = None, *,
@@ -424,7 +437,8 @@ def train_sentencepiece(files_or_iterator, vocab_size: int = 30000, out_dir: str
     model = io.BytesIO()
     spm.set_random_generator_seed(0)  # sentence sampling is the only randomness: fix it
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_training_lines(files_or_iterator, fmt, text_key)), model_writer=model,
+        sentence_iterator=_training_lines(files_or_iterator, fmt, text_key, max_sentence_length),
+        model_writer=model,
         model_type="bpe", vocab_size=vocab_size - 1, character_coverage=character_coverage,
         byte_fallback=byte_fallback, normalization_rule_name="identity", remove_extra_whitespaces=False,
         bos_id=0, pad_id=1, eos_id=2, unk_id=3, bos_piece=SPECIALS[0], pad_piece=SPECIALS[1],
@@ -454,6 +468,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     enc.add_argument("text")
     enc.add_argument("--pair", default=None)
     args = parser.parse_args(argv)
+    try:
+        _run(args)
+    except (OSError, ValueError, KeyError) as e:  # bad input: the message says what and where
+        raise SystemExit(f"error: {e}") from e
+
+
+def _run(args) -> None:
     if args.command == "encode":
         print(load(args.tokenizer).encode(args.text, pair=args.pair))
         return

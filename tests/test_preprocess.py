@@ -15,7 +15,7 @@ import pytest
 
 from robertax import preprocess as preprocess_lib
 from robertax import tokenizer as tokenizer_lib
-from robertax.data import builtin, corpus, shards
+from robertax.data import builtin, shards
 from robertax.data.sentences import split_sentences
 
 SPECIAL_STRINGS = ("<s>", "</s>", "<pad>", "<unk>", "<mask>")

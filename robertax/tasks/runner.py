@@ -1,0 +1,341 @@
+"""What the fine-tuning loop (`robertax.finetune`) needs from each task: data, head, loss, score.
+
+One class per task family. Each turns the run config into:
+  * `module(model_config)`         the Linen model (encoder + the task's head)
+  * `head_names`                   top-level parameter keys of the head(s), the rest is "encoder"
+  * `train_arrays(tokenizer)`      model inputs and targets, numpy arrays with N first
+  * `eval_sets(tokenizer)`         dev sets to score: `EvalSet(arrays, score)`, where
+                                   `score(outputs)` maps the model's outputs on `arrays` to
+                                   metrics by DESIGN.md's names (prefixed/suffixed per set)
+  * `loss_sums(outputs, batch)`    {term: summed loss}; `loss_counts(batch)` {term: count}.
+                                   The training loss is the sum over terms of sum / count, the
+                                   counts taken over the whole batch, so microbatches add up.
+  * `predict_test(...)`            optional test-set outputs (GLUE submission files, RACE test)
+
+Every array dict carries `weight` [N] float32 (1 for real examples); the loop pads the last
+batch with weight-0 rows so one compiled shape serves every step.
+
+Metric names in results.json: GLUE as `glue.compute_metrics` (accuracy, f1, mcc, pearson,
+spearman; fractions 0-1), MNLI's mismatched dev set with the suffix `_mismatched`
+(`accuracy_mismatched`); SQuAD as `squad.evaluate` (exact_match, f1 in percent, v2.0 also
+HasAns_*/NoAns_*); RACE `accuracy` plus `accuracy_middle` / `accuracy_high`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from robertax import model as model_lib
+from robertax.tasks import glue, race, squad
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EvalSet:
+    name: str                                  # "" for the main dev set, e.g. "_mismatched"
+    arrays: dict[str, np.ndarray]              # model inputs with `weight`
+    score: Callable[[Any], dict[str, float]]   # outputs (numpy pytree, N first) -> metrics
+
+
+def subset(items: list, limit: int, seed: int | None) -> list:
+    """The first `limit` items (seed None) or a seeded random `limit` of them in file order;
+    limit <= 0 keeps all. Random for training so a small subset covers the whole file."""
+    if limit <= 0 or limit >= len(items):
+        return list(items)
+    if seed is None:
+        return list(items[:limit])
+    keep = np.sort(np.random.default_rng(seed).choice(len(items), limit, replace=False))
+    return [items[i] for i in keep]
+
+
+def trim(arrays: dict[str, np.ndarray], multiple: int = 8) -> dict[str, np.ndarray]:
+    """Cuts `input_ids`/`attention_mask` to the longest real row (rounded up to `multiple`):
+    short-text tasks (SST-2 averages ~25 tokens) then run at a fraction of max_length."""
+    mask = arrays["attention_mask"]
+    longest = int(mask.reshape(-1, mask.shape[-1]).sum(-1).max(initial=1))
+    length = min(mask.shape[-1], -(-longest // multiple) * multiple)
+    return {k: (v[..., :length] if k in ("input_ids", "attention_mask") else v)
+            for k, v in arrays.items()}
+
+
+def _with_weight(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    n = len(arrays["input_ids"])
+    return {**arrays, "weight": np.ones(n, np.float32)}
+
+
+def _ce(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+# ------------------------------------------------------------------------------ GLUE
+
+
+class GlueTask:
+    """The nine GLUE tasks: sentence(-pair) classification, STS-B regression."""
+
+    def __init__(self, config):
+        self.config = config
+        self.task = glue.get_task(config.task)
+        if self.task.name not in glue.GLUE_TASKS:
+            raise ValueError(f"config.task={config.task!r}: {self.task.name} is not one of the "
+                             f"nine GLUE tasks {glue.GLUE_TASKS}")
+        self.name = self.task.name
+        self.num_labels = 1 if self.task.is_regression else len(self.task.labels)
+        self.metric = self.task.metrics[0]  # MRPC: f1, QQP: accuracy, STS-B: pearson, ...
+        self.head_names = ("classifier",)
+        self.extra = {"labels": list(self.task.labels or []), "num_labels": self.num_labels}
+
+    def module(self, mc):
+        return model_lib.RobertaForSequenceClassification(mc, num_labels=self.num_labels)
+
+    def _read(self, split: str) -> list[glue.Example]:
+        c = self.config
+        if c.data_dir == "tfds":
+            return glue.read_tfds(self.task, split)
+        path = os.path.join(c.data_dir, self.task.folder or self.task.name, self.task.files[split])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no {self.task.name} {split} file (config.data_dir="
+                                    f"{c.data_dir!r} should hold the GLUE folders, e.g. "
+                                    f"{self.task.name}/{self.task.files[split]})")
+        return glue.read_tsv(self.task, c.data_dir, split)
+
+    def _featurize(self, examples, tokenizer):
+        f = glue.featurize(examples, tokenizer, max_length=self.config.max_length)
+        return trim(_with_weight(f))
+
+    def train_arrays(self, tokenizer):
+        examples = subset(self._read("train"), self.config.max_train_examples,
+                          self.config.data_seed)
+        return self._featurize(examples, tokenizer), len(examples)
+
+    def eval_sets(self, tokenizer) -> list[EvalSet]:
+        sets = []
+        for split in self.task.dev_splits:  # MNLI: matched, then mismatched
+            examples = subset(self._read(split), self.config.max_eval_examples, None)
+            arrays = self._featurize(examples, tokenizer)
+            suffix = "_mismatched" if split.endswith("_mismatched") else ""
+            sets.append(EvalSet(suffix, arrays, self._scorer(arrays["labels"], suffix)))
+        return sets
+
+    def _scorer(self, labels, suffix):
+        def score(outputs):
+            m = glue.compute_metrics(self.task, np.asarray(outputs), labels)
+            return {k + suffix: v for k, v in m.items()}
+        return score
+
+    def loss_sums(self, logits, batch):
+        w = batch["weight"]
+        if self.task.is_regression:  # STS-B: mean squared error (fairseq's sentence_prediction)
+            err = logits[:, 0].astype(jnp.float32) - batch["labels"].astype(jnp.float32)
+            return {"loss": (err * err * w).sum()}
+        labels = jnp.maximum(batch["labels"], 0)  # unlabelled padding rows carry -1, weight 0
+        return {"loss": (_ce(logits, labels) * w).sum()}
+
+    def loss_counts(self, batch):
+        return {"loss": batch["weight"].sum()}
+
+    def test_sets(self, tokenizer) -> list[tuple[glue.Task, str, list, dict]]:
+        """(task, split, examples, arrays) of each test file that exists; MNLI adds the diagnostic
+        set (AX), which GLUE scores with the MNLI model."""
+        c, out = self.config, []
+        wanted = [(self.task, s) for s in self.task.test_splits]
+        if self.task.name == "MNLI":
+            wanted.append((glue.TASKS["AX"], "test"))
+        for task, split in wanted:
+            if c.data_dir == "tfds":
+                examples = glue.read_tfds(task, split)
+            else:
+                path = os.path.join(c.data_dir, task.folder or task.name, task.files[split])
+                if not os.path.isfile(path):
+                    log.warning("no %s test file %s: no submission for it", task.name, path)
+                    continue
+                examples = glue.read_tsv(task, c.data_dir, split)
+            arrays = self._featurize(examples, tokenizer)
+            out.append((task, split, examples, arrays))
+        return out
+
+
+# ----------------------------------------------------------------------------- SQuAD
+
+
+class SquadTask:
+    """SQuAD v1.1 / v2.0 span extraction; v2.0 trains an answerable classifier jointly."""
+
+    def __init__(self, config):
+        self.config = config
+        self.version = squad._version(config.squad_version)  # pylint: disable=protected-access
+        self.name = f"SQuAD-v{self.version}"
+        self.v2 = self.version == "2.0"
+        self.metric = "f1"
+        self.head_names = ("span", "answerable") if self.v2 else ("span",)
+        self.extra = {"squad_version": self.version}
+
+    def module(self, mc):
+        return model_lib.RobertaForQuestionAnswering(mc, answerable_head=self.v2)
+
+    def _read(self, split: str) -> list[squad.Example]:
+        c = self.config
+        if c.data_dir == "tfds" and not (c.train_file if split == "train" else c.eval_file):
+            return squad.read_tfds(self.version, "train" if split == "train" else "validation")
+        name = "train" if split == "train" else "dev"
+        path = (c.train_file if split == "train" else c.eval_file) or os.path.join(
+            c.data_dir, f"{name}-v{self.version}.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no SQuAD v{self.version} {name} file (set "
+                                    f"config.{'train' if split == 'train' else 'eval'}_file or "
+                                    "config.data_dir)")
+        return squad.read_json(path)
+
+    def _featurize(self, examples, tokenizer):
+        c = self.config
+        return squad.featurize(examples, tokenizer, max_length=c.max_length,
+                               doc_stride=c.doc_stride, max_query_length=c.max_query_length)
+
+    def train_arrays(self, tokenizer):
+        examples = subset(self._read("train"), self.config.max_train_examples,
+                          self.config.data_seed)
+        if not self.v2 and any(ex.is_impossible or not ex.answers for ex in examples):
+            raise ValueError("SQuAD v1.1 training data holds unanswerable questions: set "
+                             "config.squad_version='2.0' for SQuAD v2.0 files")
+        return _with_weight(self._featurize(examples, tokenizer).arrays()), len(examples)
+
+    def eval_sets(self, tokenizer) -> list[EvalSet]:
+        examples = subset(self._read("dev"), self.config.max_eval_examples, None)
+        features = self._featurize(examples, tokenizer)
+        gold = squad.as_official(examples, self.version)
+        arrays = _with_weight({"input_ids": features.input_ids,
+                               "attention_mask": features.attention_mask})
+        return [EvalSet("", arrays, lambda out: self.score(out, features, gold))]
+
+    def score(self, outputs, features, gold) -> dict[str, float]:
+        c = self.config
+        # Best spans by BERT's n-best search; v2.0's no-answer decision comes from the
+        # answerable classifier below, so spans are decoded with v1.1's rules.
+        texts = squad.decode(outputs.start_logits, outputs.end_logits, features,
+                             n_best=c.n_best, max_answer_length=c.max_answer_length,
+                             version="1.1")
+        if self.v2:
+            # A window is "answerable" when it holds the answer; a question is, when any of its
+            # windows is: no-answer score = min over windows of logit(no) - logit(yes).
+            a = np.asarray(outputs.answerable_logits, np.float64)
+            margin = a[:, 0] - a[:, 1]
+            null = np.full(len(features.example_ids), np.inf)
+            np.minimum.at(null, features.example_index, margin)
+            for e, qid in enumerate(features.example_ids):
+                if null[e] > c.null_threshold:
+                    texts[qid] = ""
+        return {k: float(v) for k, v in squad.evaluate(gold, texts, self.version).items()}
+
+    def loss_sums(self, out: model_lib.SpanOutput, batch):
+        w = batch["weight"]
+        span = 0.5 * (_ce(out.start_logits, batch["start_positions"])
+                      + _ce(out.end_logits, batch["end_positions"]))  # BERT's (start + end) / 2
+        if not self.v2:
+            # v1.1 windows that miss the answer point at <s> (position 0), as in BERT.
+            return {"span": (span * w).sum()}
+        answerable = 1 - batch["is_impossible"]  # class 1 = the window holds the answer
+        # The paper's v2.0 recipe: span loss (on windows with an answer) + classifier loss.
+        return {"span": (span * w * answerable).sum(),
+                "answerable": (_ce(out.answerable_logits, answerable) * w).sum()}
+
+    def loss_counts(self, batch):
+        w = batch["weight"]
+        if not self.v2:
+            return {"span": w.sum()}
+        return {"span": (w * (1 - batch["is_impossible"])).sum(), "answerable": w.sum()}
+
+    def test_sets(self, tokenizer):
+        return []  # SQuAD's test sets are hidden (scored by submission to CodaLab)
+
+
+# ------------------------------------------------------------------------------ RACE
+
+
+class RaceTask:
+    """RACE: four (passage, question + option) encodings per question, softmax over them."""
+
+    def __init__(self, config):
+        self.config = config
+        self.name = "RACE"
+        self.metric = "accuracy"
+        self.head_names = ("classifier",)
+        self.extra = {"num_choices": race.NUM_CHOICES}
+
+    def module(self, mc):
+        return model_lib.RobertaForMultipleChoice(mc)
+
+    def _read(self, split: str) -> list[race.Example]:
+        c = self.config
+        if c.data_dir == "tfds":
+            tfds_split = {"dev": "validation"}.get(split, split)
+            return [ex for level in race.LEVELS for ex in race.read_tfds(level, tfds_split)]
+        return race.read_dir(c.data_dir, split)
+
+    def _featurize(self, examples, tokenizer):
+        c = self.config
+        f = race.featurize(examples, tokenizer, max_length=c.max_length,
+                           max_option_length=c.max_option_length)
+        return trim(_with_weight(f))
+
+    def train_arrays(self, tokenizer):
+        examples = subset(self._read("train"), self.config.max_train_examples,
+                          self.config.data_seed)
+        return self._featurize(examples, tokenizer), len(examples)
+
+    def _set(self, split, tokenizer, prefix=""):
+        examples = subset(self._read(split), self.config.max_eval_examples, None)
+        arrays = self._featurize(examples, tokenizer)
+        level = np.array([ex.id.split(".")[0].rstrip("0123456789") for ex in examples])
+
+        def score(outputs):
+            pred = np.asarray(outputs).argmax(-1)
+            right = pred == arrays["labels"]
+            m = {f"{prefix}accuracy": float(right.mean())}
+            for name in race.LEVELS:  # the paper reports Middle and High apart (Table 7)
+                if (level == name).any():
+                    m[f"{prefix}accuracy_{name}"] = float(right[level == name].mean())
+            return m
+        return EvalSet("", arrays, score)
+
+    def eval_sets(self, tokenizer):
+        return [self._set("dev", tokenizer)]
+
+    def loss_sums(self, scores, batch):
+        return {"loss": (_ce(scores, batch["labels"]) * batch["weight"]).sum()}
+
+    def loss_counts(self, batch):
+        return {"loss": batch["weight"].sum()}
+
+    def test_sets(self, tokenizer):
+        return []
+
+    def test_eval_set(self, tokenizer) -> EvalSet | None:
+        """The test split scored like dev (`test_accuracy`, ...): RACE's test answers are public."""
+        try:
+            return self._set("test", tokenizer, prefix="test_")
+        except FileNotFoundError as e:
+            log.warning("no RACE test split: %s", e)
+            return None
+
+
+def make_task(config):
+    """The task object for `config.task`: a GLUE name, "squad" or "race"."""
+    name = str(config.task).strip().lower()
+    if name == "squad":  # the version is config.squad_version
+        return SquadTask(config)
+    if name == "race":
+        return RaceTask(config)
+    try:
+        return GlueTask(config)
+    except ValueError:
+        raise ValueError(f"config.task={config.task!r}: expected a GLUE task "
+                         f"({', '.join(glue.GLUE_TASKS)}), 'squad' or 'race'") from None
