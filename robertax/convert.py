@@ -6,6 +6,7 @@ needed); `pytorch_model.bin` is read with `torch.load(weights_only=True)`.
 
     python -m robertax.convert --src=hf_dir --dst=out_dir            # hf -> robertax
     python -m robertax.convert --src=ckpt_dir --dst=hf_dir --dst_format=hf
+    python -m robertax.convert --src=roberta.base/model.pt --dst=out_dir   # fairseq (fairseq.py)
 
 Layout differences (torch Linear stores (out, in); Flax kernels are (in, out)):
   linear   W[out, in]        -> kernel[in, out]
@@ -368,7 +369,10 @@ def detect_format(path: str) -> str:
                      "or training dir); pass --src_format")
 
 
-def read(path: str, fmt: str | None = None) -> tuple[RobertaConfig, dict]:
+def read(path: str, fmt: str | None = None, *, trusted: bool = False,
+         head: str | None = None) -> tuple[RobertaConfig, dict]:
+    """`trusted` (unrestricted unpickling) and `head` (which classification head) are for
+    fairseq's model.pt."""
     fmt = fmt or detect_format(path)
     if fmt == "hf":
         return from_hf(path)
@@ -378,11 +382,14 @@ def read(path: str, fmt: str | None = None) -> tuple[RobertaConfig, dict]:
         return config, params
     if fmt == "fairseq":
         from robertax import fairseq
-        return fairseq.from_fairseq(path)
+        return fairseq.from_fairseq(path, trusted=trusted, head=head)
     raise ValueError(f"unknown format {fmt!r}: use hf, fairseq or robertax")
 
 
-def write(config: RobertaConfig, params: dict, path: str, fmt: str) -> None:
+def write(config: RobertaConfig, params: dict, path: str, fmt: str, *, head: str | None = None,
+          dictionary: str | None = None) -> None:
+    """`dictionary`: a fairseq dict.txt that travels with the model (copied beside it), so a
+    later conversion to fairseq finds it; `head` names the fairseq classification head."""
     if fmt == "hf":
         to_hf(config, params, path)
     elif fmt == "robertax":
@@ -390,9 +397,13 @@ def write(config: RobertaConfig, params: dict, path: str, fmt: str) -> None:
         checkpoint.save_model(path, config, _to_numpy(params))
     elif fmt == "fairseq":
         from robertax import fairseq
-        fairseq.to_fairseq(config, params, path)
+        fairseq.to_fairseq(config, params, path, head=head, dictionary=dictionary)
     else:
         raise ValueError(f"unknown format {fmt!r}: use hf, fairseq or robertax")
+    copy = os.path.join(path, "dict.txt")
+    if dictionary and fmt != "fairseq" and os.path.abspath(dictionary) != os.path.abspath(copy):
+        import shutil
+        shutil.copyfile(dictionary, copy)
 
 
 def main(argv=None) -> None:
@@ -403,11 +414,19 @@ def main(argv=None) -> None:
     parser.add_argument("--dst", required=True)
     parser.add_argument("--src_format", choices=("hf", "fairseq", "robertax"))
     parser.add_argument("--dst_format", choices=("hf", "fairseq", "robertax"))
+    parser.add_argument("--trust_pickle", action="store_true",
+                        help="fairseq: unpickle model.pt without restrictions (runs code the "
+                             "file names; only for files you trust)")
+    parser.add_argument("--fairseq_head", help="fairseq: the classification head to read "
+                        "(when there are several) / the name to write it under")
     args = parser.parse_args(argv)
     src_format = args.src_format or detect_format(args.src)
     dst_format = args.dst_format or ("robertax" if src_format != "robertax" else "hf")
-    config, params = read(args.src, src_format)
-    write(config, params, args.dst, dst_format)
+    config, params = read(args.src, src_format, trusted=args.trust_pickle,
+                          head=args.fairseq_head)
+    from robertax import fairseq
+    write(config, params, args.dst, dst_format, head=args.fairseq_head,
+          dictionary=fairseq.find_dictionary(args.src))
     n = sum(int(np.size(x)) for x in __import__("jax").tree.leaves(params))
     heads = [h for h in HEADS if h in params]
     print(f"{args.src} ({src_format}) -> {args.dst} ({dst_format}): {config.num_layers} layers, "

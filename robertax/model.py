@@ -73,6 +73,9 @@ class RobertaConfig:
             raise KeyError(f"unknown model config keys {unknown}; known: {sorted(names)}")
         return cls(**d)
 
+    def replace(self, **kw) -> "RobertaConfig":
+        return dataclasses.replace(self, **kw)
+
     @property
     def padded_vocab_size(self) -> int:
         m = max(1, self.pad_vocab_to)

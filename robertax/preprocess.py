@@ -4,7 +4,12 @@
         [--format=text|jsonl|tfds] [--valid_fraction=0.01] [--seed=0] [--num_processes=8]
 
 Documents keep their sentence boundaries (one record per sentence; paragraphs are split into
-sentences unless --nosplit_sentences). Each document goes to `valid` when a seeded hash of its
+sentences unless --nosplit_sentences). Splitting does not change the token stream: a line's
+first sentence is encoded as fairseq encodes a line (no leading space), and each later sentence
+keeps the whitespace that separated it from the previous one (`tokenizer.continuation`), so with
+byte-level BPE a line's sentence records concatenate to exactly the ids of the whole line
+("... Kouros). The statue" keeps "ĠThe"; sentencepiece: see SentencePieceTokenizer.continuation).
+Lines of a document are stored one after another with no separator, as before. Each document goes to `valid` when a seeded hash of its
 position in the input falls under `valid_fraction`, so the split does not depend on the number of
 processes or how the input is cut; the corpus's first document always goes to `valid` (when
 valid_fraction > 0) so a small corpus still gets one. Text is encoded literally: "<s>" in a
@@ -36,6 +41,9 @@ from robertax.data import corpus, shards
 from robertax.data.sentences import split_sentences as _split
 
 SPLITS = ("train", "valid")
+# The text-to-records rule; part of the config hash (and of the built-in corpus's cache key), so
+# a changed rule re-preprocesses instead of reusing. 2: later sentences keep their leading space.
+PREPROCESS_VERSION = 2
 WORK = "_work"  # per-unit outputs of an unfinished run
 _BATCH_SENTENCES = 4096  # sentences per encode_batch call: big enough to amortize, small in memory
 _state: dict = {}  # per-process: units, tokenizer, options (set by _init)
@@ -88,6 +96,7 @@ def _process_unit(i: int) -> dict:
     stats, out = corpus.Stats(), _UnitWriter(prefix, shards.token_dtype(tok.vocab_size))
     force_valid = i == 0 and opt["valid_fraction"] > 0  # see the module docstring
     pending, texts = [], []
+    continuation = getattr(tok, "continuation", lambda text: text)  # byte BPE's rule by default
 
     def flush():
         nonlocal force_valid
@@ -111,7 +120,11 @@ def _process_unit(i: int) -> dict:
         texts.clear()
 
     for doc in corpus.read_unit(units[i], stats):
-        sentences = [s for line in doc.lines for s in _split(line)] if opt["split_sentences"] else doc.lines
+        if opt["split_sentences"]:
+            sentences = [s if k == 0 else continuation(s) for line in doc.lines
+                         for k, s in enumerate(_split(line, keep_whitespace=True))]
+        else:
+            sentences = doc.lines
         stats.counts["sentences"] += len(sentences)
         pending.append((doc, len(sentences)))
         texts.extend(sentences)
@@ -177,7 +190,8 @@ def preprocess(sources, tokenizer, out_dir: str, *, valid_fraction: float = 0.01
     options = {"valid_fraction": valid_fraction, "seed": seed, "split_sentences": split_sentences,
                "max_line_bytes": max_line_bytes, "chunk_bytes": chunk_bytes}
     described = [d for s in sources for d in s.describe()]
-    config = {"format_version": shards.FORMAT_VERSION, "sources": described, "tokenizer": tok.fingerprint,
+    config = {"format_version": shards.FORMAT_VERSION, "preprocess_version": PREPROCESS_VERSION,
+              "sources": described, "tokenizer": tok.fingerprint,
               "options": options, "formats": [s.fmt for s in sources], "text_keys": [s.text_key for s in sources]}
     config_hash = _config_hash(config)
 
@@ -267,6 +281,7 @@ def _assemble(out_dir, units, tok, described, options, config_hash, metadata, se
     skipped_lines = sum(skipped[r] for r in corpus.LINE_SKIPS)
     manifest = {
         "format_version": shards.FORMAT_VERSION,
+        "preprocess_version": PREPROCESS_VERSION,
         "token_dtype": shards.token_dtype(tok.vocab_size).name,
         "vocab_size": tok.vocab_size,
         "tokenizer": {"fingerprint": tok.fingerprint, "kind": tok.kind, "path": "tokenizer"},

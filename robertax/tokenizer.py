@@ -66,6 +66,17 @@ class _Base:
     def encode_plain(self, text: str, *, literal: bool = False) -> list[int]:
         return self.encode_batch_plain([text], literal=literal)[0]
 
+    def continuation(self, text: str) -> str:
+        """What to encode for a piece of a paragraph that follows another piece: a sentence after
+        the first of its line, which starts with the whitespace separating it from the previous
+        sentence (`robertax.data.sentences.split_sentences(keep_whitespace=True)`).
+
+        Byte-level BPE: the text as it is. A word's leading space is part of its token ("ĠThe")
+        and GPT-2's pre-tokenizer splits before that whitespace anyway, so the pieces' ids
+        concatenate to exactly the paragraph's ids. See `SentencePieceTokenizer.continuation`.
+        """
+        return text
+
     def _config(self) -> dict:
         return {"kind": self.kind, "format": 1, "vocab_size": self.vocab_size,
                 "special_ids": self.special_tokens, "fingerprint": self.fingerprint}
@@ -143,7 +154,16 @@ class ByteBPETokenizer(_Base):
         return self._tok.id_to_token(int(i))
 
     def word_start_table(self) -> np.ndarray:
-        """[vocab_size] bool: True where a token begins after whitespace (or is special)."""
+        """[vocab_size] bool: True where a token begins after whitespace (or is special).
+
+        For whole-word masking (robertax.data.masking). A line's first word has no space before
+        it ("The"), so it is no word start by this table; a later sentence of the line keeps the
+        space before it in preprocessing (`continuation`), so it starts with a word-start token
+        ("ĠThe") as inside the paragraph. The masking code itself starts a word at the first
+        token of an input and after any special token (`<s>`, `</s>`, padding), not at sentence
+        or line boundaries: a line's first token that follows the previous line's last token in
+        a block continues that word.
+        """
         table = np.zeros(self.vocab_size, dtype=bool)
         for tok, i in self.vocab.items():
             table[i] = tok[:1] in _WORD_START_CHARS
@@ -184,6 +204,23 @@ class SentencePieceTokenizer(_Base):
         self.vocab_size = self.mask_id + 1
         self.fingerprint = hashlib.sha256(self.kind.encode() + model_proto).hexdigest()
         self._by_string = {t: i for i, t in enumerate(SPECIALS)} | {MASK: self.mask_id}
+        # Does the model prepend "\u2581" to every text it encodes (add_dummy_prefix)?
+        self._dummy_prefix = self._sp.normalize("x").startswith("\u2581")
+
+    def continuation(self, text: str) -> str:
+        """What to encode for a sentence after the first of its line (see `_Base.continuation`).
+
+        sentencepiece prepends a dummy-prefix "\u2581" (a space) to every text it encodes, so a
+        line's first sentence and a sentence on its own both start with a word start. For a
+        later sentence that prefix stands for the space separating it from the previous one:
+        one leading " " is dropped before encoding, and "Hello. The cat" is encoded as "Hello."
+        + "The cat" -> [\u2581Hello, .] + [\u2581The, \u2581cat], the paragraph's own pieces
+        (with a single space, and with several: "  The" -> " The" -> [\u2581, \u2581The]). Other
+        separating whitespace (a tab, "\u3000", none after a CJK full stop) is kept after the
+        dummy prefix: no text is lost, but the ids then hold one space more than the paragraph's.
+        A model without the dummy prefix gets the text as it is.
+        """
+        return text[1:] if self._dummy_prefix and text.startswith(" ") else text
 
     def _segments(self, text: str, literal: bool):
         """(start, end, special_id or None) runs of `text`."""
@@ -247,6 +284,8 @@ class SentencePieceTokenizer(_Base):
         return MASK if i == self.mask_id else self._sp.id_to_piece(int(i))
 
     def word_start_table(self) -> np.ndarray:
+        """[vocab_size] bool: True for pieces that begin with "\u2581" (a space) or are special.
+        With the dummy prefix every sentence's first piece is a word start."""
         table = np.array([self._sp.id_to_piece(i).startswith("\u2581") for i in range(self.mask_id)]
                          + [True])
         table[list(self.special_ids)] = True

@@ -252,22 +252,19 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
     return result
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_REPO, "configs", "tiny.py"), "Training config file.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: workdir/<config>).")
-
-
 def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
+    config = flags.FLAGS.config
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
-    workdir = _WORKDIR.value or os.path.join("workdir", name)
-    train(config, workdir)
+    train(config, flags.FLAGS.workdir or os.path.join("workdir", name))
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a program, so other tools can import this module.
+    config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "tiny.py"),
+                                    "Training config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Output directory (default: workdir/<config name>).")
     app.run(main)

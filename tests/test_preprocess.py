@@ -35,11 +35,14 @@ def reference(test_data):
 
 
 def independent_documents(path: pathlib.Path, split: bool) -> list[list[str]]:
-    """Blank-line separated documents of stripped lines, written out here without robertax's reader."""
+    """Blank-line separated documents of stripped lines, written out here without robertax's reader.
+
+    split: each line becomes its sentences, each after the first keeping the whitespace before it
+    (preprocessing's rule for byte-level BPE, where "ĠThe" inside a paragraph is not "The")."""
     docs, doc = [], []
     for line in path.read_text(encoding="utf-8").split("\n"):
         if line.strip():
-            doc += split_sentences(line.strip()) if split else [line.strip()]
+            doc += split_sentences(line.strip(), keep_whitespace=True) if split else [line.strip()]
         elif doc:
             docs.append(doc)
             doc = []
@@ -92,12 +95,50 @@ def test_split_sentences():
     assert split_sentences('He said "Go." Then (see Fig. 3) left... Done') == \
         ['He said "Go."', "Then (see Fig. 3) left...", "Done"]
     assert split_sentences("  ") == [] and split_sentences("No end") == ["No end"]
+    # keep_whitespace: later sentences keep the whitespace before them, nothing is lost.
+    assert split_sentences(" A cat.  C dog!\tEnd. ", keep_whitespace=True) == ["A cat.", "  C dog!", "\tEnd."]
+    assert split_sentences("Kouros). The statue", keep_whitespace=True) == ["Kouros).", " The statue"]
+    # No cut where GPT-2's pre-tokenizer would not split: CJK stop + punctuation, or \x1c.
+    assert split_sentences("第一句。「第二句」。 Third.") == ["第一句。「第二句」。", "Third."]
+    assert split_sentences("One.\x1cTwo.") == ["One.\x1cTwo."]
 
 
 def test_split_sentences_keeps_every_character(test_data):
-    text = (test_data / "text" / "enwiki-excerpt" / "articles.txt").read_text(encoding="utf-8")
-    for line in text.split("\n")[:2000]:
-        assert "".join(split_sentences(line)).replace(" ", "") == line.replace(" ", "")
+    for rel in ("enwiki-excerpt/articles.txt", "tinyshakespeare/input.txt"):
+        for line in (test_data / "text" / rel).read_text(encoding="utf-8").split("\n"):
+            kept = split_sentences(line, keep_whitespace=True)
+            assert "".join(kept) == line.strip()
+            assert [k.strip() for k in kept] == split_sentences(line)
+
+
+def test_sentence_records_keep_the_token_stream(tmp_path, tok, test_data):
+    """Per line of the Wikipedia file, the line's sentence records concatenate to the ids of the
+    whole line (as fairseq encodes a line), and a document's records decode to its lines' text."""
+    path = test_data / "text" / "enwiki-excerpt" / "articles.txt"
+    manifest = preprocess_lib.preprocess(str(path), tok, str(tmp_path), valid_fraction=0.0)
+    docs = read_split(tmp_path, "train")
+    lines = independent_documents(path, split=False)
+    assert len(docs) == len(lines) == manifest["input"]["documents"]
+    checked = mismatched = split_lines = 0
+    for records, doc_lines in zip(docs, lines):
+        pos = 0
+        for line in doc_lines:
+            expected = tok.encode_plain(line, literal=True)
+            got, n = [], 0
+            while len(got) < len(expected) and pos + n < len(records):
+                got += records[pos + n]
+                n += 1
+            pos += n
+            checked += 1
+            split_lines += n > 1
+            mismatched += got != expected
+        assert pos == len(records)  # every record belongs to exactly one line
+        # Lines are stripped and stored back to back: no newline (nor separator) between them.
+        text = "".join(doc_lines)
+        assert tok.decode([i for r in records for i in r]) == text
+        assert "".join(tok.decode(r) for r in records) == text
+    assert (checked, mismatched) == (manifest["input"]["lines"], 0)
+    assert split_lines > 1000  # many lines do hold several sentences
 
 
 def test_wikipedia(tmp_path, tok, reference, test_data):
@@ -111,6 +152,23 @@ def test_wikipedia(tmp_path, tok, reference, test_data):
     assert tokenizer_lib.load(str(tmp_path / "tokenizer")).fingerprint == tok.fingerprint
     assert manifest["sources"][0]["path"] == str(path.resolve())
     assert manifest["splits"]["valid"]["documents"] >= 2  # the forced first + ~10% of 102 by hash
+
+
+def test_sentencepiece_sentences(tmp_path, test_data):
+    """sentencepiece's dummy-prefix "▁" stands for the space before a later sentence (see
+    SentencePieceTokenizer.continuation): the records are the line's own pieces, text is kept."""
+    spm = tokenizer_lib.train_sentencepiece(str(test_data / "text" / "tinyshakespeare" / "input.txt"), 1000)
+    lines = ["First Citizen: Before we proceed. Hear me speak.  All: Speak, speak!", "You are all resolved? Yes."]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    manifest = preprocess_lib.preprocess(str(tmp_path / "in.txt"), spm, str(tmp_path / "out"), valid_fraction=0.0)
+    assert manifest["input"]["sentences"] == 5
+    (doc,) = read_split(tmp_path / "out", "train")
+    assert [i for r in doc[:3] for i in r] == spm.encode_plain(lines[0], literal=True)
+    assert [i for r in doc[3:] for i in r] == spm.encode_plain(lines[1], literal=True)
+    assert spm.id_to_token(doc[2][0]) == "▁" and spm.id_to_token(doc[2][1]).startswith("▁")  # two spaces
+    # Each line's dummy prefix reads as one space between lines.
+    assert spm.decode([i for r in doc for i in r]) == " ".join(lines)
+    assert spm.continuation("\tX") == "\tX" and spm.continuation("  X") == " X"
 
 
 def test_shakespeare_parallel_equals_serial(tmp_path, tok, reference, test_data):
@@ -178,10 +236,10 @@ def test_bad_input_is_counted_and_located(tmp_path, tok):
     preprocess_lib.check_counts(manifest)
     docs = read_split(out, "train")
     texts = [[tok.decode(s) for s in d] for d in docs]
-    assert texts == [["First document.", "It has two lines.", "Second line of the first document."],
+    assert texts == [["First document.", " It has two lines.", "Second line of the first document."],
                      ["The rest of document two survives."],
                      ["Literal <s> and <mask> stay text in a corpus."],
-                     ["Gzipped document one."], ["Gzipped document two.", "Two sentences."]]
+                     ["Gzipped document one."], ["Gzipped document two.", " Two sentences."]]
     assert not any(set(s) & tok.special_ids for d in docs for s in d)
     assert manifest["splits"]["valid"]["documents"] == 0 and manifest["splits"]["valid"]["shards"] == []
 
@@ -210,7 +268,7 @@ def test_jsonl(tmp_path, tok):
     assert manifest["input"] == {"documents": 3, "lines": 3, "lines_kept": 3, "sentences": 4}
     assert manifest["skipped"]["empty_document"] == 1
     assert [[tok.decode(s) for s in d] for d in read_split(tmp_path / "out", "train")] == \
-        [["One paragraph.", "Two sentences.", "A second paragraph."], ["Third document."]]
+        [["One paragraph.", " Two sentences.", "A second paragraph."], ["Third document."]]
 
 
 def test_tfds_mock(tmp_path, tok):

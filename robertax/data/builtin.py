@@ -19,7 +19,8 @@ import sys
 import sysconfig
 import time
 
-BUILTIN_VERSION = 1  # bump when the corpus recipe changes: caches are then rebuilt
+BUILTIN_VERSION = 1  # bump when the corpus recipe changes: caches are then rebuilt (so does a
+# new robertax.preprocess.PREPROCESS_VERSION, which the cache key holds too)
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 _MIN_WORDS = 4  # shorter paragraphs are mostly headings ("Args:") or fragments
 _PUNCT_ONLY = re.compile(r"^[\W_]+$")  # reST underlines, table rules
@@ -82,7 +83,10 @@ def write_corpus(path: str) -> dict:
 
 
 def _key(vocab_size: int) -> dict:
-    return {"version": BUILTIN_VERSION, "python": sys.version.split()[0], "vocab_size": vocab_size}
+    from robertax import preprocess as preprocess_lib  # the sentence/encoding rule: see there
+
+    return {"version": BUILTIN_VERSION, "python": sys.version.split()[0], "vocab_size": vocab_size,
+            "preprocess": preprocess_lib.PREPROCESS_VERSION}
 
 
 @contextlib.contextmanager

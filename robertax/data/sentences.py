@@ -9,11 +9,21 @@ rules below are the usual ones (terminal punctuation, closing quotes, an upper-c
 next word, known abbreviations and initials), run as one compiled regex pass per paragraph, so
 splitting costs a small fraction of BPE encoding. Errors only move a boundary: every character of
 the paragraph lands in exactly one sentence.
+
+Whitespace: `split_sentences(p, keep_whitespace=True)` gives every sentence after the first the
+whitespace that separates it from the previous one, so `"".join(sentences) == p.strip()` and the
+sentences encode, one by one, to the tokens of the whole paragraph (robertax.preprocess relies on
+it: with byte-level BPE a word's leading space is part of its token, "ĠThe" vs "The"). Boundaries
+are only placed where GPT-2's pre-tokenizer splits the paragraph anyway: between terminal
+punctuation (with its closing quotes/brackets) and the whitespace after it, or, for the CJK
+terminators, before whitespace, a letter or a digit. The default (`keep_whitespace=False`) strips
+each sentence, for display.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # Lower-cased, without the final period. A period after one of these is not a sentence end.
 ABBREVIATIONS = frozenset("""
@@ -24,9 +34,13 @@ jan feb mar apr jun jul aug sep sept oct nov dec mon tue tues wed thu thur thurs
 ave blvd rd hwy mts ph.d b.a m.a u.s u.k e.g i.e a.m p.m
 """.split())
 
+# Whitespace as GPT-2's pre-tokenizer (Unicode White_Space) sees it: Python's \s also matches the
+# separators \x1c-\x1f, which the pre-tokenizer joins to the punctuation before them.
+_WS = r"[^\S\x1c-\x1f]"
 # A sentence end: terminal punctuation, closing quotes/brackets, then whitespace. Also the
 # full-width CJK terminators, which are not followed by spaces.
-_END = re.compile(r"""([.!?\u2026]+['"\u2019\u201d\u00bb)\]]*)(\s+)|([\u3002\uff01\uff1f]+['"\u300d\u300f\uff09\u201d]*)""")
+_END = re.compile(rf"""([.!?\u2026]+['"\u2019\u201d\u00bb)\]]*)({_WS}+)|([\u3002\uff01\uff1f]+['"\u300d\u300f\uff09\u201d]*)""")
+_IS_WS = re.compile(_WS)
 _OPENERS = "\"'(\u201c\u2018[\u00ab\u00bf\u00a1"
 
 
@@ -54,24 +68,44 @@ def _is_abbreviation(text: str, end: int) -> bool:
     return word.lower() in ABBREVIATIONS
 
 
-def split_sentences(paragraph: str) -> list[str]:
-    """Splits one paragraph into sentences (stripped, non-empty, in order)."""
-    out, start = [], 0
+def _cjk_cut_ok(text: str, i: int) -> bool:
+    """True if a CJK sentence may start at text[i]: the end, whitespace, a letter or a digit. Before
+    other punctuation ("。「…") GPT-2's pre-tokenizer keeps both marks in one token, so a cut there
+    would change the paragraph's tokens: the sentence goes on instead."""
+    if i >= len(text):
+        return True
+    return _IS_WS.match(text, i) is not None or unicodedata.category(text[i])[0] in "LN"
+
+
+def split_sentences(paragraph: str, *, keep_whitespace: bool = False) -> list[str]:
+    """Splits one paragraph into sentences (non-empty, in order).
+
+    keep_whitespace=False: each sentence is stripped. True: each sentence but the first starts with
+    the whitespace between it and the previous one, so the sentences concatenate to
+    `paragraph.strip()` (see the module docstring).
+    """
+    cuts = []  # where each sentence but the last ends (the whitespace after it goes to the next)
     for m in _END.finditer(paragraph):
         if m.group(3) is not None:  # CJK terminator: the boundary is right after it
-            cut = next_start = m.end()
+            if not _cjk_cut_ok(paragraph, m.end()):
+                continue
+            cut = m.end()
         else:
-            punct, cut, next_start = m.group(1), m.end(1), m.end()
-            if not _starts_sentence(paragraph, next_start):
+            punct, cut = m.group(1), m.end(1)
+            if not _starts_sentence(paragraph, m.end()):
                 continue
             if punct.startswith(".") and len(punct.rstrip("'\"\u2019\u201d\u00bb)]")) == 1 \
                     and _is_abbreviation(paragraph, m.start(1)):
                 continue
-        sentence = paragraph[start:cut].strip()
-        if sentence:
-            out.append(sentence)
-        start = next_start
-    rest = paragraph[start:].strip()
-    if rest:
-        out.append(rest)
+        cuts.append(cut)
+    out, start = [], 0
+    for end in [*cuts, len(paragraph)]:
+        piece = paragraph[start:end]  # every piece but the last holds its terminator
+        start = end
+        if not out:
+            piece = piece.lstrip()
+        if end == len(paragraph):
+            piece = piece.rstrip()
+        if piece.strip():
+            out.append(piece if keep_whitespace else piece.strip())
     return out

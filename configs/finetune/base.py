@@ -1,0 +1,90 @@
+"""Fine-tuning defaults shared by every task: the paper's recipe (Liu et al., 2019, Table 10 and
+Section 5), which the per-task files specialize.
+
+    python -m robertax.finetune --config=configs/finetune/<task>.py \
+        --config.init_checkpoint=PATH --workdir=DIR [--config.key=value ...]
+
+Numbers from the paper cite it; "fairseq" means fairseq's examples/roberta READMEs (the paper's
+released recipes). The rest are engineering choices.
+"""
+
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+
+    # --- what to fine-tune, on what ---
+    c.task = "SST-2"                # a GLUE task name, "squad" or "race"
+    c.data_dir = "glue_data"        # the task's data folder, or "tfds" (prepared TFDS datasets)
+    c.train_file = ""               # SQuAD: explicit train JSON (default <data_dir>/train-v*.json)
+    c.eval_file = ""                # SQuAD: explicit dev JSON (default <data_dir>/dev-v*.json)
+    c.init_checkpoint = ""          # robertax model dir, pretraining workdir or Hugging Face dir
+    c.tokenizer = ""                # "" = the checkpoint's own (see robertax/finetune.py)
+    c.from_mnli = ""                # an MNLI fine-tuned model to start from (Section 5: RTE,
+                                    # STS-B and MRPC start from MNLI); its head is re-initialized
+    c.head = "auto"                 # "auto": reuse a checkpoint head of the right shape; "fresh"
+
+    # --- optimization (Table 10) ---
+    c.learning_rate = 1e-5          # Table 10: GLUE {1e-5, 2e-5, 3e-5}
+    c.batch_size = 32               # Table 10: GLUE {16, 32}
+    c.num_epochs = 10               # Table 10: GLUE max epochs 10
+    c.max_steps = 0                 # > 0 overrides num_epochs (total steps of the schedule)
+    c.warmup_ratio = 0.06           # Table 10: warmup 6% of the steps, then linear decay to 0
+    c.weight_decay = 0.1            # Table 10
+    c.b1 = 0.9                      # Table 10 (Adam β1)
+    c.b2 = 0.98                     # Table 10 (Adam β2)
+    c.eps = 1e-6                    # Table 10 (Adam ε)
+    c.decay_mask = "all"            # fairseq decays every parameter ("no_bias_ln": transformers)
+    c.grad_clip_norm = 0.0          # fairseq GLUE recipe: --clip-norm 0.0 (off)
+    c.dropout = 0.1                 # Table 10
+    c.attention_dropout = 0.1       # Table 10
+    c.microbatches = 1              # gradient accumulation inside the step
+    c.precision = "auto"            # auto: bfloat16 on GPU/TPU, float32 on CPU | float32 | ...
+
+    # --- inputs ---
+    c.max_length = 512              # RoBERTa's maximum (Section 5); cut to the model's positions
+    c.max_train_examples = 0        # > 0: a seeded random subset of train (CPU-scale runs)
+    c.max_eval_examples = 0         # > 0: the first N dev examples
+    c.data_seed = 0                 # which train subset (fixed across the sweep's seeds)
+
+    # --- SQuAD (used when task = "squad") ---
+    c.squad_version = "1.1"
+    c.doc_stride = 128              # BERT's run_squad.py default
+    c.max_query_length = 64         # BERT's run_squad.py default
+    c.max_answer_length = 30        # BERT's run_squad.py default
+    c.n_best = 20                   # BERT's run_squad.py default
+    c.null_threshold = 0.0          # v2.0: answer "" when logit(no) - logit(yes) exceeds this
+
+    # --- RACE (used when task = "race") ---
+    c.max_option_length = 128       # Section 5 (RACE): question + answer truncated to 128 tokens
+
+    # --- evaluation and model selection ---
+    c.eval_every = 0                # 0: each epoch; K > 0: every K steps; -1: only at the end
+    c.early_stopping_patience = 0   # stop after this many evaluations without a better dev
+                                    # metric (0: off; the best evaluation is kept either way)
+    c.select_metric = ""            # "" = the task's first metric (MRPC f1, STS-B pearson, ...)
+    c.eval_batch_size = 64
+    c.predict_test = False          # GLUE: leaderboard files in workdir/submission; RACE: test acc
+    c.save_best = True              # the best model to workdir/best (robertax model format)
+
+    c.seed = 0                      # head init, dropout and example order (GLUE: 5 seeds, Sec. 5)
+    c.log_every = 50
+    c.progress = True               # tqdm bar
+    c.overwrite = False             # replace a finished run in the same workdir
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1                # data parallel over every device
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    return c
+
+
+def glue_config(task: str, learning_rate: float, batch_size: int):
+    """A GLUE task with the learning rate / batch size fairseq's README picked from the grid."""
+    c = get_config()
+    c.task = task
+    c.data_dir = "glue_data"        # download_glue_data.py's output folder
+    c.learning_rate = learning_rate
+    c.batch_size = batch_size
+    return c

@@ -1,0 +1,543 @@
+"""Fine-tuning entry point: GLUE, SQuAD v1.1/v2.0 and RACE with the paper's recipes.
+
+    python -m robertax.finetune --config=configs/finetune/sst2.py \
+        --config.init_checkpoint=PATH --config.data_dir=glue_data --workdir=DIR
+
+PATH is a robertax model dir, a pretraining workdir, or a Hugging Face dir (read by
+`robertax.convert.read`). The tokenizer is `config.tokenizer`, else the one that belongs to
+PATH: `<model dir>/tokenizer`, a pretraining workdir's `<shard dir>/tokenizer`, or the
+Hugging Face dir itself (vocab.json + merges.txt).
+
+One `finetune()` in steps: weights + tokenizer -> task data -> model and sharded state ->
+jitted step -> loop (log, evaluate at each epoch or every K steps, keep the best dev score,
+early stopping) -> best model, test predictions, results. Writes to --workdir:
+  results.json    the best evaluation's dev metrics by name (see robertax/tasks/runner.py),
+                  plus `metric` (what selected it), `step`, `epoch` and every evaluation
+  metrics.jsonl   train rows (`loss`, `learning_rate`, ...) and eval rows (`eval_<metric>`)
+  tensorboard/    the same, as TensorBoard events
+  best/           the best model in the robertax model format, its tokenizer in best/tokenizer
+  submission/     GLUE leaderboard files (config.predict_test=True and a test file present)
+
+The per-task parts (data, head, loss, scoring) live in `robertax/tasks/runner.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from typing import Any
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:  # config files import `configs.finetune.base`
+    sys.path.insert(0, _REPO)
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from flax import traverse_util  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from robertax import checkpoint, convert, observe, optim, sharding  # noqa: E402
+from robertax import tokenizer as tokenizer_lib  # noqa: E402
+from robertax.model import RobertaConfig  # noqa: E402
+from robertax.tasks import glue, runner  # noqa: E402
+
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+INPUT_KEYS = ("input_ids", "attention_mask")
+
+
+# ------------------------------------------------------------------ weights and tokenizer
+
+
+def load_checkpoint(path: str) -> tuple[RobertaConfig, dict, dict, str]:
+    """(model config, numpy params, metadata, format) of any checkpoint robertax reads."""
+    if not path:
+        raise ValueError("config.init_checkpoint is empty: give a robertax model dir, a "
+                         "pretraining workdir or a Hugging Face dir")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.init_checkpoint={path!r} does not exist")
+    fmt = convert.detect_format(path)
+    if fmt == "robertax":
+        mc, params, meta = checkpoint.load_model(path)
+    else:
+        (mc, params), meta = convert.read(path, fmt), {}
+    return mc, jax.tree.map(np.asarray, nn.unbox(params)), meta, fmt
+
+
+def tokenizer_path(config, source: str, fmt: str) -> str:
+    """Where the tokenizer for `source` lives (config.tokenizer wins)."""
+    if config.tokenizer:
+        return config.tokenizer
+    if fmt == "hf":
+        return source  # vocab.json + merges.txt next to the weights
+    if checkpoint.is_model_dir(source):
+        path = os.path.join(source, "tokenizer")
+        if os.path.isdir(path):
+            return path
+        raise FileNotFoundError(f"{source}: a robertax model dir without tokenizer/; set "
+                                "config.tokenizer")
+    if checkpoint.is_train_dir(source):
+        with open(os.path.join(source, "config.json")) as f:
+            run_config = ml_collections.ConfigDict(json.load(f))
+        from robertax.data import pipeline
+        try:
+            shard_dir = pipeline.resolve_shard_dir(run_config)
+        except (FileNotFoundError, ValueError) as e:
+            raise FileNotFoundError(f"{source}/config.json: cannot find the pretraining corpus "
+                                    f"to take its tokenizer from ({e}); set config.tokenizer"
+                                    ) from None
+        return os.path.join(shard_dir, "tokenizer")
+    raise ValueError(f"{source}: cannot tell which tokenizer belongs to this {fmt} checkpoint; "
+                     "set config.tokenizer")
+
+
+def load_tokenizer(config, source: str, fmt: str):
+    path = tokenizer_path(config, source, fmt)
+    try:
+        return tokenizer_lib.load(path), path
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"tokenizer for {source}: {e} (set config.tokenizer)") from None
+
+
+def check_vocab(mc: RobertaConfig, tok, source: str, tok_path: str) -> None:
+    if tok.vocab_size != mc.vocab_size:
+        raise ValueError(f"vocabulary mismatch: the checkpoint {source} has vocab_size "
+                         f"{mc.vocab_size} but the tokenizer {tok_path} has {tok.vocab_size} "
+                         "tokens; pass the tokenizer the model was trained with (config.tokenizer)")
+
+
+def merge_params(fresh: dict, loaded: dict, head_names, *, keep_heads: bool, source: str) -> dict:
+    """The loaded encoder, and each head loaded when allowed and shaped alike, else fresh."""
+    if "encoder" not in loaded:
+        raise KeyError(f"{source}: no 'encoder' parameters (found {sorted(loaded)})")
+    want = traverse_util.flatten_dict(fresh["encoder"], sep="/")
+    have = traverse_util.flatten_dict(loaded["encoder"], sep="/")
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or extra:
+        raise KeyError(f"{source}: encoder parameters differ from the model's: missing "
+                       f"{missing[:5]}, unexpected {extra[:5]}")
+    for k in want:
+        if tuple(want[k].shape) != tuple(np.shape(have[k])):
+            raise ValueError(f"{source}: encoder/{k} has shape {tuple(np.shape(have[k]))}, the "
+                             f"model expects {tuple(want[k].shape)}")
+    out = {"encoder": loaded["encoder"]}
+    for head in head_names:
+        reason = None
+        if not keep_heads:
+            reason = "re-initialized (config.head='fresh' or from_mnli)"
+        elif head not in loaded:
+            reason = "new"
+        else:
+            shapes = lambda t: jax.tree.map(np.shape, t)  # noqa: E731
+            if shapes(loaded[head]) != shapes(fresh[head]):
+                reason = (f"re-initialized: the checkpoint's has shapes "
+                          f"{shapes(loaded[head])}, the task needs {shapes(fresh[head])}")
+        out[head] = fresh[head] if reason else loaded[head]
+        logging.info("head %r: %s", head, reason or f"loaded from {source}")
+    return out
+
+
+# ---------------------------------------------------------------------------- the steps
+
+
+def batch_loss(module, task, params, batch: dict, counts: dict | None = None, *,
+               deterministic: bool = True, rng=None):
+    """The task's training loss on `batch`: sum over loss terms of (summed loss / count).
+
+    `counts` default to the batch's own; the train step passes the whole batch's counts when
+    it splits it into microbatches."""
+    counts = counts if counts is not None else task.loss_counts(batch)
+    out = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                       deterministic=deterministic, rngs=None if deterministic else {"dropout": rng})
+    sums = task.loss_sums(out, batch)
+    return sum(sums[k] / jnp.maximum(counts[k], 1.0) for k in sorted(sums))
+
+
+def train_step(state: optim.TrainState, batch: dict, rng, *, module, task, tx, schedule,
+               microbatches: int, fp16: bool):
+    counts = task.loss_counts(batch)
+    scale = state.loss_scale.scale
+    step_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params, mb, r):
+        loss = batch_loss(module, task, params, mb, counts, deterministic=False, rng=r)
+        return loss * scale, loss
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    if microbatches == 1:
+        grads, loss = grad_fn(state.params, batch, step_rng)
+    else:  # gradient accumulation inside the step (see robertax/step.py)
+        split = jax.tree.map(lambda x: x.reshape(microbatches, -1, *x.shape[1:]), batch)
+
+        def accumulate(carry, xs):
+            i, mb = xs
+            g, l = grad_fn(state.params, mb, jax.random.fold_in(step_rng, i))
+            return jax.tree.map(jnp.add, carry, (g, l)), None
+
+        zero = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0))
+        (grads, loss), _ = jax.lax.scan(accumulate, zero, (jnp.arange(microbatches), split))
+    grads = jax.tree.map(lambda g: g / scale, grads)
+    new_state, finite = state.apply_gradients(grads, tx, check_finite=fp16)
+    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads),
+                       "learning_rate": schedule(state.step), "skipped": (~finite).astype(jnp.int32)}
+
+
+def predict_step(params, batch, *, module):
+    return module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                        deterministic=True)
+
+
+# ------------------------------------------------------------------------------- set-up
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Everything a run needs before its first step (tests inspect it too)."""
+    config: Any
+    task: Any
+    tokenizer: Any
+    tokenizer_path: str
+    source: str
+    model_config: RobertaConfig
+    module: nn.Module
+    mesh: Any
+    param_shardings: Any
+    params: dict                      # on device, in param_shardings
+    train: dict[str, np.ndarray]
+    train_examples: int
+    eval_sets: list
+
+
+def _precision(name: str) -> str:
+    if name == "auto":  # bfloat16 where it is fast (GPU/TPU); float32 on CPUs
+        return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    if name not in PRECISIONS:
+        raise ValueError(f"config.precision must be auto or one of {sorted(PRECISIONS)}, "
+                         f"got {name!r}")
+    return name
+
+
+def prepare(config) -> Prepared:
+    """Reads weights, tokenizer and data; builds the model with its parameters on the mesh."""
+    config = copy.deepcopy(config)
+    # 1. Weights and tokenizer (an MNLI model's encoder when from_mnli is set).
+    if config.from_mnli and config.init_checkpoint and config.init_checkpoint != config.from_mnli:
+        raise ValueError(f"config.from_mnli={config.from_mnli!r} and config.init_checkpoint="
+                         f"{config.init_checkpoint!r}: give one (from_mnli is the checkpoint)")
+    source = os.path.abspath(config.from_mnli or config.init_checkpoint) if (
+        config.from_mnli or config.init_checkpoint) else ""
+    mc, loaded, meta, fmt = load_checkpoint(source)
+    if config.from_mnli and meta.get("task") not in (None, "MNLI"):
+        raise ValueError(f"config.from_mnli={config.from_mnli!r} was fine-tuned on "
+                         f"{meta.get('task')}, not MNLI")
+    tok, tok_path = load_tokenizer(config, source, fmt)
+    check_vocab(mc, tok, source, tok_path)
+    precision = _precision(config.precision)
+    mc = dataclasses.replace(mc, dropout_rate=config.dropout,
+                             attention_dropout_rate=config.attention_dropout,
+                             dtype=PRECISIONS[precision])
+    with config.unlocked():
+        config.precision = precision
+        if config.max_length > mc.max_length:
+            logging.warning("config.max_length %d exceeds the model's %d positions; using %d",
+                            config.max_length, mc.max_length, mc.max_length)
+            config.max_length = mc.max_length
+
+    # 2. Data.
+    task = runner.make_task(config)
+    train, n_train = task.train_arrays(tok)
+    if n_train == 0:
+        raise ValueError(f"{task.name}: no training examples")
+    eval_sets = task.eval_sets(tok)
+
+    # 3. Model and parameters, placed by the sharding rules (never whole on one device).
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_divisible(mesh, config.batch_size, config.microbatches)
+    module = task.module(mc)
+    dummy = jnp.ones((1, *train["input_ids"].shape[1:-1], 8), jnp.int32)
+    rng = jax.random.key(config.seed)
+    boxed = jax.eval_shape(lambda r: module.init(r, dummy)["params"], rng)
+    param_sh = sharding.logical_shardings(mesh, boxed)
+    fresh = jax.jit(lambda r: nn.unbox(module.init(r, dummy)["params"]),
+                    out_shardings=param_sh)(jax.random.fold_in(rng, 1))
+    params = merge_params(fresh, loaded, task.head_names, source=source,
+                          keep_heads=config.head == "auto" and not config.from_mnli)
+    if config.head not in ("auto", "fresh"):
+        raise ValueError(f"config.head must be 'auto' or 'fresh', got {config.head!r}")
+    params = jax.device_put(params, param_sh)
+    return Prepared(config, task, tok, tok_path, source, mc, module, mesh, param_sh, params,
+                    train, n_train, eval_sets)
+
+
+def _init_state(p: Prepared, tx, fp16: bool):
+    rep = sharding.replicated(p.mesh)
+    create = lambda params: optim.TrainState.create(params, tx, fp16)  # noqa: E731
+    abstract = jax.eval_shape(create, p.params)
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, p.param_shardings,
+                                   transform_non_params=lambda _: rep)
+    state_sh = jax.tree.map(lambda _: rep, abstract).replace(params=p.param_shardings,
+                                                             opt_state=opt_sh)
+    return jax.jit(create, out_shardings=state_sh)(p.params), state_sh
+
+
+def _to_global(mesh, batch: dict) -> dict:
+    """This host's contiguous slice of a global numpy batch -> sharded jax.Arrays."""
+    n, i = jax.process_count(), jax.process_index()
+    local = {k: v[len(v) * i // n: len(v) * (i + 1) // n] for k, v in batch.items()}
+    return sharding.host_batch_to_global(mesh, local)
+
+
+def _take(arrays: dict, idx: np.ndarray) -> dict:
+    """Rows `idx`; -1 marks padding rows (a copy of row 0 with weight 0)."""
+    batch = {k: v[np.maximum(idx, 0)] for k, v in arrays.items()}
+    batch["weight"] = batch["weight"] * (idx >= 0)
+    return batch
+
+
+def batches(arrays: dict, batch_size: int, seed: int, epoch: int):
+    """One epoch in a shuffled order (drawn from (seed, epoch)); the last batch is padded."""
+    n = len(arrays["input_ids"])
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    steps = -(-n // batch_size)
+    order = np.concatenate([order, np.full(steps * batch_size - n, -1)])
+    for s in range(steps):
+        yield _take(arrays, order[s * batch_size:(s + 1) * batch_size])
+
+
+def predict(p_predict, params, mesh, arrays: dict, batch_size: int):
+    """Model outputs for every row of `arrays` (numpy pytree, N first)."""
+    n = len(arrays["input_ids"])
+    inputs = {k: arrays[k] for k in (*INPUT_KEYS, "weight")}
+    outs = []
+    for s in range(0, n, batch_size):
+        idx = np.arange(s, s + batch_size)
+        batch = _take(inputs, np.where(idx < n, idx, -1))
+        outs.append(jax.device_get(p_predict(params, _to_global(mesh, batch))))
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
+
+
+def _better(a: float, b: float | None) -> bool:
+    a = -math.inf if a is None or math.isnan(a) else a
+    return b is None or a > (-math.inf if math.isnan(b) else b)
+
+
+# --------------------------------------------------------------------------------- run
+
+
+def finetune(config, workdir: str) -> dict:
+    """Fine-tunes and evaluates; returns what results.json holds."""
+    workdir = os.path.abspath(workdir)
+    _claim_workdir(workdir, config.overwrite)
+    t_start = time.perf_counter()
+    p = prepare(config)
+    config, task = p.config, p.task
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+    # Schedule: the paper's 6% warmup, then linear decay to 0 at the last step.
+    steps_per_epoch = -(-len(p.train["input_ids"]) // config.batch_size)
+    total = config.max_steps if config.max_steps > 0 else steps_per_epoch * config.num_epochs
+    optim_config = ml_collections.ConfigDict(dict(
+        peak_learning_rate=config.learning_rate, warmup_steps=int(config.warmup_ratio * total),
+        total_steps=total, b1=config.b1, b2=config.b2, eps=config.eps,
+        weight_decay=config.weight_decay, decay_mask=config.decay_mask,
+        grad_clip_norm=config.grad_clip_norm))
+    tx, schedule = optim.make_optimizer(optim_config, p.params)
+    fp16 = config.precision == "float16"
+    state, state_sh = _init_state(p, tx, fp16)
+    p.params = None  # the state owns them now
+    rep = sharding.replicated(p.mesh)
+    step_fn = jax.jit(
+        lambda s, b, r: train_step(s, b, r, module=p.module, task=task, tx=tx, schedule=schedule,
+                                   microbatches=config.microbatches, fp16=fp16),
+        in_shardings=(state_sh, None, rep), out_shardings=(state_sh, rep), donate_argnums=(0,))
+    p_predict = jax.jit(lambda params, b: predict_step(params, b, module=p.module),
+                        in_shardings=(state_sh.params, None), out_shardings=rep)
+    eval_bs = -(-config.eval_batch_size // _data_shards(p.mesh)) * _data_shards(p.mesh)
+    logging.info("%s: %d train examples (%d rows), %d steps (%d per epoch), lr %g, batch %d",
+                 task.name, p.train_examples, len(p.train["input_ids"]), total, steps_per_epoch,
+                 config.learning_rate, config.batch_size)
+
+    writer = observe.MetricWriter(workdir)
+    metric = config.select_metric or task.metric
+    evaluations, best, best_params, bad_evals = [], None, None, 0
+    pending, tput = [], observe.Throughput()
+    dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 2)
+
+    def evaluate(step: int, epoch: float):
+        nonlocal best, best_params, bad_evals
+        row = {}
+        for es in p.eval_sets:
+            row.update(es.score(predict(p_predict, state.params, p.mesh, es.arrays, eval_bs)))
+        if metric not in row:
+            raise KeyError(f"config.select_metric={metric!r} is not among the metrics "
+                           f"{sorted(row)} of {task.name}")
+        evaluations.append({"step": step, "epoch": epoch, **row})
+        writer.write(step, {"epoch": epoch, **{f"eval_{k}": v for k, v in row.items()}})
+        logging.info("step %d (epoch %.2f): %s", step, epoch,
+                     ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
+        if _better(row[metric], None if best is None else best[metric]):
+            best, bad_evals = {"step": step, "epoch": epoch, **row}, 0
+            best_params = jax.device_get(state.params)
+        else:
+            bad_evals += 1
+
+    from tqdm import tqdm
+    bar = tqdm(total=total, disable=jax.process_index() != 0 or not config.progress,
+               dynamic_ncols=True)
+    step, epoch, stop = 0, 0, False
+    while step < total and not stop:
+        for batch in batches(p.train, config.batch_size, config.seed, epoch):
+            state, metrics = step_fn(state, _to_global(p.mesh, batch), dropout_rng)
+            step += 1
+            pending.append(metrics)
+            tput.add(int(batch["attention_mask"].sum()), int(batch["weight"].sum()))
+            bar.update(1)
+            if step % config.log_every == 0 or step == total:
+                _log_train(writer, pending, tput, step, epoch + 1, fp16, bar)
+                pending = []
+            at_epoch_end = (step % steps_per_epoch == 0)
+            if (step == total or (config.eval_every == 0 and at_epoch_end)
+                    or (config.eval_every > 0 and step % config.eval_every == 0)):
+                if pending:
+                    _log_train(writer, pending, tput, step, epoch + 1, fp16, bar)
+                    pending = []
+                evaluate(step, round(step / steps_per_epoch, 4))
+                if config.early_stopping_patience > 0 and \
+                        bad_evals >= config.early_stopping_patience:
+                    logging.warning("early stopping at step %d: no better %s in %d evaluations",
+                                    step, metric, bad_evals)
+                    stop = True
+            if step == total or stop:
+                break
+        epoch += 1
+    bar.close()
+
+    # Best model, test-set predictions, results.
+    mc32 = dataclasses.replace(p.model_config, dtype=jnp.float32)
+    extra = {"task": task.name, "metric": metric, "metrics": best, "source": p.source,
+             **task.extra}
+    if config.save_best and jax.process_index() == 0:
+        best_dir = os.path.join(workdir, "best")
+        checkpoint.save_model(best_dir, mc32, best_params, extra)
+        p.tokenizer.save(os.path.join(best_dir, "tokenizer"))
+    results = {k: v for k, v in best.items() if k not in ("step", "epoch")}
+    if config.predict_test:
+        device_best = jax.device_put(best_params, state_sh.params)
+        results.update(_predict_test(p, p_predict, device_best, eval_bs, workdir))
+    results.update({"task": task.name, "metric": metric, "step": best["step"],
+                    "epoch": best["epoch"], "total_steps": total, "steps_run": step,
+                    "train_examples": p.train_examples,
+                    "eval_examples": {es.name or "dev": len(es.arrays["input_ids"])
+                                      for es in p.eval_sets},
+                    "init_checkpoint": p.source, "tokenizer": p.tokenizer_path,
+                    "seconds": round(time.perf_counter() - t_start, 1),
+                    "evaluations": evaluations})
+    writer.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    logging.warning("%s: best %s %.4f at step %d -> %s", task.name, metric, best[metric],
+                    best["step"], os.path.join(workdir, "results.json"))
+    return results
+
+
+def _data_shards(mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def _claim_workdir(workdir: str, overwrite: bool) -> None:
+    """A fine-tuning run starts clean: its own outputs from an earlier run are removed, and a
+    finished run (results.json) is only replaced with config.overwrite=True."""
+    results = os.path.join(workdir, "results.json")
+    if os.path.exists(results) and not overwrite:
+        raise FileExistsError(f"{results} exists: this workdir holds a finished run (set "
+                              "config.overwrite=True to replace it)")
+    if jax.process_index() == 0:
+        for name in ("results.json", "metrics.jsonl", "tensorboard", "best", "submission"):
+            path = os.path.join(workdir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    os.makedirs(workdir, exist_ok=True)
+
+
+def _log_train(writer, pending, tput, step, epoch, fp16, bar) -> None:
+    rows = jax.device_get(pending)
+    for i, r in enumerate(rows):
+        if not math.isfinite(float(r["loss"])) and not (fp16 and r["skipped"]):
+            raise FloatingPointError(f"loss is {float(r['loss'])} at step "
+                                     f"{step - len(rows) + i + 1}; stopping")
+    tok_s, ex_s = tput.rates()
+    tput.reset()
+    row = {k: float(np.mean([r[k] for r in rows])) for k in ("loss", "grad_norm")}
+    row.update(learning_rate=float(rows[-1]["learning_rate"]), epoch=epoch,
+               tokens_per_sec=tok_s, examples_per_sec=ex_s,
+               skipped_steps=int(sum(int(r["skipped"]) for r in rows)))
+    writer.write(step, row)
+    bar.set_postfix(loss=f"{row['loss']:.4f}")
+
+
+def _predict_test(p: Prepared, p_predict, params, eval_bs: int, workdir: str) -> dict:
+    """GLUE leaderboard files under workdir/submission; RACE test accuracy."""
+    out = {}
+    if isinstance(p.task, runner.RaceTask):
+        es = p.task.test_eval_set(p.tokenizer)
+        if es is not None:
+            out.update(es.score(predict(p_predict, params, p.mesh, es.arrays, eval_bs)))
+        return out
+    for task, split, examples, arrays in p.task.test_sets(p.tokenizer):
+        pred = np.asarray(predict(p_predict, params, p.mesh, arrays, eval_bs))
+        if task is not p.task.task:  # AX with the MNLI head: map ids through label strings
+            ids = pred.argmax(-1)
+            pred = np.array([task.labels.index(p.task.task.labels[i]) for i in ids])
+        path = glue.write_submission(task, split, pred, os.path.join(workdir, "submission"),
+                                     indices=[ex.idx for ex in examples])
+        logging.info("%s %s: %d predictions -> %s", task.name, split, len(examples), path)
+        out.setdefault("submission", []).append(os.path.relpath(path, workdir))
+    return out
+
+
+def _define_flags():
+    """--config and --workdir, defined only when run as a program. robertax.train defines flags
+    of the same names when imported (checkpoint.load_model imports it to read a pretraining
+    workdir), so it is imported first and its two flags are replaced by ours."""
+    import robertax.train  # noqa: F401
+    for name in ("config", "workdir"):
+        if name in flags.FLAGS:
+            delattr(flags.FLAGS, name)
+    global _CONFIG, _WORKDIR
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", os.path.join(_REPO, "configs", "finetune", "sst2.py"),
+        "Fine-tuning config file.", lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", None,
+                                   "Output directory (default: workdir/finetune/<config>).")
+
+
+def main(argv):
+    del argv
+    if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
+        logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+    workdir = _WORKDIR.value or os.path.join("workdir", "finetune", name)
+    results = finetune(config, workdir)
+    shown = {k: v for k, v in results.items() if isinstance(v, float)}
+    print(json.dumps({"task": results["task"], **shown}, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,322 @@
+"""Fine-tuning end to end: every GLUE task, SQuAD v1.1/v2.0 and RACE run through
+`robertax.finetune` with a tiny pretrained model and write results.json with the right metric
+names; a converted Hugging Face classifier's first step has transformers' loss and gradients;
+bad input fails naming what is wrong; the sweep tool aggregates seeds by the median."""
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from robertax import checkpoint, convert, finetune, observe, train
+from robertax.tasks import glue
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import glue_sweep  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """One tiny pretraining run (built-in corpus, its 8192-token BPE) shared by every test."""
+    c = tiny.get_config()
+    c.model.hidden_size, c.model.num_layers, c.model.num_heads = 32, 1, 2
+    c.model.intermediate_size = 64
+    c.optim.total_steps, c.optim.warmup_steps = 2, 1
+    c.batch_size, c.log_every, c.eval_every, c.checkpoint_every = 8, 1, 1000, 1000
+    workdir = str(tmp_path_factory.mktemp("pretrain"))
+    train.train(c, workdir)
+    return workdir
+
+
+def config_for(name, init, **kw):
+    """configs/finetune/<name>.py shrunk to a few steps of a tiny model on a CPU."""
+    c = importlib.import_module(f"configs.finetune.{name}").get_config()
+    c.init_checkpoint = init
+    c.max_length, c.max_train_examples, c.max_eval_examples = 64, 32, 16
+    c.max_steps, c.batch_size, c.eval_batch_size = 2, 8, 16
+    c.log_every, c.progress, c.eval_every = 1, False, -1
+    for k, v in kw.items():
+        setattr(c, k, v)
+    return c
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+MNLI_HEADER = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+               "sentence1_parse\tsentence2_parse\tsentence1\tsentence2")
+NLI = [("A man is sleeping on the couch.", "A man is awake.", "contradiction"),
+       ("Two dogs run across a field.", "Animals are outside.", "entailment"),
+       ("A woman reads a book in a park.", "The woman is a teacher.", "neutral"),
+       ("Children are playing football.", "Kids play a game.", "entailment")]
+
+
+def make_glue_dir(root, test_data):
+    """The shared GLUE folders, with MNLI and QQP (absent there) written with GLUE's real
+    headers, and QNLI given a train file (the shared data has only its dev and test)."""
+    for task in ("CoLA", "SST-2", "MRPC", "STS-B", "RTE", "WNLI"):
+        os.symlink(test_data / "glue" / task, root / task)
+    (root / "QNLI").mkdir()
+    for name, src in (("train.tsv", "dev.tsv"), ("dev.tsv", "dev.tsv"), ("test.tsv", "test.tsv")):
+        os.symlink(test_data / "glue" / "QNLI" / src, root / "QNLI" / name)
+    rows = [NLI[i % 4] for i in range(24)]
+    line = lambda i, a, b: f"{i}\t{i}\t{i}n\tfiction\t( {a} )\t( {b} )\t(S {a})\t(S {b})\t{a}\t{b}"  # noqa
+    _write(root / "MNLI" / "train.tsv", MNLI_HEADER + "\tlabel1\tgold_label\n" + "".join(
+        line(i, a, b) + f"\t{y}\t{y}\n" for i, (a, b, y) in enumerate(rows)))
+    for split in ("dev_matched", "dev_mismatched"):
+        _write(root / "MNLI" / f"{split}.tsv", MNLI_HEADER + "\tlabel1\tlabel2\tlabel3\tlabel4\t"
+               "label5\tgold_label\n" + "".join(line(i, a, b) + f"\t{y}" * 6 + "\n"
+                                                for i, (a, b, y) in enumerate(rows[:8])))
+        _write(root / "MNLI" / f"test_{split[4:]}.tsv", MNLI_HEADER + "\n" + "".join(
+            line(i, a, b) + "\n" for i, (a, b, _) in enumerate(rows[:5])))
+    _write(root / "diagnostic" / "diagnostic.tsv", "index\tsentence1\tsentence2\n" + "".join(
+        f"{i}\t{a}\t{b}\n" for i, (a, b, _) in enumerate(rows[:3])))
+    qqp = [("How do I learn Python?", "What is the best way to learn Python?", 1),
+           ("Why is the sky blue?", "How tall is Mount Everest?", 0)]
+    body = "".join(f"{i}\t{2 * i}\t{2 * i + 1}\t{a}\t{b}\t{y}\n"
+                   for i, (a, b, y) in enumerate(qqp * 12))
+    head = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+    _write(root / "QQP" / "train.tsv", head + body)
+    _write(root / "QQP" / "dev.tsv", head + body)
+    return root
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory, test_data):
+    return make_glue_dir(tmp_path_factory.mktemp("glue"), test_data)
+
+
+def check_outputs(workdir, results, metric_names):
+    on_disk = json.load(open(os.path.join(workdir, "results.json")))
+    assert on_disk["task"] == results["task"]
+    for name in metric_names:
+        assert isinstance(on_disk[name], float), name
+    rows = observe.read_metrics(workdir)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and "learning_rate" in r for r in rows if "loss" in r)
+    assert any(f"eval_{metric_names[0]}" in r for r in rows)
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    assert checkpoint.is_model_dir(os.path.join(workdir, "best"))
+
+
+def run(name, init, workdir, **kw):
+    return finetune.finetune(config_for(name, init, **kw), str(workdir))
+
+
+GLUE_CASES = {  # config file -> metric names in results.json
+    "cola": ("mcc",), "sst2": ("accuracy",), "mrpc": ("f1", "accuracy"),
+    "stsb": ("pearson", "spearman"), "qnli": ("accuracy",), "rte": ("accuracy",),
+    "wnli": ("accuracy",), "qqp": ("accuracy", "f1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GLUE_CASES))
+def test_glue_task_end_to_end(name, pretrained, glue_dir, tmp_path):
+    predict = name in ("sst2", "stsb")  # leaderboard files for a classifier and the regressor
+    results = run(name, pretrained, tmp_path, data_dir=str(glue_dir), predict_test=predict)
+    check_outputs(tmp_path, results, GLUE_CASES[name])
+    task = glue.get_task(results["task"])
+    assert results["metric"] == task.metrics[0]
+    _, params, extra = checkpoint.load_model(str(tmp_path / "best"))
+    num_labels = 1 if task.is_regression else len(task.labels)
+    assert np.shape(params["classifier"]["out"]["kernel"])[-1] == num_labels
+    assert extra["task"] == task.name
+    if predict:
+        lines = (tmp_path / "submission" / task.submission["test"]).read_text().splitlines()
+        assert lines[0] == "index\tprediction"
+        assert len(lines) - 1 == len(glue.read_tsv(task, glue_dir, "test"))
+
+
+@pytest.fixture(scope="module")
+def mnli_run(pretrained, glue_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("mnli")
+    return workdir, run("mnli", pretrained, workdir, data_dir=str(glue_dir), predict_test=True)
+
+
+def test_mnli_matched_and_mismatched_and_submissions(mnli_run):
+    workdir, results = mnli_run
+    check_outputs(workdir, results, ("accuracy", "accuracy_mismatched"))
+    assert results["eval_examples"] == {"dev": 8, "_mismatched": 8}
+    sub = workdir / "submission"
+    assert sorted(os.listdir(sub)) == ["AX.tsv", "MNLI-m.tsv", "MNLI-mm.tsv"]
+    labels = {"entailment", "neutral", "contradiction"}
+    for name, n in (("MNLI-m.tsv", 5), ("MNLI-mm.tsv", 5), ("AX.tsv", 3)):
+        rows = [r.split("\t") for r in (sub / name).read_text().splitlines()[1:]]
+        assert len(rows) == n and {r[1] for r in rows} <= labels
+
+
+def test_rte_from_mnli_keeps_the_encoder_and_renews_the_head(mnli_run, glue_dir):
+    workdir, _ = mnli_run
+    best = str(workdir / "best")
+    c = config_for("rte", "", data_dir=str(glue_dir), from_mnli=best)
+    p = finetune.prepare(c)
+    _, mnli_params, _ = checkpoint.load_model(best)
+    for a, b in zip(jax.tree.leaves(p.params["encoder"]), jax.tree.leaves(mnli_params["encoder"])):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    assert np.shape(p.params["classifier"]["out"]["kernel"])[-1] == 2  # MNLI's had 3
+    assert p.tokenizer_path == os.path.join(best, "tokenizer")
+    c.init_checkpoint = "/elsewhere"
+    with pytest.raises(ValueError, match="give one"):
+        finetune.prepare(c)
+
+
+def test_squad_v1_end_to_end(pretrained, test_data, tmp_path):
+    dev = str(test_data / "squad" / "dev-v1.1.json")
+    results = run("squad_v1", pretrained, tmp_path, train_file=dev, eval_file=dev,
+                  max_length=128, doc_stride=64, max_train_examples=24, max_eval_examples=12)
+    check_outputs(tmp_path, results, ("exact_match", "f1"))
+    assert results["metric"] == "f1" and results["eval_examples"] == {"dev": 12}
+    assert "HasAns_f1" not in results
+
+
+def test_squad_v2_end_to_end_with_the_answerable_head(pretrained, test_data, tmp_path):
+    dev = str(test_data / "squad" / "dev-v2.0.subset-Normans-Rhine.json")
+    results = run("squad_v2", pretrained, tmp_path, train_file=dev, eval_file=dev,
+                  max_length=128, doc_stride=64, max_train_examples=24, max_eval_examples=12)
+    check_outputs(tmp_path, results, ("exact_match", "f1", "HasAns_f1", "NoAns_f1"))
+    _, params, _ = checkpoint.load_model(str(tmp_path / "best"))
+    assert {"encoder", "span", "answerable"} <= set(params)
+
+
+def test_race_end_to_end(pretrained, test_data, tmp_path):
+    results = run("race", pretrained, tmp_path, data_dir=str(test_data / "race" / "RACE"),
+                  max_length=128, max_option_length=32, batch_size=8, eval_batch_size=8)
+    check_outputs(tmp_path, results, ("accuracy", "accuracy_high", "accuracy_middle",
+                                      "test_accuracy"))  # the dev set has both levels
+    assert results["eval_examples"] == {"dev": 16}
+
+
+def test_early_stopping_keeps_the_best_evaluation(pretrained, glue_dir, tmp_path):
+    results = run("sst2", pretrained, tmp_path, data_dir=str(glue_dir), max_steps=12,
+                  eval_every=1, early_stopping_patience=2, learning_rate=3e-3)
+    evals = results["evaluations"]
+    scores = [e["accuracy"] for e in evals]
+    assert results["accuracy"] == max(scores)
+    assert results["step"] == evals[scores.index(max(scores))]["step"]
+    if results["steps_run"] < 12:  # stopped: the last `patience` evaluations were no better
+        assert all(s <= max(scores[:-2]) for s in scores[-2:])
+
+
+# ------------------------------------------------------------- parity with transformers
+
+
+@pytest.fixture(scope="module")
+def hf_classifier(tmp_path_factory, test_data):
+    """A tiny random transformers RobertaForSequenceClassification with RoBERTa's real
+    50,265-token vocabulary (so its tokenizer files can sit beside it)."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    cfg = transformers.RobertaConfig(
+        vocab_size=50265, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=48, max_position_embeddings=130, type_vocab_size=1,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    model = transformers.RobertaForSequenceClassification(cfg).eval()
+    path = tmp_path_factory.mktemp("hf")
+    model.save_pretrained(path)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(test_data / "bpe" / "roberta-base_hf" / name, path / name)
+    return path, model
+
+
+def test_first_step_loss_and_gradients_equal_transformers(hf_classifier, glue_dir, tmp_path):
+    import torch
+    path, hf = hf_classifier
+    c = config_for("sst2", str(path), data_dir=str(glue_dir), dropout=0.0, attention_dropout=0.0,
+                   max_steps=1)
+    p = finetune.prepare(c)
+    assert p.tokenizer.vocab_size == 50265 and p.tokenizer_path == str(path)
+    batch = next(finetune.batches(p.train, c.batch_size, c.seed, 0))
+    loss, grads = jax.value_and_grad(
+        lambda params: finetune.batch_loss(p.module, p.task, params, batch))(p.params)
+
+    out = hf(input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
+             attention_mask=torch.tensor(batch["attention_mask"], dtype=torch.long),
+             labels=torch.tensor(batch["labels"], dtype=torch.long))
+    hf.zero_grad()
+    out.loss.backward()
+    # Loss: float32 on both sides, the same summation up to order.
+    assert abs(float(loss) - out.loss.item()) <= 1e-5 * abs(out.loss.item())
+    ours = convert.params_to_tensors(jax.device_get(grads), p.model_config, lambda row: row.hf)
+    theirs = {k: v.grad.numpy() for k, v in hf.named_parameters() if v.grad is not None}
+    assert set(ours) == set(theirs)  # every tensor, heads included
+    for name, g in theirs.items():
+        # Relative error per tensor (norm of difference / norm), with an absolute floor for
+        # tensors whose gradient is ~0 (e.g. the key bias, which softmax ignores).
+        err = np.linalg.norm(ours[name] - g)
+        assert err <= 1e-4 * np.linalg.norm(g) + 1e-9, name
+
+    # The entry point's first logged loss is the same number (same batch, same seed).
+    finetune.finetune(c, str(tmp_path))
+    first = observe.read_metrics(str(tmp_path))[0]
+    assert first["step"] == 1
+    np.testing.assert_allclose(first["loss"], out.loss.item(), rtol=1e-5)
+
+
+# -------------------------------------------------------------------------- bad input
+
+
+def test_vocabulary_mismatch_names_both_sizes(pretrained, glue_dir, test_data):
+    c = config_for("sst2", pretrained, data_dir=str(glue_dir),
+                   tokenizer=str(test_data / "bpe" / "roberta-base_hf"))
+    with pytest.raises(ValueError, match=r"vocab_size 8192 .* has 50265 tokens"):
+        finetune.prepare(c)
+
+
+def test_bad_inputs_name_what_is_wrong(pretrained, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"SST-2/train.tsv"):
+        finetune.prepare(config_for("sst2", pretrained, data_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="expected a GLUE task"):
+        finetune.prepare(config_for("sst2", pretrained, task="imdb"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        finetune.prepare(config_for("sst2", str(tmp_path / "nowhere")))
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        run("sst2", pretrained, tmp_path)
+
+
+# ------------------------------------------------------------------------------- sweep
+
+
+def test_sweep_reports_median_over_seeds_and_best_setting(pretrained, glue_dir, tmp_path):
+    fake = {(1e-5, 16): [0.5, 0.9, 0.6], (2e-5, 16): [0.7, 0.7, 0.1]}
+    summary = glue_sweep.summarize({k: [{"task": "RTE", "metric": "accuracy", "accuracy": v}
+                                        for v in vs] for k, vs in fake.items()})
+    assert [s["median"]["accuracy"] for s in summary["settings"]] == [0.6, 0.7]
+    assert (summary["best"]["learning_rate"], summary["best"]["batch_size"]) == (2e-5, 16)
+
+    args = glue_sweep.parse_args([
+        "--config", os.path.join(REPO, "configs/finetune/rte.py"), "--workdir", str(tmp_path),
+        "--init_checkpoint", pretrained, "--learning_rates=1e-4", "--batch_sizes=8",
+        "--seeds=2", "--max_steps=1", "--max_train_examples=16", "--max_eval_examples=8",
+        f"--set=data_dir={glue_dir}", "--set=max_length=64", "--set=eval_every=-1",
+        "--in_process"])
+    summary = glue_sweep.sweep(args)
+    [setting] = summary["settings"]
+    assert setting["seeds"] == 2 and len(setting["scores"]["accuracy"]) == 2
+    assert setting["median"]["accuracy"] == float(np.median(setting["scores"]["accuracy"]))
+    assert json.load(open(tmp_path / "sweep.json"))["metric"] == "accuracy"
+    assert os.path.exists(tmp_path / "lr0.0001_bs8" / "seed1" / "results.json")
+
+
+def test_cli_writes_results(pretrained, glue_dir, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "robertax.finetune", "--config=configs/finetune/wnli.py",
+         f"--config.init_checkpoint={pretrained}", f"--config.data_dir={glue_dir}",
+         f"--workdir={tmp_path}", "--config.max_steps=1", "--config.batch_size=8",
+         "--config.max_train_examples=8", "--config.max_eval_examples=8",
+         "--config.max_length=64", "--config.progress=False"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.load(open(tmp_path / "results.json"))["task"] == "WNLI"
