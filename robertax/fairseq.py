@@ -55,7 +55,7 @@ PAD = 1  # fairseq's Dictionary puts <pad> at 1; the position offset depends on 
 
 # fairseq's RoBERTa architectures (fairseq/models/roberta/model.py): what a missing field means.
 _BASE = dict(encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072,
-             encoder_attention_heads=12, dropout=0.1, attention_dropout=0.1, max_positions=512,
+             encoder_attention_heads=12, dropout=0.1, attention_dropout=0.1,
              activation_fn="gelu", encoder_learned_pos=True, no_token_positional_embeddings=False,
              no_scale_embedding=True, layernorm_embedding=True, untie_weights_roberta=False)
 _ARCHS = {
@@ -77,7 +77,8 @@ def _safe_globals() -> list:
     """What a real fairseq RoBERTa checkpoint pickles beyond torch's weights-only defaults:
     the `args` Namespace, and numpy scalars/dtypes in `extra_state`/`optimizer_history`
     (e.g. a best loss). Rebuilding these runs no code of the file's choosing."""
-    scalar = np._core.multiarray.scalar
+    core = getattr(np, "_core", None) or np.core  # numpy >= 2 / < 2
+    scalar = core.multiarray.scalar
     allowed = [argparse.Namespace, np.dtype, scalar,
                (scalar, "numpy.core.multiarray.scalar")]  # as numpy < 2 names it in old files
     allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
@@ -95,7 +96,7 @@ def _pickled_globals(path: str) -> list[str]:
     found: list[str] = []
     for blob in blobs:
         stream = io.BytesIO(blob)
-        for _ in range(6):  # the legacy format holds 5 pickles before the storages
+        for _ in range(5):  # the legacy format holds 5 pickles, then raw storage bytes
             recent: list = []  # values pushed lately (strings, for STACK_GLOBAL)
             memo: dict = {}
             try:
@@ -115,7 +116,7 @@ def _pickled_globals(path: str) -> list[str]:
                         recent.append(arg)
                     elif name not in ("FRAME", "PROTO"):
                         recent.append(None)
-            except Exception:  # noqa: BLE001 - past the pickles (storage bytes): stop
+            except Exception:  # noqa: BLE001 - not a pickle (any more): stop
                 break
             if stream.tell() >= len(blob):
                 break
@@ -144,14 +145,20 @@ def load_checkpoint(path: str, trusted: bool = False) -> dict:
         try:
             with torch.serialization.safe_globals(_safe_globals()):
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError) as e:  # torch's messages omit the file
+            raise ValueError(f"{path}: not a readable torch checkpoint ({e})") from e
         except pickle.UnpicklingError as e:
             names = _refused_globals(path, e)
-            what = ", ".join(names) if names else "an object weights-only loading cannot build"
+            if not names:
+                lines = [x for x in str(e).splitlines() if x.strip() and "documentation" not in x]
+                raise UnsafeCheckpointError(f"{path}: weights-only loading cannot read it "
+                                            f"({lines[-1].strip() if lines else e}); nothing in "
+                                            "it was run") from None
             raise UnsafeCheckpointError(
-                f"{path}: refused to load: the pickle needs {what}, which a RoBERTa checkpoint "
-                "does not (it holds tensors, containers, an argparse.Namespace and numpy "
-                "scalars). Nothing in the file was run. If you trust where it came from, pass "
-                "trusted=True (--trust_pickle).") from None
+                f"{path}: refused to load: the pickle needs {', '.join(names)}, which a RoBERTa "
+                "checkpoint does not (it holds tensors, containers, an argparse.Namespace and "
+                "numpy scalars). Nothing in the file was run. If you trust where it came from, "
+                "pass trusted=True (--trust_pickle).") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{path}: not a fairseq checkpoint (expected a dict with a 'model' "
                          f"state dict, found {type(ckpt).__name__}"
@@ -280,8 +287,7 @@ def config_from_args(args: dict, tensors: dict, source: str) -> RobertaConfig:
     """RobertaConfig from fairseq's model args, refusing variants robertax does not compute."""
     arch = args.get("arch") or args.get("_name") or "roberta"
     a = {**_BASE, **_ARCHS.get(arch, {}), **{k: v for k, v in args.items() if v is not None}}
-    if a.get("max_positions") is None:
-        a["max_positions"] = a.get("tokens_per_sample", 512)
+    a.setdefault("max_positions", a.get("tokens_per_sample", 512))  # as fairseq's build_model
     problems = {
         "activation_fn": a["activation_fn"] != "gelu",
         "encoder_learned_pos": not a["encoder_learned_pos"] or a["no_token_positional_embeddings"],
@@ -296,8 +302,9 @@ def config_from_args(args: dict, tensors: dict, source: str) -> RobertaConfig:
     if any(k.startswith("decoder.sentence_encoder.layer_norm.") for k in tensors):
         raise ValueError(f"{source}: has a final sentence_encoder.layer_norm, i.e. a pre-LayerNorm "
                          "encoder (roberta_prenorm); robertax computes RoBERTa's post-LN encoder")
-    if a.get("encoder_layers_to_keep"):
-        a["encoder_layers"] = len(str(a["encoder_layers_to_keep"]).split(","))
+    if a.get("encoder_layers_to_keep"):  # fairseq would prune layers at load time
+        raise ValueError(f"{source}: encoder_layers_to_keep={a['encoder_layers_to_keep']!r} "
+                         "(LayerDrop pruning) is not supported; convert the full model")
     embed = tensors.get("decoder.sentence_encoder.embed_tokens.weight")
     if embed is None:
         raise KeyError(f"{source}: missing tensor 'decoder.sentence_encoder.embed_tokens.weight' "
@@ -401,7 +408,8 @@ def to_fairseq(config: RobertaConfig, params: dict, path: str, *, head: str | No
     with the right number of entries is written. Returns the model.pt path."""
     import torch
     if config.pad_token_id != PAD:
-        raise ValueError(f"pad_token_id {config.pad_token_id}: fairseq's dictionary puts <pad> at 1")
+        raise ValueError(f"pad_token_id {config.pad_token_id}: fairseq's dictionary puts <pad> "
+                         "at 1")
     if config.type_vocab_size != 1:
         raise ValueError(f"type_vocab_size {config.type_vocab_size}: fairseq's RoBERTa has no "
                          "token types")

@@ -186,7 +186,10 @@ def make_attention_mask(input_ids: Array, pad_token_id: int, attention_mask=None
         return AttentionMask(mask=mask[:, None])
     if attention_mask is None:
         attention_mask = input_ids != pad_token_id
-    return AttentionMask(mask=attention_mask.astype(bool)[:, None, None, :])
+    B, L = input_ids.shape[0], input_ids.shape[-1]
+    # Broadcast to [B, 1, L, S]: cuDNN wants the full query length (XLA fuses it away).
+    mask = attention_mask.astype(bool)[:, None, None, :]
+    return AttentionMask(mask=jnp.broadcast_to(mask, (B, 1, L, mask.shape[-1])))
 
 
 class SelfAttention(nn.Module):

@@ -9,11 +9,13 @@ first sentence is encoded as fairseq encodes a line (no leading space), and each
 keeps the whitespace that separated it from the previous one (`tokenizer.continuation`), so with
 byte-level BPE a line's sentence records concatenate to exactly the ids of the whole line
 ("... Kouros). The statue" keeps "ĠThe"; sentencepiece: see SentencePieceTokenizer.continuation).
-Lines of a document are stored one after another with no separator, as before. Each document goes to `valid` when a seeded hash of its
-position in the input falls under `valid_fraction`, so the split does not depend on the number of
-processes or how the input is cut; the corpus's first document always goes to `valid` (when
-valid_fraction > 0) so a small corpus still gets one. Text is encoded literally: "<s>" in a
-web page stays characters, as in fairseq's preprocessing.
+Lines of a document are stored one after another with no separator, as before.
+
+Each document goes to `valid` when a seeded hash of its position in the input falls under
+`valid_fraction`, so the split does not depend on the number of processes or how the input is
+cut; the corpus's first document always goes to `valid` (when valid_fraction > 0) so a small
+corpus still gets one. Text is encoded literally: "<s>" in a web page stays characters, as in
+fairseq's preprocessing.
 
 The output directory gets `manifest.json` (counts, skips by reason with example locations, the
 sources, the tokenizer's fingerprint), the shards, `{split}.index.npz`, and a copy of the

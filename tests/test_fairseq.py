@@ -10,8 +10,6 @@ import collections
 import logging
 import os
 import struct
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +21,6 @@ from robertax import convert, fairseq, model as M
 from robertax.data import fairseq_corpus as fc, shards
 from test_model import hf_config, padded_batch, scale_up
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = dict(vocab_size=203, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
              intermediate_size=80, max_position_embeddings=34)  # max_positions 32 in fairseq
 
@@ -171,7 +168,7 @@ def test_fairseq_checkpoint_matches_transformers(layout, models, tmp_path):
 
 
 def load_plain(path):
-    with torch.serialization.safe_globals(fairseq._safe_globals()):  # pylint: disable=protected-access
+    with torch.serialization.safe_globals(fairseq._safe_globals()):  # pylint: disable=W0212
         return torch.load(path, weights_only=True)
 
 
@@ -181,14 +178,13 @@ def assert_same_tensors(a: dict, b: dict):
         assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
 
 
-def test_cli_fairseq_to_robertax_to_fairseq_is_exact(models, tmp_path):
+def test_cli_fairseq_to_robertax_to_fairseq_is_exact(models, tmp_path, capsys):
     folder = fairseq_dir(tmp_path, models, "released")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "robertax.convert", *a], cwd=REPO,
-                                    check=True, capture_output=True, text=True)
-    out = run(f"--src={folder}", f"--dst={tmp_path / 'ours'}")
-    assert "(fairseq) ->" in out.stdout and "'classifier'" in out.stdout
-    run(f"--src={tmp_path / 'ours'}", f"--dst={tmp_path / 'back'}", "--dst_format=fairseq",
-        "--fairseq_head=mnli")
+    convert.main([f"--src={folder}", f"--dst={tmp_path / 'ours'}"])  # the CLI, in-process
+    out = capsys.readouterr().out
+    assert "(fairseq) ->" in out and "(robertax)" in out and "'classifier'" in out
+    convert.main([f"--src={tmp_path / 'ours'}", f"--dst={tmp_path / 'back'}",
+                  "--dst_format=fairseq", "--fairseq_head=mnli"])
     a, b = load_plain(folder / "model.pt"), load_plain(tmp_path / "back" / "model.pt")
     assert_same_tensors(a["model"], b["model"])  # every tensor, bit for bit
     # the dictionary travelled with the model, byte for byte
@@ -263,18 +259,19 @@ class Evil:
         return (os.system, (f"touch {self.target}",))
 
 
-@pytest.mark.parametrize("kind", ["zip", "legacy", "bare_pickle"])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("kind", ["zip", "legacy", "pickle2", "pickle4"])
 def test_pickle_that_runs_a_command_is_refused(kind, tmp_path):
     target = tmp_path / "pwned"
     path = tmp_path / "model.pt"
     ckpt = {"args": Evil(target), "model": {}}
-    if kind == "bare_pickle":
+    if kind.startswith("pickle"):  # a bare pickle; protocol 4 is one torch cannot even parse
         import pickle
-        path.write_bytes(pickle.dumps(ckpt, protocol=2))
+        path.write_bytes(pickle.dumps(ckpt, protocol=int(kind[-1])))
     else:
         torch.save(ckpt, path, _use_new_zipfile_serialization=kind == "zip")
     with pytest.raises(fairseq.UnsafeCheckpointError,
-                       match=r"model\.pt: refused.*(posix|os)\.system.*Nothing in the file was run"):
+                       match=r"model\.pt: refused.*(posix|os)\.system.*Nothing in the file"):
         convert.read(str(tmp_path), "fairseq")
     assert not target.exists()
 
@@ -320,7 +317,8 @@ def make_corpus(rng, docs, vocab, eos=2):
     empty line (just </s>) between documents. Returns (sequences, expected documents)."""
     seqs, expected = [], []
     for d in range(docs):
-        doc = [rng.integers(4, vocab - 1, rng.integers(1, 20)).tolist() for _ in range(rng.integers(1, 7))]
+        doc = [rng.integers(4, vocab - 1, rng.integers(1, 20)).tolist()
+               for _ in range(rng.integers(1, 7))]
         expected.append(doc)
         seqs += [s + [eos] for s in doc]
         if d < docs - 1:
@@ -359,6 +357,24 @@ def test_megatron_doc_idx_gives_documents(tmp_path):
     assert [s.tolist() for s in corpus.sentences(0, 4)] == [[5, 6], [7], [8, 9, 10], [11]]
 
 
+def test_roberta_ids_pass_through_with_the_tokenizer(test_data, tmp_path):
+    """With RoBERTa's dict.txt, fairseq's ids are RoBERTa's: the shards decode to the text."""
+    from robertax import tokenizer
+    bpe = str(test_data / "bpe" / "gpt2_bpe")  # encoder.json + vocab.bpe + dict.txt
+    tok = tokenizer.load(bpe)
+    texts = ["Hello world!", "RoBERTa reads fairseq data.", "", "A second document."]
+    seqs = [tok.encode_plain(t) + [2] for t in texts]  # as fairseq-preprocess binarizes lines
+    fc.write_indexed(str(tmp_path / "train"), seqs, np.uint16)
+    manifest = fc.to_shards(str(tmp_path / "train"), str(tmp_path / "out"),
+                            dictionary=f"{bpe}/dict.txt", tokenizer=bpe)
+    assert manifest["vocab_size"] == 50265 and manifest["special_ids"]["mask"] == 50264
+    assert manifest["tokenizer"]["fingerprint"] == tok.fingerprint
+    corpus = shards.ShardedCorpus(str(tmp_path / "out"), "train")
+    assert corpus.index.doc_sentences.tolist() == [2, 1]
+    assert [tok.decode(s) for s in corpus.sentences(0, 3)] == [t for t in texts if t]
+    assert tokenizer.load(str(tmp_path / "out" / "tokenizer")).fingerprint == tok.fingerprint
+
+
 def test_binarized_corpus_converts_and_trains(tmp_path):
     rng = np.random.default_rng(1)
     vocab = 128
@@ -366,13 +382,11 @@ def test_binarized_corpus_converts_and_trains(tmp_path):
     data.mkdir()
     write_dict(data / "dict.txt", vocab)
     train_seqs, train_docs = make_corpus(rng, 40, vocab)
-    valid_seqs, _ = make_corpus(rng, 12, vocab)
+    valid_seqs, _ = make_corpus(rng, 3, vocab)  # under one batch: evaluation is skipped
     spec_write(str(data / "train"), train_seqs, 8, np.uint16)
     spec_write(str(data / "valid"), valid_seqs, 8, np.uint16)
     out = tmp_path / "shards"
-    subprocess.run([sys.executable, "-m", "robertax.data.fairseq_corpus", f"--input={data}",
-                    f"--output={out}", "--sentences_per_shard=50"], cwd=REPO, check=True,
-                   capture_output=True)
+    fc.main([f"--input={data}", f"--output={out}", "--sentences_per_shard=50"])  # the CLI
     manifest = shards.read_manifest(str(out))
     assert manifest["vocab_size"] == vocab and manifest["special_ids"]["mask"] == vocab - 1
     assert manifest["tokenizer"]["fingerprint"].startswith("fairseq-dict:")

@@ -84,16 +84,17 @@ def time_jax(config):
     L, P = config.data.max_length, config.data.max_predictions
     host, n_masked = synthetic_batch(config.batch_size, L, P, mc.vocab_size)
     batch = sharding.host_batch_to_global(mesh, host)
+    drng = train.make_dropout_rng(config)
     t0 = time.perf_counter()
-    state, m = p_step(state, batch, rng)
+    state, m = p_step(state, batch, drng)
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - t0
     for _ in range(_WARMUP.value):
-        state, m = p_step(state, batch, rng)
+        state, m = p_step(state, batch, drng)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     for _ in range(_STEPS.value):
-        state, m = p_step(state, batch, rng)
+        state, m = p_step(state, batch, drng)
     jax.block_until_ready(state)
     dt = (time.perf_counter() - t0) / _STEPS.value
     loss = float(m["loss"])
@@ -171,6 +172,7 @@ def report(config, r):
     r.update(label=_LABEL.value, device=jax.devices()[0].device_kind, devices=jax.device_count(),
              layers=m.num_layers, hidden=m.hidden_size, batch=B, length=L,
              precision=config.precision, attention_dropout=m.attention_dropout_rate,
+             dropout=m.dropout_rate, dropout_rng=config.get("dropout_rng", "threefry"),
              seq_per_s=B / r["step_s"], tokens_per_s=tok_s, tflops=tok_s * terms.total / 1e12,
              mfu=mfu, flops_per_token={"layers": terms.layers, "attention": terms.attention,
                                        "head": terms.head, "total": terms.total})

@@ -5,7 +5,7 @@
    (bf16 operands give 1e-3 .. 1e-2).
 2. cuDNN flash attention against XLA attention, both bf16, same inputs: logits (padding via
    key_value_seq_lengths, and packed rows via a dense segment mask) and gradients of an MLM-style
-   loss; relative error < 1e-2.
+   loss (each also against float32); relative error < 1e-2 (logits), 5e-2 (gradients).
 Prints one line per check with the measured error and PASS/FAIL; exits 1 on any failure.
 """
 
@@ -41,7 +41,10 @@ def main():
     print(f"devices: {jax.devices()}  jax {jax.__version__}", flush=True)
     base = RobertaConfig.base(pad_vocab_to=128, dropout_rate=0.0, attention_dropout_rate=0.0)
     params = init_params(RobertaForPretraining(base), jax.random.key(0))
-    # Weights further from init than N(0, 0.02), so attention is not uniform.
+    # The logits are compared with weights 3x init (attention far from uniform); gradients at
+    # init scale: at 3x a 12-layer post-LN stack amplifies any rounding (bf16 vs f32 gradients
+    # then differ by ~100% whatever the attention kernel, as measured on CPU).
+    init = params
     params = jax.tree.map(lambda p: p * 3.0 if p.ndim >= 2 else p, params)
     B, L = 8, 512
     rng = np.random.default_rng(0)
@@ -53,8 +56,9 @@ def main():
     ids = jnp.asarray(ids)
     kv = jnp.asarray(lengths, jnp.int32)
 
-    def logits(cfg, **kw):
-        return RobertaForPretraining(cfg).apply({"params": params}, ids, **kw).mlm_logits
+    def logits(cfg, **kw):  # jitted, as in training
+        return jax.jit(lambda p, x: RobertaForPretraining(cfg).apply(
+            {"params": p}, x, **kw).mlm_logits)(params, ids)
 
     f32 = logits(base.replace(attention="xla"))
     bf16_xla = logits(base.replace(dtype=jnp.bfloat16, attention="xla"))
@@ -68,11 +72,12 @@ def main():
     pos = np.where(seg == 1, np.arange(L)[None] + 2, np.arange(L)[None] - 200 + 2).astype(np.int32)
     packed_ids = ids.at[:, 200].set(0)
     kw = dict(segment_ids=jnp.asarray(seg), position_ids=jnp.asarray(pos))
-    px = RobertaForPretraining(base.replace(dtype=jnp.bfloat16, attention="xla")).apply(
-        {"params": params}, packed_ids, **kw).mlm_logits
+    px = jax.jit(lambda p: RobertaForPretraining(base.replace(
+        dtype=jnp.bfloat16, attention="xla")).apply({"params": p}, packed_ids, **kw).mlm_logits)(params)
     try:
-        pc = RobertaForPretraining(base.replace(dtype=jnp.bfloat16, attention="cudnn")).apply(
-            {"params": params}, packed_ids, **kw).mlm_logits
+        pc = jax.jit(lambda p: RobertaForPretraining(base.replace(
+            dtype=jnp.bfloat16, attention="cudnn")).apply({"params": p}, packed_ids,
+                                                           **kw).mlm_logits)(params)
         check("bf16 cuDNN (segment mask) vs bf16 XLA logits", rel(pc, px), 1e-2)
     except Exception as e:  # report, the auto policy must then avoid cuDNN for masks
         print(f"cuDNN with a dense segment mask: unsupported here ({type(e).__name__}: "
@@ -90,13 +95,21 @@ def main():
         logp = jax.nn.log_softmax(out.astype(jnp.float32))
         return -(logp * jax.nn.one_hot(targets, logp.shape[-1])).sum(-1).mean()
 
-    g_x = jax.jit(jax.grad(loss), static_argnums=1)(params, base.replace(dtype=jnp.bfloat16,
-                                                                         attention="xla"))
-    g_c = jax.jit(jax.grad(loss), static_argnums=1)(params, base.replace(dtype=jnp.bfloat16,
-                                                                         attention="cudnn"))
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    g_ref = grad(init, base.replace(attention="xla"))  # float32 reference
+    g_x = grad(init, base.replace(dtype=jnp.bfloat16, attention="xla"))
+    g_c = grad(init, base.replace(dtype=jnp.bfloat16, attention="cudnn"))
     flat = lambda g: np.concatenate([np.asarray(x, np.float64).ravel()
                                      for x in jax.tree.leaves(g["encoder"]["layers"])])
-    check("bf16 cuDNN vs bf16 XLA gradients (encoder layers)", rel(flat(g_c), flat(g_x)), 1e-2)
+    check("bf16 XLA vs f32 gradients (encoder layers)", rel(flat(g_x), flat(g_ref)), 5e-2)
+    check("bf16 cuDNN vs f32 gradients (encoder layers)", rel(flat(g_c), flat(g_ref)), 5e-2)
+    check("bf16 cuDNN vs bf16 XLA gradients (encoder layers)", rel(flat(g_c), flat(g_x)), 5e-2)
+    # Which kernel really ran: the cuDNN path must compile to cuDNN's fused attention call.
+    for impl in ("xla", "cudnn"):
+        hlo = jax.jit(loss, static_argnums=1).lower(
+            params, base.replace(dtype=jnp.bfloat16, attention=impl)).compile().as_text()
+        print(f"compiled {impl:<5} path: cuDNN fused attention calls: "
+              f"{hlo.count('__cudnn$fmha')}", flush=True)
     print("correctness:", "ALL PASS" if not failures else f"FAILED {failures}", flush=True)
     sys.exit(1 if failures else 0)
 

@@ -8,7 +8,8 @@
 (`PREFIX.bin` + `PREFIX.idx`, dict.txt beside it). The output is robertax's shard format
 (robertax.data.shards); point `config.data.corpus` at it.
 
-The binary format is fairseq's MMapIndexedDataset (`--dataset-impl mmap`, fairseq's default):
+The binary format is fairseq's MMapIndexedDataset (`--dataset-impl mmap`, the default of
+fairseq-preprocess):
   PREFIX.idx  b"MMIDIDX\\x00\\x00", <Q version = 1, <B dtype code, <Q N (sequences),
               [Megatron-LM's variant: <Q M], int32 sizes[N] (tokens), int64 pointers[N] (byte
               offsets into .bin), [Megatron: int64 doc_idx[M], document starts, first 0, last N]
@@ -64,6 +65,9 @@ class Index:
 def read_index(path: str) -> Index:
     with open(path, "rb") as f:
         head = f.read(_HEADER)
+    if head.startswith(b"TNTIDX\x00\x00"):
+        raise ValueError(f"{path}: fairseq's older IndexedDataset (--dataset-impl lazy/cached); "
+                         "re-binarize with fairseq-preprocess --dataset-impl mmap")
     if len(head) < _HEADER or head[:len(MAGIC)] != MAGIC:
         raise ValueError(f"{path}: not an MMIDIDX index (fairseq --dataset-impl mmap); it starts "
                          f"{head[:len(MAGIC)]!r}, expected {MAGIC!r}")
@@ -250,10 +254,10 @@ def to_shards(source: str, output: str, *, valid: str | None = None,
     else:
         train, valid_prefixes = [source], [valid] if valid else []
         folder = os.path.dirname(os.path.abspath(source))
-    if not train or not all(os.path.isfile(p + ".idx") for p in train + valid_prefixes):
-        missing = [p for p in train + valid_prefixes if not os.path.isfile(p + ".idx")]
-        raise FileNotFoundError(f"{source}: no fairseq training data "
-                                f"({'missing ' + ', '.join(m + '.idx' for m in missing) if missing else 'no train.idx'})")
+    missing = [p + ".idx" for p in train + valid_prefixes if not os.path.isfile(p + ".idx")]
+    if not train or missing:
+        raise FileNotFoundError(f"{source}: no fairseq data at "
+                                f"{', '.join(missing) or os.path.join(source, 'train.idx')}")
     dictionary = dictionary or os.path.join(folder, fairseq.DICT_FILE)
     if not os.path.isfile(dictionary):
         raise FileNotFoundError(f"{dictionary} not found: the fairseq dictionary of {source} "
