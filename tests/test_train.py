@@ -68,3 +68,22 @@ def test_nan_loss_stops_with_the_step(tmp_path):
     c.optim.warmup_steps = 1
     with pytest.raises(FloatingPointError, match="at step"):
         train.train(c, str(tmp_path))
+
+
+def test_text_corpus_is_preprocessed_and_trains(tmp_path, test_data, monkeypatch):
+    """config.data.corpus may name text files: they are tokenized once, then trained on."""
+    from robertax import tokenizer
+    monkeypatch.setenv("ROBERTAX_CACHE", str(tmp_path / "cache"))
+    text = str(test_data / "text" / "tinyshakespeare" / "input.txt")
+    tok_dir = str(tmp_path / "tok")
+    tokenizer.train_byte_bpe([text], vocab_size=1000, out_dir=tok_dir)
+    vocab = tokenizer.load(tok_dir).vocab_size
+    c = config(3)
+    c.data.corpus = text
+    c.data.tokenizer = tok_dir
+    c.data.valid_fraction = 0.0
+    c.model.vocab_size = vocab
+    result = train.train(c, str(tmp_path / "run"))
+    assert result["steps"] == 3 and math.isfinite(result["last"]["loss"])
+    made = os.listdir(tmp_path / "cache")
+    assert len(made) == 1 and made[0].startswith("corpus-")

@@ -56,17 +56,41 @@ from robertax.data import formats, masking, shards
 MASKING = ("dynamic", "static")
 
 
+def _text_files(corpus: str) -> list[str]:
+    import glob  # pylint: disable=import-outside-toplevel
+    return [f for pattern in corpus.split(",") for f in glob.glob(os.path.expanduser(pattern))
+            if os.path.isfile(f)]
+
+
+def _preprocess_text(d, cache_root: str) -> str:
+    """Text files named by globs: tokenized once into shards (a no-op when already done)."""
+    import hashlib  # pylint: disable=import-outside-toplevel
+    from robertax import preprocess, tokenizer  # pylint: disable=import-outside-toplevel
+    if d.tokenizer == "builtin":
+        raise ValueError("config.data.corpus names text files: set config.data.tokenizer to a "
+                         "tokenizer directory (e.g. RoBERTa's vocab.json + merges.txt)")
+    tok = tokenizer.load(d.tokenizer)
+    key = hashlib.sha256(f"{d.corpus}|{tok.fingerprint}|{d.valid_fraction}|{d.seed}".encode())
+    out = d.shard_dir or os.path.join(cache_root, "corpus-" + key.hexdigest()[:16])
+    preprocess.preprocess(d.corpus.split(","), tok, out, valid_fraction=d.valid_fraction,
+                          seed=d.seed)
+    return out
+
+
 def resolve_shard_dir(config) -> str:
     """The preprocessed shard directory the config's data section names (built if "builtin")."""
     d = config.data
+    cache_root = os.path.expanduser(os.environ.get("ROBERTAX_CACHE", "~/.cache/robertax"))
     if d.corpus == "builtin":
         from robertax.data import builtin  # pylint: disable=import-outside-toplevel
-        cache = d.shard_dir or os.path.expanduser("~/.cache/robertax/builtin")
+        cache = d.shard_dir or os.path.join(cache_root, "builtin")
         path = builtin.ensure_builtin(cache, vocab_size=config.model.vocab_size)
     elif os.path.isfile(os.path.join(d.corpus, shards.MANIFEST)):
         path = d.corpus
     elif d.shard_dir and os.path.isfile(os.path.join(d.shard_dir, shards.MANIFEST)):
         path = d.shard_dir
+    elif _text_files(d.corpus):
+        path = _preprocess_text(d, cache_root)
     else:
         raise FileNotFoundError(
             f"config.data.corpus={d.corpus!r} is neither 'builtin' nor a preprocessed shard "
