@@ -9,7 +9,8 @@ first sentence is encoded as fairseq encodes a line (no leading space), and each
 keeps the whitespace that separated it from the previous one (`tokenizer.continuation`), so with
 byte-level BPE a line's sentence records concatenate to exactly the ids of the whole line
 ("... Kouros). The statue" keeps "ĠThe"; sentencepiece: see SentencePieceTokenizer.continuation).
-Lines of a document are stored one after another with no separator, as before.
+A later line (paragraph) of a document continues after one space, so its first word is a word
+start ("ĠThe") and the document reads as running text.
 
 Each document goes to `valid` when a seeded hash of its position in the input falls under
 `valid_fraction`, so the split does not depend on the number of processes or how the input is
@@ -45,7 +46,7 @@ from robertax.data.sentences import split_sentences as _split
 SPLITS = ("train", "valid")
 # The text-to-records rule; part of the config hash (and of the built-in corpus's cache key), so
 # a changed rule re-preprocesses instead of reusing. 2: later sentences keep their leading space.
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
 WORK = "_work"  # per-unit outputs of an unfinished run
 _BATCH_SENTENCES = 4096  # sentences per encode_batch call: big enough to amortize, small in memory
 _state: dict = {}  # per-process: units, tokenizer, options (set by _init)
@@ -123,10 +124,15 @@ def _process_unit(i: int) -> dict:
 
     for doc in corpus.read_unit(units[i], stats):
         if opt["split_sentences"]:
-            sentences = [s if k == 0 else continuation(s) for line in doc.lines
+            # A later line of a document continues its text after one space (paragraphs read as
+            # running text, so a paragraph's first word is a word start, "ĠThe", as it would be
+            # mid-line); later sentences of a line keep their own whitespace.
+            sentences = [s if j == k == 0 else continuation(" " + s if k == 0 else s)
+                         for j, line in enumerate(doc.lines)
                          for k, s in enumerate(_split(line, keep_whitespace=True))]
         else:
-            sentences = doc.lines
+            sentences = [line if j == 0 else continuation(" " + line)
+                         for j, line in enumerate(doc.lines)]
         stats.counts["sentences"] += len(sentences)
         pending.append((doc, len(sentences)))
         texts.extend(sentences)

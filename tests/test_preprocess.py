@@ -38,11 +38,13 @@ def independent_documents(path: pathlib.Path, split: bool) -> list[list[str]]:
     """Blank-line separated documents of stripped lines, written out here without robertax's reader.
 
     split: each line becomes its sentences, each after the first keeping the whitespace before it
-    (preprocessing's rule for byte-level BPE, where "ĠThe" inside a paragraph is not "The")."""
+    (preprocessing's rule for byte-level BPE, where "ĠThe" inside a paragraph is not "The"); a
+    later line of a document starts after one space (split or not)."""
     docs, doc = [], []
     for line in path.read_text(encoding="utf-8").split("\n"):
         if line.strip():
-            doc += split_sentences(line.strip(), keep_whitespace=True) if split else [line.strip()]
+            parts = split_sentences(line.strip(), keep_whitespace=True) if split else [line.strip()]
+            doc += [" " + parts[0] if doc else parts[0]] + parts[1:]
         elif doc:
             docs.append(doc)
             doc = []
@@ -122,7 +124,7 @@ def test_sentence_records_keep_the_token_stream(tmp_path, tok, test_data):
     checked = mismatched = split_lines = 0
     for records, doc_lines in zip(docs, lines):
         pos = 0
-        for line in doc_lines:
+        for line in doc_lines:  # later lines already start with their one space
             expected = tok.encode_plain(line, literal=True)
             got, n = [], 0
             while len(got) < len(expected) and pos + n < len(records):
@@ -133,7 +135,7 @@ def test_sentence_records_keep_the_token_stream(tmp_path, tok, test_data):
             split_lines += n > 1
             mismatched += got != expected
         assert pos == len(records)  # every record belongs to exactly one line
-        # Lines are stripped and stored back to back: no newline (nor separator) between them.
+        # Lines are stripped and continue one another after a single space.
         text = "".join(doc_lines)
         assert tok.decode([i for r in records for i in r]) == text
         assert "".join(tok.decode(r) for r in records) == text
@@ -236,7 +238,7 @@ def test_bad_input_is_counted_and_located(tmp_path, tok):
     preprocess_lib.check_counts(manifest)
     docs = read_split(out, "train")
     texts = [[tok.decode(s) for s in d] for d in docs]
-    assert texts == [["First document.", " It has two lines.", "Second line of the first document."],
+    assert texts == [["First document.", " It has two lines.", " Second line of the first document."],
                      ["The rest of document two survives."],
                      ["Literal <s> and <mask> stay text in a corpus."],
                      ["Gzipped document one."], ["Gzipped document two.", " Two sentences."]]
@@ -268,7 +270,7 @@ def test_jsonl(tmp_path, tok):
     assert manifest["input"] == {"documents": 3, "lines": 3, "lines_kept": 3, "sentences": 4}
     assert manifest["skipped"]["empty_document"] == 1
     assert [[tok.decode(s) for s in d] for d in read_split(tmp_path / "out", "train")] == \
-        [["One paragraph.", " Two sentences.", "A second paragraph."], ["Third document."]]
+        [["One paragraph.", " Two sentences.", " A second paragraph."], ["Third document."]]
 
 
 def test_tfds_mock(tmp_path, tok):

@@ -1,0 +1,19 @@
+"""Table 4, RoBERTa "+pretrain longer": RoBERTa-large, batch 8K, 300_000 steps (Section 5).
+
+Large model (configs/large.py: Table 9's LR 4e-4, 30K warmup, β2 0.98), FULL-SENTENCES,
+dynamic masking, byte-level BPE. `config.data.corpus` names the data of this row: "all_160gb" is a
+placeholder for your preprocessed shards of that corpus.
+    python -m robertax.train --config=configs/paper/table4_pretrain_longer_300k.py --workdir=DIR \
+        --config.data.corpus=SHARDS --config.data.tokenizer=TOKENIZER
+"""
+
+from configs import large
+
+
+def get_config():
+    c = large.get_config()
+    c.data.corpus = "all_160gb"
+    c.data.tokenizer = "roberta"
+    c.batch_size = 8192            # Table 4 / Table 9
+    c.optim.total_steps = 300_000    # Table 4
+    return c
