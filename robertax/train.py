@@ -10,7 +10,7 @@ step -> loop (log, eval, checkpoint) -> summary. Writes to --workdir: `config.js
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 import signal
@@ -43,6 +43,38 @@ def model_config(run_config, **overrides) -> RobertaConfig:
         raise ValueError(f"config.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     return RobertaConfig.from_dict(dict(run_config["model"]),
                                    **{"dtype": PRECISIONS[precision], **overrides})
+
+
+@dataclasses.dataclass
+class Run:
+    """What `build` makes: the pieces the loop (and benchmarks, tests) use."""
+    model_config: RobertaConfig
+    module: RobertaForPretraining
+    state: optim.TrainState
+    abstract_state: optim.TrainState  # ShapeDtypeStructs with shardings (for restore)
+    train_step: object  # jitted (state, batch, dropout_rng) -> (state, metrics); state donated
+    eval_step: object  # jitted (params, batch) -> sums
+
+
+def build(config, mesh, donate: bool = True) -> Run:
+    """Model, optimizer, sharded train state and the jitted steps, shardings stated once."""
+    import flax.linen as nn
+    mc = model_config(config)
+    module = RobertaForPretraining(mc, nsp=config.data.format in NSP_FORMATS)
+    init_rng = jax.random.key(config.seed)
+    params_shape = jax.eval_shape(
+        lambda r: module.init(r, jnp.ones((1, 8), jnp.int32))["params"], init_rng)
+    tx, schedule = optim.make_optimizer(config.optim, nn.unbox(params_shape))
+    state, abstract_state, state_sh = init_state(config, module, tx, mesh, init_rng)
+    packed = config.data.format in PACKED_FORMATS
+    train_fn = step_lib.make_train_step(module, tx, schedule, microbatches=config.microbatches,
+                                        packed=packed, fp16=config.precision == "float16")
+    rep = sharding.replicated(mesh)
+    p_train = jax.jit(train_fn, in_shardings=(state_sh, None, rep),
+                      out_shardings=(state_sh, rep), donate_argnums=(0,) if donate else ())
+    p_eval = jax.jit(step_lib.make_eval_step(module, packed=packed),
+                     in_shardings=(state_sh.params, None), out_shardings=rep)
+    return Run(mc, module, state, abstract_state, p_train, p_eval)
 
 
 def make_dropout_rng(config) -> jax.Array:
@@ -157,36 +189,20 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
                                         seed=config.data.seed, process_index=jax.process_index(),
                                         process_count=jax.process_count())
 
-    # 3. Model, optimizer and the sharded train state.
-    mc = model_config(config)
-    module = RobertaForPretraining(mc, nsp=config.data.format in NSP_FORMATS)
-    init_rng = jax.random.key(config.seed)
+    # 3. Model, optimizer, the sharded train state and the jitted steps.
+    run = build(config, mesh)
+    mc, state, p_train, p_eval = run.model_config, run.state, run.train_step, run.eval_step
     dropout_rng = make_dropout_rng(config)
-    params_shape = jax.eval_shape(
-        lambda r: module.init(r, jnp.ones((1, 8), jnp.int32))["params"], init_rng)
-    import flax.linen as nn
-    tx, schedule = optim.make_optimizer(config.optim, nn.unbox(params_shape))
-    state, abstract_state, state_sh = init_state(config, module, tx, mesh, init_rng)
 
     # 4. Resume from the latest checkpoint, if any (state and data position).
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    keep=config.keep_checkpoints)
     start = ckpt.latest_step()
     if start is not None:
-        state = ckpt.restore(abstract_state, train_iter)
+        state = ckpt.restore(run.abstract_state, train_iter)
         logging.info("resumed from step %d", start)
     start = int(jax.device_get(state.step))
-
-    # 5. The jitted step: state donated, shardings stated once.
-    packed = config.data.format in PACKED_FORMATS
     fp16 = config.precision == "float16"
-    train_fn = step_lib.make_train_step(module, tx, schedule, microbatches=config.microbatches,
-                                        packed=packed, fp16=fp16)
-    rep = sharding.replicated(mesh)
-    p_train = jax.jit(train_fn, in_shardings=(state_sh, None, rep),
-                      out_shardings=(state_sh, rep), donate_argnums=(0,))
-    p_eval = jax.jit(step_lib.make_eval_step(module, packed=packed),
-                     in_shardings=(state_sh.params, None), out_shardings=rep)
 
     flops = perf.flops_per_token(mc.num_layers, mc.hidden_size, config.data.max_length,
                                  mc.padded_vocab_size,

@@ -12,7 +12,7 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from robertax import checkpoint, convert
-from test_model import CONFIGS, hf_config, padded_batch, scale_up
+from test_model import CONFIGS, hf_config, scale_up
 
 
 @pytest.fixture()

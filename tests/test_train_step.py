@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from robertax import optim, sharding, step as step_lib, train
-from robertax.model import RobertaForPretraining
+from robertax import optim, sharding, train
 
 
 def small_config(**over):
@@ -52,17 +51,8 @@ def synthetic_batch(seed, B=8, L=32, P=6, V=250):
 
 
 def setup(config, mesh):
-    mc = train.model_config(config)
-    module = RobertaForPretraining(mc)
-    rng = jax.random.key(0)
-    import flax.linen as nn
-    shape = jax.eval_shape(lambda r: module.init(r, jnp.ones((1, 8), jnp.int32))["params"], rng)
-    tx, schedule = optim.make_optimizer(config.optim, nn.unbox(shape))
-    state, _, state_sh = train.init_state(config, module, tx, mesh, rng)
-    fn = step_lib.make_train_step(module, tx, schedule, microbatches=config.microbatches,
-                                  packed=False, fp16=config.precision == "float16")
-    rep = sharding.replicated(mesh)
-    return state, jax.jit(fn, in_shardings=(state_sh, None, rep), out_shardings=(state_sh, rep))
+    run = train.build(config, mesh, donate=False)
+    return run.state, run.train_step
 
 
 def run(config, mesh, steps=3):

@@ -24,13 +24,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from robertax import optim, perf, sharding, step as step_lib, train  # noqa: E402
-from robertax.model import RobertaForPretraining, attention_implementation  # noqa: E402
+from robertax import perf, sharding, train  # noqa: E402
+from robertax.model import attention_implementation  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Model/training config.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
@@ -69,18 +68,8 @@ def peak_memory_gb():
 
 def time_jax(config):
     mesh = sharding.make_mesh(config.mesh)
-    mc = train.model_config(config)
-    module = RobertaForPretraining(mc)
-    rng = jax.random.key(0)
-    import flax.linen as nn
-    shape = jax.eval_shape(lambda r: module.init(r, jnp.ones((1, 8), jnp.int32))["params"], rng)
-    tx, schedule = optim.make_optimizer(config.optim, nn.unbox(shape))
-    state, _, state_sh = train.init_state(config, module, tx, mesh, rng)
-    fn = step_lib.make_train_step(module, tx, schedule, microbatches=config.microbatches,
-                                  packed=False, fp16=config.precision == "float16")
-    rep = sharding.replicated(mesh)
-    p_step = jax.jit(fn, in_shardings=(state_sh, None, rep), out_shardings=(state_sh, rep),
-                     donate_argnums=(0,))
+    run = train.build(config, mesh)
+    mc, state, p_step = run.model_config, run.state, run.train_step
     L, P = config.data.max_length, config.data.max_predictions
     host, n_masked = synthetic_batch(config.batch_size, L, P, mc.vocab_size)
     batch = sharding.host_batch_to_global(mesh, host)

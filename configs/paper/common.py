@@ -19,3 +19,15 @@ def bert_base_recipe(corpus="books_wiki"):
     c.optim.warmup_steps = 10_000      # BERT's
     c.optim.b2 = 0.999                 # BERT's (RoBERTa's 0.98 is for large batches)
     return c
+
+
+def roberta_large_row(total_steps: int, corpus: str):
+    """Table 4's RoBERTa rows: RoBERTa-large (Table 9), batch 8K, FULL-SENTENCES, dynamic
+    masking; `corpus` names the row's data (a placeholder for your preprocessed shards)."""
+    from configs import large
+    c = large.get_config()
+    c.data.corpus = corpus
+    c.data.tokenizer = "roberta"  # set to the tokenizer dir the shards were made with
+    c.batch_size = 8192           # Table 4 / Table 9
+    c.optim.total_steps = total_steps
+    return c

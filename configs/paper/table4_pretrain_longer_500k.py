@@ -7,13 +7,8 @@ placeholder for your preprocessed shards of that corpus.
         --config.data.corpus=SHARDS --config.data.tokenizer=TOKENIZER
 """
 
-from configs import large
+from configs.paper import common
 
 
 def get_config():
-    c = large.get_config()
-    c.data.corpus = "all_160gb"
-    c.data.tokenizer = "roberta"
-    c.batch_size = 8192            # Table 4 / Table 9
-    c.optim.total_steps = 500_000    # Table 4
-    return c
+    return common.roberta_large_row(total_steps=500_000, corpus="all_160gb")  # Table 4
