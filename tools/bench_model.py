@@ -64,8 +64,8 @@ def main():
 
     def jax_loss(p, x, y):
         logits = module.apply({"params": p}, x)  # [B, L, V]
-        logp = jax.nn.log_softmax(logits)
-        nll = -jnp.take_along_axis(logp, jnp.maximum(y, 0)[..., None], -1)[..., 0]
+        logp = jax.nn.log_softmax(logits)  # the nll as robertax.step computes it (one-hot)
+        nll = -(logp * jax.nn.one_hot(jnp.maximum(y, 0), logp.shape[-1])).sum(-1)
         return (nll * weights).sum() / weights.sum()
 
     jax_step = jax.jit(jax.value_and_grad(jax_loss))
