@@ -3,10 +3,12 @@
     python -m robertax.finetune --config=configs/finetune/sst2.py \
         --config.init_checkpoint=PATH --config.data_dir=glue_data --workdir=DIR
 
-PATH is a robertax model dir, a pretraining workdir, or a Hugging Face dir (read by
-`robertax.convert.read`). The tokenizer is `config.tokenizer`, else the one that belongs to
-PATH: `<model dir>/tokenizer`, a pretraining workdir's `<shard dir>/tokenizer`, or the
-Hugging Face dir itself (vocab.json + merges.txt).
+PATH is a robertax model dir, a pretraining workdir, a Hugging Face dir or a fairseq model
+(read by `robertax.convert.read`). The tokenizer is `config.tokenizer`, else the one that
+belongs to PATH: `<model dir>/tokenizer`, a pretraining workdir's `<shard dir>/tokenizer`, the
+Hugging Face dir itself (vocab.json + merges.txt) or the fairseq dir (dict.txt + GPT-2 files).
+Its vocabulary must match the checkpoint's. RTE, STS-B and MRPC may start from an MNLI model
+(`config.from_mnli=PATH`: its encoder, a new head).
 
 One `finetune()` in steps: weights + tokenizer -> task data -> model and sharded state ->
 jitted step -> loop (log, evaluate at each epoch or every K steps, keep the best dev score,
@@ -68,18 +70,44 @@ def load_checkpoint(path: str) -> tuple[RobertaConfig, dict, dict, str]:
         raise FileNotFoundError(f"config.init_checkpoint={path!r} does not exist")
     fmt = convert.detect_format(path)
     if fmt == "robertax":
-        mc, params, meta = checkpoint.load_model(path)
+        try:
+            mc, params, meta = checkpoint.load_model(path)
+        except ValueError as e:
+            if "topology" not in str(e).lower() or not checkpoint.is_train_dir(path):
+                raise
+            mc, params, meta = _load_train_dir_on_this_host(path)
     else:
         (mc, params), meta = convert.read(path, fmt), {}
     return mc, jax.tree.map(np.asarray, nn.unbox(params)), meta, fmt
+
+
+def _load_train_dir_on_this_host(path: str):
+    """A pretraining workdir saved on other devices (e.g. 8 GPUs, read on 1 CPU): Orbax refuses
+    to restore a different topology without a target, so every array lands on this host's
+    first device. (checkpoint.load_model could pass this fallback itself.)"""
+    import orbax.checkpoint as ocp
+    from robertax.train import model_config
+    with open(os.path.join(path, "config.json")) as f:
+        run_config = json.load(f)
+    manager = ocp.CheckpointManager(os.path.join(path, "checkpoints"),
+                                    item_names=("state", "data"))
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{path}/checkpoints has no finished checkpoint")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(fallback_sharding=device)))
+    manager.close()
+    return model_config(run_config), restored.state["params"], {"step": step,
+                                                                 "run_config": run_config}
 
 
 def tokenizer_path(config, source: str, fmt: str) -> str:
     """Where the tokenizer for `source` lives (config.tokenizer wins)."""
     if config.tokenizer:
         return config.tokenizer
-    if fmt == "hf":
-        return source  # vocab.json + merges.txt next to the weights
+    if fmt in ("hf", "fairseq"):  # HF: vocab.json + merges.txt; fairseq: dict.txt + GPT-2 files
+        return source if os.path.isdir(source) else os.path.dirname(source)
     if checkpoint.is_model_dir(source):
         path = os.path.join(source, "tokenizer")
         if os.path.isdir(path):
@@ -116,11 +144,13 @@ def check_vocab(mc: RobertaConfig, tok, source: str, tok_path: str) -> None:
                          "tokens; pass the tokenizer the model was trained with (config.tokenizer)")
 
 
-def merge_params(fresh: dict, loaded: dict, head_names, *, keep_heads: bool, source: str) -> dict:
-    """The loaded encoder, and each head loaded when allowed and shaped alike, else fresh."""
+def merge_params(shapes: dict, fresh_heads: dict, loaded: dict, head_names, *,
+                 keep_heads: bool, source: str) -> dict:
+    """The loaded encoder (checked against the model's `shapes`), and each head loaded when
+    allowed and shaped alike, else freshly initialized."""
     if "encoder" not in loaded:
         raise KeyError(f"{source}: no 'encoder' parameters (found {sorted(loaded)})")
-    want = traverse_util.flatten_dict(fresh["encoder"], sep="/")
+    want = traverse_util.flatten_dict(shapes["encoder"], sep="/")
     have = traverse_util.flatten_dict(loaded["encoder"], sep="/")
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing or extra:
@@ -131,18 +161,17 @@ def merge_params(fresh: dict, loaded: dict, head_names, *, keep_heads: bool, sou
             raise ValueError(f"{source}: encoder/{k} has shape {tuple(np.shape(have[k]))}, the "
                              f"model expects {tuple(want[k].shape)}")
     out = {"encoder": loaded["encoder"]}
+    shape_of = lambda t: jax.tree.map(np.shape, t)  # noqa: E731
     for head in head_names:
         reason = None
         if not keep_heads:
             reason = "re-initialized (config.head='fresh' or from_mnli)"
         elif head not in loaded:
             reason = "new"
-        else:
-            shapes = lambda t: jax.tree.map(np.shape, t)  # noqa: E731
-            if shapes(loaded[head]) != shapes(fresh[head]):
-                reason = (f"re-initialized: the checkpoint's has shapes "
-                          f"{shapes(loaded[head])}, the task needs {shapes(fresh[head])}")
-        out[head] = fresh[head] if reason else loaded[head]
+        elif shape_of(loaded[head]) != shape_of(shapes[head]):
+            reason = (f"re-initialized: the checkpoint's has shapes {shape_of(loaded[head])}, "
+                      f"the task needs {shape_of(shapes[head])}")
+        out[head] = fresh_heads[head] if reason else loaded[head]
         logging.info("head %r: %s", head, reason or f"loaded from {source}")
     return out
 
@@ -157,8 +186,9 @@ def batch_loss(module, task, params, batch: dict, counts: dict | None = None, *,
     `counts` default to the batch's own; the train step passes the whole batch's counts when
     it splits it into microbatches."""
     counts = counts if counts is not None else task.loss_counts(batch)
+    rngs = None if deterministic else {"dropout": rng}
     out = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                       deterministic=deterministic, rngs=None if deterministic else {"dropout": rng})
+                       deterministic=deterministic, rngs=rngs)
     sums = task.loss_sums(out, batch)
     return sum(sums[k] / jnp.maximum(counts[k], 1.0) for k in sorted(sums))
 
@@ -189,7 +219,8 @@ def train_step(state: optim.TrainState, batch: dict, rng, *, module, task, tx, s
     grads = jax.tree.map(lambda g: g / scale, grads)
     new_state, finite = state.apply_gradients(grads, tx, check_finite=fp16)
     return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads),
-                       "learning_rate": schedule(state.step), "skipped": (~finite).astype(jnp.int32)}
+                       "learning_rate": schedule(state.step),
+                       "skipped": (~finite).astype(jnp.int32)}
 
 
 def predict_step(params, batch, *, module):
@@ -230,6 +261,8 @@ def _precision(name: str) -> str:
 def prepare(config) -> Prepared:
     """Reads weights, tokenizer and data; builds the model with its parameters on the mesh."""
     config = copy.deepcopy(config)
+    if config.head not in ("auto", "fresh"):
+        raise ValueError(f"config.head must be 'auto' or 'fresh', got {config.head!r}")
     # 1. Weights and tokenizer (an MNLI model's encoder when from_mnli is set).
     if config.from_mnli and config.init_checkpoint and config.init_checkpoint != config.from_mnli:
         raise ValueError(f"config.from_mnli={config.from_mnli!r} and config.init_checkpoint="
@@ -259,6 +292,9 @@ def prepare(config) -> Prepared:
     if n_train == 0:
         raise ValueError(f"{task.name}: no training examples")
     eval_sets = task.eval_sets(tok)
+    for es in eval_sets:
+        if es.examples == 0:
+            raise ValueError(f"{task.name}: the dev set{es.name or ''} has no examples")
 
     # 3. Model and parameters, placed by the sharding rules (never whole on one device).
     mesh = sharding.make_mesh(config.mesh)
@@ -268,12 +304,18 @@ def prepare(config) -> Prepared:
     rng = jax.random.key(config.seed)
     boxed = jax.eval_shape(lambda r: module.init(r, dummy)["params"], rng)
     param_sh = sharding.logical_shardings(mesh, boxed)
-    fresh = jax.jit(lambda r: nn.unbox(module.init(r, dummy)["params"]),
-                    out_shardings=param_sh)(jax.random.fold_in(rng, 1))
-    params = merge_params(fresh, loaded, task.head_names, source=source,
-                          keep_heads=config.head == "auto" and not config.from_mnli)
-    if config.head not in ("auto", "fresh"):
-        raise ValueError(f"config.head must be 'auto' or 'fresh', got {config.head!r}")
+    heads = tuple(task.head_names)
+    # Only the heads are initialized: their outputs alone leave the jitted init, so XLA drops
+    # the encoder's random init (and the forward pass) as dead code, a quicker compile.
+    fresh_heads = jax.jit(
+        lambda r: {h: nn.unbox(module.init(r, dummy)["params"])[h] for h in heads},
+        out_shardings={h: param_sh[h] for h in heads})(jax.random.fold_in(rng, 1))
+    if config.random_init:  # the no-pretraining baseline: same model and tokenizer, new weights
+        loaded = jax.jit(lambda r: nn.unbox(module.init(r, dummy)["params"]))(
+            jax.random.fold_in(rng, 3))
+    params = merge_params(nn.unbox(boxed), fresh_heads, loaded, heads, source=source,
+                          keep_heads=config.head == "auto" and not config.from_mnli
+                          and not config.random_init)
     params = jax.device_put(params, param_sh)
     return Prepared(config, task, tok, tok_path, source, mc, module, mesh, param_sh, params,
                     train, n_train, eval_sets)
@@ -372,7 +414,7 @@ def finetune(config, workdir: str) -> dict:
     metric = config.select_metric or task.metric
     evaluations, best, best_params, bad_evals = [], None, None, 0
     pending, tput = [], observe.Throughput()
-    dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 2)
+    dropout_rng = _dropout_key(config)
 
     def evaluate(step: int, epoch: float):
         nonlocal best, best_params, bad_evals
@@ -404,13 +446,13 @@ def finetune(config, workdir: str) -> dict:
             tput.add(int(batch["attention_mask"].sum()), int(batch["weight"].sum()))
             bar.update(1)
             if step % config.log_every == 0 or step == total:
-                _log_train(writer, pending, tput, step, epoch + 1, fp16, bar)
+                _log_train(writer, pending, tput, step, step / steps_per_epoch, fp16, bar)
                 pending = []
             at_epoch_end = (step % steps_per_epoch == 0)
             if (step == total or (config.eval_every == 0 and at_epoch_end)
                     or (config.eval_every > 0 and step % config.eval_every == 0)):
                 if pending:
-                    _log_train(writer, pending, tput, step, epoch + 1, fp16, bar)
+                    _log_train(writer, pending, tput, step, step / steps_per_epoch, fp16, bar)
                     pending = []
                 evaluate(step, round(step / steps_per_epoch, 4))
                 if config.early_stopping_patience > 0 and \
@@ -438,8 +480,7 @@ def finetune(config, workdir: str) -> dict:
     results.update({"task": task.name, "metric": metric, "step": best["step"],
                     "epoch": best["epoch"], "total_steps": total, "steps_run": step,
                     "train_examples": p.train_examples,
-                    "eval_examples": {es.name or "dev": len(es.arrays["input_ids"])
-                                      for es in p.eval_sets},
+                    "eval_examples": {es.name or "dev": es.examples for es in p.eval_sets},
                     "init_checkpoint": p.source, "tokenizer": p.tokenizer_path,
                     "seconds": round(time.perf_counter() - t_start, 1),
                     "evaluations": evaluations})
@@ -450,6 +491,16 @@ def finetune(config, workdir: str) -> dict:
     logging.warning("%s: best %s %.4f at step %d -> %s", task.name, metric, best[metric],
                     best["step"], os.path.join(workdir, "results.json"))
     return results
+
+
+def _dropout_key(config):
+    """The base key of the dropout masks. "rbg" (XLA's RngBitGenerator) compiles in about half
+    the time of threefry on CPUs and runs faster on GPUs/TPUs; threefry gives the same masks on
+    every backend. Either is reproducible for a seed on one backend."""
+    impl = config.dropout_rng
+    if impl not in ("threefry", "rbg", "unsafe_rbg"):
+        raise ValueError(f"config.dropout_rng must be threefry, rbg or unsafe_rbg, got {impl!r}")
+    return jax.random.key(config.seed, impl="threefry2x32" if impl == "threefry" else impl)
 
 
 def _data_shards(mesh) -> int:
@@ -482,7 +533,7 @@ def _log_train(writer, pending, tput, step, epoch, fp16, bar) -> None:
     tok_s, ex_s = tput.rates()
     tput.reset()
     row = {k: float(np.mean([r[k] for r in rows])) for k in ("loss", "grad_norm")}
-    row.update(learning_rate=float(rows[-1]["learning_rate"]), epoch=epoch,
+    row.update(learning_rate=float(rows[-1]["learning_rate"]), epoch=round(epoch, 4),
                tokens_per_sec=tok_s, examples_per_sec=ex_s,
                skipped_steps=int(sum(int(r["skipped"]) for r in rows)))
     writer.write(step, row)
@@ -509,35 +560,26 @@ def _predict_test(p: Prepared, p_predict, params, eval_bs: int, workdir: str) ->
     return out
 
 
-def _define_flags():
-    """--config and --workdir, defined only when run as a program. robertax.train defines flags
-    of the same names when imported (checkpoint.load_model imports it to read a pretraining
-    workdir), so it is imported first and its two flags are replaced by ours."""
-    import robertax.train  # noqa: F401
-    for name in ("config", "workdir"):
-        if name in flags.FLAGS:
-            delattr(flags.FLAGS, name)
-    global _CONFIG, _WORKDIR
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", os.path.join(_REPO, "configs", "finetune", "sst2.py"),
-        "Fine-tuning config file.", lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", None,
-                                   "Output directory (default: workdir/finetune/<config>).")
-
-
 def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
+    config = flags.FLAGS.config
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
-    workdir = _WORKDIR.value or os.path.join("workdir", "finetune", name)
+    workdir = flags.FLAGS.workdir or os.path.join("workdir", "finetune", name)
     results = finetune(config, workdir)
-    shown = {k: v for k, v in results.items() if isinstance(v, float)}
-    print(json.dumps({"task": results["task"], **shown}, indent=1), flush=True)
+    metrics = {k: v for k, v in results.items()
+               if isinstance(v, float) and k not in ("epoch", "seconds")}
+    print(f"{results['task']} (best of {len(results['evaluations'])} evaluation(s), step "
+          f"{results['step']}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+          flush=True)
 
 
 if __name__ == "__main__":
-    _define_flags()
+    # Flags are defined only when run as a program (as robertax.train does), so importing this
+    # module defines none.
+    config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "finetune", "sst2.py"),
+                                    "Fine-tuning config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Output directory (default: workdir/finetune/<config>).")
     app.run(main)

@@ -43,6 +43,7 @@ def config_for(name, init, **kw):
     c.max_length, c.max_train_examples, c.max_eval_examples = 64, 32, 16
     c.max_steps, c.batch_size, c.eval_batch_size = 2, 8, 16
     c.log_every, c.progress, c.eval_every = 1, False, -1
+    c.precision = "float32"  # not "auto": the same numbers on any backend
     for k, v in kw.items():
         setattr(c, k, v)
     return c
@@ -70,7 +71,8 @@ def make_glue_dir(root, test_data):
     for name, src in (("train.tsv", "dev.tsv"), ("dev.tsv", "dev.tsv"), ("test.tsv", "test.tsv")):
         os.symlink(test_data / "glue" / "QNLI" / src, root / "QNLI" / name)
     rows = [NLI[i % 4] for i in range(24)]
-    line = lambda i, a, b: f"{i}\t{i}\t{i}n\tfiction\t( {a} )\t( {b} )\t(S {a})\t(S {b})\t{a}\t{b}"  # noqa
+    def line(i, a, b):
+        return f"{i}\t{i}\t{i}n\tfiction\t( {a} )\t( {b} )\t(S {a})\t(S {b})\t{a}\t{b}"
     _write(root / "MNLI" / "train.tsv", MNLI_HEADER + "\tlabel1\tgold_label\n" + "".join(
         line(i, a, b) + f"\t{y}\t{y}\n" for i, (a, b, y) in enumerate(rows)))
     for split in ("dev_matched", "dev_mismatched"):

@@ -24,6 +24,8 @@ def get_config():
     c.from_mnli = ""                # an MNLI fine-tuned model to start from (Section 5: RTE,
                                     # STS-B and MRPC start from MNLI); its head is re-initialized
     c.head = "auto"                 # "auto": reuse a checkpoint head of the right shape; "fresh"
+    c.random_init = False           # ablation: the checkpoint's model and tokenizer, random
+                                    # weights (fine-tuning without pretraining)
 
     # --- optimization (Table 10) ---
     c.learning_rate = 1e-5          # Table 10: GLUE {1e-5, 2e-5, 3e-5}
@@ -40,6 +42,7 @@ def get_config():
     c.dropout = 0.1                 # Table 10
     c.attention_dropout = 0.1       # Table 10
     c.microbatches = 1              # gradient accumulation inside the step
+    c.dropout_rng = "rbg"           # "rbg" (quicker to compile and run) | "threefry" | "unsafe_rbg"
     c.precision = "auto"            # auto: bfloat16 on GPU/TPU, float32 on CPU | float32 | ...
 
     # --- inputs ---

@@ -28,7 +28,6 @@ import logging
 import os
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -44,6 +43,11 @@ class EvalSet:
     name: str                                  # "" for the main dev set, e.g. "_mismatched"
     arrays: dict[str, np.ndarray]              # model inputs with `weight`
     score: Callable[[Any], dict[str, float]]   # outputs (numpy pytree, N first) -> metrics
+    examples: int = -1                         # questions scored (SQuAD: fewer than rows)
+
+    def __post_init__(self):
+        if self.examples < 0:
+            self.examples = len(self.arrays["input_ids"])
 
 
 def subset(items: list, limit: int, seed: int | None) -> list:
@@ -214,7 +218,7 @@ class SquadTask:
         gold = squad.as_official(examples, self.version)
         arrays = _with_weight({"input_ids": features.input_ids,
                                "attention_mask": features.attention_mask})
-        return [EvalSet("", arrays, lambda out: self.score(out, features, gold))]
+        return [EvalSet("", arrays, lambda out: self.score(out, features, gold), len(examples))]
 
     def score(self, outputs, features, gold) -> dict[str, float]:
         c = self.config
