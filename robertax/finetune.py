@@ -54,7 +54,7 @@ from robertax import tokenizer as tokenizer_lib  # noqa: E402
 from robertax.model import RobertaConfig  # noqa: E402
 from robertax.tasks import glue, runner  # noqa: E402
 
-PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from robertax.train import PRECISIONS  # noqa: E402  (one table of precision names)
 INPUT_KEYS = ("input_ids", "attention_mask")
 
 
