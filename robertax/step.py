@@ -46,7 +46,7 @@ def _forward_sums(model, params, mb: dict, *, packed: bool, deterministic: bool,
     logp = jax.nn.log_softmax(logits)
     # One-hot, not take_along_axis: XLA's SPMD partitioner mis-partitions the backward of that
     # gather (a scatter into vocab-sharded logits) on meshes with data, fsdp and tensor all > 1
-    # (jax 0.10.2; caught by tests/test_train_step.py).
+    # (jax 0.10.2; caught by tests/test_train_step.py; tools/repro_spmd_take_along_axis.py).
     nll = -(logp * jax.nn.one_hot(targets, logp.shape[-1], dtype=logp.dtype)).sum(-1)
     sums = {"mlm_nll": (nll * w).sum(), "mlm_count": w.sum(),
             "mlm_correct": ((logits.argmax(-1) == targets) * w).sum()}
