@@ -389,6 +389,9 @@ def finetune(config, workdir: str) -> dict:
     # Schedule: the paper's 6% warmup, then linear decay to 0 at the last step.
     steps_per_epoch = -(-len(p.train["input_ids"]) // config.batch_size)
     total = config.max_steps if config.max_steps > 0 else steps_per_epoch * config.num_epochs
+    if total <= 0:
+        raise ValueError(f"nothing to train: config.num_epochs={config.num_epochs} and "
+                         f"config.max_steps={config.max_steps}")
     optim_config = ml_collections.ConfigDict(dict(
         peak_learning_rate=config.learning_rate, warmup_steps=int(config.warmup_ratio * total),
         total_steps=total, b1=config.b1, b2=config.b2, eps=config.eps,

@@ -172,6 +172,15 @@ def test_rte_from_mnli_keeps_the_encoder_and_renews_the_head(mnli_run, glue_dir)
         finetune.prepare(c)
 
 
+def test_random_init_is_the_same_model_with_new_weights(pretrained, glue_dir):
+    """The no-pretraining baseline of tools/pretrain_helps.py."""
+    _, ckpt, _ = checkpoint.load_model(pretrained)
+    p = finetune.prepare(config_for("sst2", pretrained, data_dir=str(glue_dir), random_init=True))
+    ours, theirs = jax.tree.leaves(p.params["encoder"]), jax.tree.leaves(ckpt["encoder"])
+    assert [a.shape for a in ours] == [b.shape for b in theirs]
+    assert not np.allclose(np.asarray(ours[0]), np.asarray(theirs[0]))
+
+
 def test_squad_v1_end_to_end(pretrained, test_data, tmp_path):
     dev = str(test_data / "squad" / "dev-v1.1.json")
     results = run("squad_v1", pretrained, tmp_path, train_file=dev, eval_file=dev,
