@@ -29,6 +29,7 @@ def get_config():
     m.pad_vocab_to = 128          # vocabulary padded to a multiple of this (speed); sliced on export
     m.attention = "auto"          # "auto" | "xla" | "cudnn": auto picks cuDNN flash on GPU if it applies
     m.remat = "none"              # "none" | "full" | "dots": rematerialization per layer
+    m.scan_unroll = 1             # layers per iteration of the layer scan (num_layers: unrolled)
 
     # --- data (robertax.data) ---
     c.data = d = ml_collections.ConfigDict()

@@ -44,6 +44,7 @@ class RobertaConfig:
     param_dtype: Any = jnp.float32
     attention: str = "auto"  # "auto" | "xla" | "cudnn"
     remat: str = "none"  # "none" | "full" | "dots"
+    scan_unroll: int = 1  # layers per iteration of the layer scan (num_layers: fully unrolled)
 
     @classmethod
     def base(cls, **kw) -> "RobertaConfig":
@@ -320,7 +321,7 @@ class Encoder(nn.Module):
             layer = nn.remat(Layer, prevent_cse=False, policy=_REMAT_POLICIES[c.remat])
         self.layers = nn.scan(
             layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-            in_axes=nn.broadcast, length=c.num_layers,
+            in_axes=nn.broadcast, length=c.num_layers, unroll=max(1, c.scan_unroll),
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(c, self.deterministic)
 

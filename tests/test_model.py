@@ -213,3 +213,21 @@ def test_tied_logits_backward_equals_autodiff():
     for a, b in zip(jax.grad(ours, argnums=(0, 1, 2))(h, table, bias),
                     jax.grad(plain, argnums=(0, 1, 2))(h, table, bias)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("unroll", [2, 3])
+def test_unrolled_layer_scan_is_the_same_model(unroll):
+    """scan_unroll changes how the layer loop compiles, not the parameters or the math."""
+    config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
+                                  intermediate_size=64, num_layers=3)
+    scanned = M.RobertaForMaskedLM(config)
+    unrolled = M.RobertaForMaskedLM(config.replace(scan_unroll=unroll))
+    params = M.init_params(scanned, jax.random.key(4))
+    assert jax.tree.structure(M.init_params(unrolled, jax.random.key(4))) == \
+        jax.tree.structure(params)
+    ids = jnp.asarray(padded_batch(300, seed=3)[0])
+    loss = lambda m: lambda p: (m.apply({"params": p}, ids) ** 2).mean()  # noqa: E731
+    (la, ga), (lb, gb) = (jax.value_and_grad(loss(m))(params) for m in (scanned, unrolled))
+    np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

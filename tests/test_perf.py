@@ -36,3 +36,29 @@ def test_peak_table_matches_device_kinds():
     assert perf.device_peak_flops(Dev()) == 989e12
     Dev.device_kind = "cpu"
     assert perf.device_peak_flops(Dev()) is None
+
+
+def test_profile_summary_sums_ops_by_name():
+    """tools/profile_summary.py: op time per step, suffixes merged, runtime events left out,
+    and only device events when a device process is in the trace."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+    import profile_summary as ps
+    meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}}]
+    cpu = [{"ph": "X", "pid": 1, "tid": 1, "name": "fusion.3", "dur": 3000},
+           {"ph": "X", "pid": 1, "tid": 2, "name": "fusion.17", "dur": 1000},
+           {"ph": "X", "pid": 1, "tid": 1, "name": "ynn_fusion", "dur": 6000},
+           {"ph": "X", "pid": 1, "tid": 1, "name": "while.2", "dur": 10000},  # a container
+           {"ph": "X", "pid": 1, "tid": 1, "name": "ThunkExecutor::Execute", "dur": 9000},
+           {"ph": "X", "pid": 1, "tid": 1, "name": "$profiler.py:1 trace", "dur": 9000}]
+    s = ps.summarize(meta + cpu, steps=2)
+    assert not s["device"]
+    assert s["rows"] == [("ynn_fusion", 3.0, 0.5, 1), ("fusion", 2.0, 1.0, 2)]
+    assert s["total_ms"] == 5.0
+    gpu = meta + cpu + [
+        {"ph": "M", "name": "process_name", "pid": 7, "args": {"name": "/device:GPU:0"}},
+        {"ph": "X", "pid": 7, "tid": 1, "name": "cutlass_gemm", "dur": 500}]
+    s = ps.summarize(gpu)
+    assert s["device"] and s["rows"] == [("cutlass_gemm", 0.5, 1.0, 1)]
+    assert "cutlass_gemm" in ps.format_table(s)

@@ -38,6 +38,8 @@ def main():
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--scan_unroll", type=int, default=1,
+                   help="layers per iteration of the layer scan (--layers: fully unrolled)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -52,7 +54,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
         config, params = convert.from_hf(d, dropout_rate=0.0, attention_dropout_rate=0.0)
-    module = RobertaForMaskedLM(config)
+    module = RobertaForMaskedLM(config.replace(scan_unroll=a.scan_unroll))
 
     rng = np.random.default_rng(0)
     ids = rng.integers(4, a.vocab, size=(a.batch, a.length))

@@ -39,6 +39,9 @@ _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", None, "torch.compile (defaul
 _SKIP_JAX = flags.DEFINE_bool("skip_jax", False, "Only time the PyTorch baseline.")
 _JSON = flags.DEFINE_string("json_out", None, "Append one JSON line per result here.")
 _LABEL = flags.DEFINE_string("label", "", "A name for this configuration in the output.")
+_PROFILE = flags.DEFINE_string("profile_dir", None, "Trace --profile_steps robertax steps here "
+                               "(jax.profiler) and print the ops' time table.")
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 3, "Steps traced with --profile_dir.")
 
 
 def synthetic_batch(B, L, P, V, seed=0):
@@ -87,10 +90,27 @@ def time_jax(config):
     jax.block_until_ready(state)
     dt = (time.perf_counter() - t0) / _STEPS.value
     loss = float(m["loss"])
+    if _PROFILE.value:
+        profile(lambda s: p_step(s, batch, drng), state)
     impl = attention_implementation(mc, mc.attention_dropout_rate > 0)
     return {"framework": "robertax", "step_s": dt, "compile_s": compile_s, "loss": loss,
             "attention": impl, "head_positions": P, "masked": n_masked,
             "peak_mem_gb": peak_memory_gb()}
+
+
+def profile(step, state):
+    """Traces a few steps and prints where the time goes (tools/profile_summary.py)."""
+    import gzip
+    import profile_summary
+    with jax.profiler.trace(_PROFILE.value, create_perfetto_trace=True):
+        for _ in range(_PROFILE_STEPS.value):
+            state, m = step(state)
+        jax.block_until_ready(m)
+    with gzip.open(profile_summary.find_trace(_PROFILE.value)) as f:
+        events = json.load(f)["traceEvents"]
+    print(profile_summary.format_table(profile_summary.summarize(events, _PROFILE_STEPS.value)),
+          flush=True)
+    return state
 
 
 def time_torch(config):

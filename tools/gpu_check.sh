@@ -3,6 +3,8 @@
 # numerics, then time RoBERTa-base and -large (robertax and transformers) and print one table.
 #   bash tools/gpu_check.sh [items...]      items: correct base base_xla large large_xla torch_base torch_large train
 # items also: base_rbg base_nodrop base256_rbg large_rbg base_xla_rbg (dropout-RNG and batch variants)
+#   profile_base profile_large: where a step's time goes (tools/profile_summary.py table)
+#   base_notriton base_unroll: an XLA flag (cuBLAS for every GEMM) and the unrolled layer loop
 # Wheels (grain, array_record, ml_collections, tensorboardX, portpicker) are expected in .whl/
 # (see the README's performance section for how to fetch them).
 set -u
@@ -19,7 +21,7 @@ J="$OUT/bench.jsonl"
 B="python3 tools/bench_train.py --json_out=$J --steps=10 --warmup=2"
 BASE="--config=configs/base.py --config.batch_size=128 --config.microbatches=1 --config.precision=bfloat16"
 LARGE="--config=configs/large.py --config.batch_size=64 --config.microbatches=1 --config.precision=bfloat16"
-run() { local t=$1; shift; echo "== $*" >&2; timeout "$t" "$@" 2>&1 | grep -vE "^(W|I)[0-9]{4} |Warning|warn" | tee -a "$OUT/log.txt" | grep -E "seq/s|FLOPs|rel err|correctness|compiled|unsupported|Error|error|trained|loss .* nats" ; }
+run() { local t=$1; shift; echo "== $*" >&2; timeout "$t" "$@" 2>&1 | grep -vE "^(W|I)[0-9]{4} |Warning|warn" | tee -a "$OUT/log.txt" | grep -E "^profile|^  [A-Za-z_]|seq/s|FLOPs|rel err|correctness|compiled|unsupported|Error|error|trained|loss .* nats" ; }
 for it in $items; do case $it in
   correct)     run 150 python3 tools/gpu_correctness.py ;;
   base)        run 150 $B $BASE --label=base-cudnn --config.model.attention_dropout_rate=0 ;;
@@ -33,6 +35,10 @@ for it in $items; do case $it in
   base256_rbg) run 150 $B $BASE --label=base-b256-rbg --config.batch_size=256 --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg ;;
   large_rbg)   run 150 $B $LARGE --label=large-cudnn-rbg --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg ;;
   base_xla_rbg) run 120 $B $BASE --label=base-xla-drop-rbg --config.model.attention_dropout_rate=0.1 --config.dropout_rng=rbg ;;
+  profile_base)  run 200 $B $BASE --label=base-cudnn-prof --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg --profile_dir=/tmp/profile_base ;;
+  profile_large) run 240 $B $LARGE --label=large-cudnn-prof --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg --profile_dir=/tmp/profile_large ;;
+  base_notriton) XLA_FLAGS="--xla_gpu_enable_triton_gemm=false" run 150 $B $BASE --label=base-notriton --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg ;;
+  base_unroll)   run 200 $B $BASE --label=base-unroll12 --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg --config.model.scan_unroll=12 ;;
   train)       run 150 python3 -m robertax.train --workdir=/tmp/wd_gpu --config.optim.total_steps=60 --config.precision=bfloat16 ;;
 esac; done
 echo; echo "== summary (seq/s) =="; [ -f "$J" ] && python3 - "$J" <<'PY'
