@@ -7,6 +7,7 @@ positions, in float32.
 
     python tools/bench_model.py                       # roberta-base shape, batch 8 x 128
     python tools/bench_model.py --layers=2 --hidden=128 --heads=4 --batch=8 --length=64
+    python tools/bench_model.py --profile_dir=/tmp/prof   # + where robertax's step spends time
 """
 
 import argparse
@@ -38,6 +39,8 @@ def main():
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--profile_dir", default=None,
+                   help="also trace 2 robertax steps here and print the ops' time table")
     p.add_argument("--scan_unroll", type=int, default=1,
                    help="layers per iteration of the layer scan (--layers: fully unrolled)")
     a = p.parse_args()
@@ -103,6 +106,16 @@ def main():
     print(f"transformers (torch {torch.__version__}): median {mt * 1e3:8.1f} ms  "
           f"({tokens / mt:,.0f} tokens/s)")
     print(f"median ratio robertax / pytorch: {statistics.median(ratios):.3f}")
+    if a.profile_dir:
+        import gzip
+        import json
+        import profile_summary
+        with jax.profiler.trace(a.profile_dir, create_perfetto_trace=True):
+            for _ in range(2):
+                run_jax()
+        with gzip.open(profile_summary.find_trace(a.profile_dir)) as f:
+            events = json.load(f)["traceEvents"]
+        print(profile_summary.format_table(profile_summary.summarize(events, 2)))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ import json
 import os
 import re
 
-_RUNTIME = re.compile(r"^(\$|end: |ThreadpoolListener|ThunkExecutor|PjitFunction|ParseArguments|"
-                      r"Handle |Wait for |AllocateOutput|PythonRefManager|.*::)")
+# Host-side events: Python frames ($...), runtime bookkeeping (names with spaces, parentheses
+# or C++ scopes); XLA op names have none of these.
+_RUNTIME = re.compile(r"^(\$|ThreadpoolListener|PjitFunction|ParseArguments|AllocateOutput|"
+                      r"PythonRefManager)|[ (]|::")
 
 _CONTAINERS = ("while", "conditional", "call")  # their ops have their own events
 
@@ -50,7 +52,7 @@ def summarize(events: list[dict], steps: int = 1) -> dict:
         if device and e.get("pid") not in device:
             continue
         name = op_name(e["name"])
-        if not device and (_RUNTIME.match(name) or name in _CONTAINERS):
+        if not device and (_RUNTIME.search(name) or name in _CONTAINERS):
             continue
         time_us[name] += float(e["dur"])
         count[name] += 1
