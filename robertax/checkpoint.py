@@ -113,8 +113,11 @@ def load_model(path: str, **config_overrides) -> tuple[RobertaConfig, Any, dict]
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"{path}/checkpoints has no finished checkpoint")
+        # Saved on other devices (e.g. 8 GPUs, read on 1 CPU): arrays whose stored sharding
+        # does not exist here land on this host's first device.
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))
+            state=ocp.args.StandardRestore(fallback_sharding=here)))
         manager.close()
         return config, restored.state["params"], {"step": step, "run_config": run_config}
     raise FileNotFoundError(f"{path}: neither a robertax model ({CONFIG_FILE}) nor a training "

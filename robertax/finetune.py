@@ -54,7 +54,7 @@ from robertax import tokenizer as tokenizer_lib  # noqa: E402
 from robertax.model import RobertaConfig  # noqa: E402
 from robertax.tasks import glue, runner  # noqa: E402
 
-from robertax.train import PRECISIONS  # noqa: E402  (one table of precision names)
+from robertax.train import PRECISIONS, make_dropout_rng  # noqa: E402  (shared with pretraining)
 INPUT_KEYS = ("input_ids", "attention_mask")
 
 
@@ -70,36 +70,10 @@ def load_checkpoint(path: str) -> tuple[RobertaConfig, dict, dict, str]:
         raise FileNotFoundError(f"config.init_checkpoint={path!r} does not exist")
     fmt = convert.detect_format(path)
     if fmt == "robertax":
-        try:
-            mc, params, meta = checkpoint.load_model(path)
-        except ValueError as e:
-            if "topology" not in str(e).lower() or not checkpoint.is_train_dir(path):
-                raise
-            mc, params, meta = _load_train_dir_on_this_host(path)
+        mc, params, meta = checkpoint.load_model(path)
     else:
         (mc, params), meta = convert.read(path, fmt), {}
     return mc, jax.tree.map(np.asarray, nn.unbox(params)), meta, fmt
-
-
-def _load_train_dir_on_this_host(path: str):
-    """A pretraining workdir saved on other devices (e.g. 8 GPUs, read on 1 CPU): Orbax refuses
-    to restore a different topology without a target, so every array lands on this host's
-    first device. (checkpoint.load_model could pass this fallback itself.)"""
-    import orbax.checkpoint as ocp
-    from robertax.train import model_config
-    with open(os.path.join(path, "config.json")) as f:
-        run_config = json.load(f)
-    manager = ocp.CheckpointManager(os.path.join(path, "checkpoints"),
-                                    item_names=("state", "data"))
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{path}/checkpoints has no finished checkpoint")
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(fallback_sharding=device)))
-    manager.close()
-    return model_config(run_config), restored.state["params"], {"step": step,
-                                                                 "run_config": run_config}
 
 
 def tokenizer_path(config, source: str, fmt: str) -> str:
@@ -417,7 +391,7 @@ def finetune(config, workdir: str) -> dict:
     metric = config.select_metric or task.metric
     evaluations, best, best_params, bad_evals = [], None, None, 0
     pending, tput = [], observe.Throughput()
-    dropout_rng = _dropout_key(config)
+    dropout_rng = make_dropout_rng(config, seed=config.seed)  # rbg by default (config)
 
     def evaluate(step: int, epoch: float):
         nonlocal best, best_params, bad_evals
@@ -494,16 +468,6 @@ def finetune(config, workdir: str) -> dict:
     logging.warning("%s: best %s %.4f at step %d -> %s", task.name, metric, best[metric],
                     best["step"], os.path.join(workdir, "results.json"))
     return results
-
-
-def _dropout_key(config):
-    """The base key of the dropout masks. "rbg" (XLA's RngBitGenerator) compiles in about half
-    the time of threefry on CPUs and runs faster on GPUs/TPUs; threefry gives the same masks on
-    every backend. Either is reproducible for a seed on one backend."""
-    impl = config.dropout_rng
-    if impl not in ("threefry", "rbg", "unsafe_rbg"):
-        raise ValueError(f"config.dropout_rng must be threefry, rbg or unsafe_rbg, got {impl!r}")
-    return jax.random.key(config.seed, impl="threefry2x32" if impl == "threefry" else impl)
 
 
 def _data_shards(mesh) -> int:

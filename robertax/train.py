@@ -77,15 +77,17 @@ def build(config, mesh, donate: bool = True) -> Run:
     return Run(mc, module, state, abstract_state, p_train, p_eval)
 
 
-def make_dropout_rng(config) -> jax.Array:
-    """The base key of the dropout masks (folded with the step inside the train step).
+def make_dropout_rng(config, seed: int | None = None) -> jax.Array:
+    """The base key of the dropout masks (folded with the step inside the train step), from
+    `seed` (default config.seed + 1).
 
     threefry (JAX's default) is bit-reproducible everywhere; rbg generates dropout masks much
     faster on accelerators, where threefry's hashing can cost a large share of the step."""
     impl = config.get("dropout_rng", "threefry")
     if impl not in ("threefry", "rbg", "unsafe_rbg"):
         raise ValueError(f"config.dropout_rng must be threefry, rbg or unsafe_rbg, got {impl!r}")
-    return jax.random.key(config.seed + 1, impl="threefry2x32" if impl == "threefry" else impl)
+    seed = config.seed + 1 if seed is None else seed
+    return jax.random.key(seed, impl="threefry2x32" if impl == "threefry" else impl)
 
 
 def init_state(config, module, tx, mesh, rng):

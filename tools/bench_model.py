@@ -107,15 +107,11 @@ def main():
           f"({tokens / mt:,.0f} tokens/s)")
     print(f"median ratio robertax / pytorch: {statistics.median(ratios):.3f}")
     if a.profile_dir:
-        import gzip
-        import json
         import profile_summary
         with jax.profiler.trace(a.profile_dir, create_perfetto_trace=True):
             for _ in range(2):
                 run_jax()
-        with gzip.open(profile_summary.find_trace(a.profile_dir)) as f:
-            events = json.load(f)["traceEvents"]
-        print(profile_summary.format_table(profile_summary.summarize(events, 2)))
+        print(profile_summary.table(a.profile_dir, steps=2))
 
 
 if __name__ == "__main__":

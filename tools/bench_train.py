@@ -100,16 +100,12 @@ def time_jax(config):
 
 def profile(step, state):
     """Traces a few steps and prints where the time goes (tools/profile_summary.py)."""
-    import gzip
     import profile_summary
     with jax.profiler.trace(_PROFILE.value, create_perfetto_trace=True):
         for _ in range(_PROFILE_STEPS.value):
             state, m = step(state)
         jax.block_until_ready(m)
-    with gzip.open(profile_summary.find_trace(_PROFILE.value)) as f:
-        events = json.load(f)["traceEvents"]
-    print(profile_summary.format_table(profile_summary.summarize(events, _PROFILE_STEPS.value)),
-          flush=True)
+    print(profile_summary.table(_PROFILE.value, _PROFILE_STEPS.value), flush=True)
     return state
 
 

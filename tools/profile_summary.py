@@ -71,6 +71,13 @@ def format_table(summary: dict, top: int = 30) -> str:
     return "\n".join(lines)
 
 
+def table(directory: str, steps: int = 1, top: int = 30) -> str:
+    """The table for the newest trace under `directory`."""
+    with gzip.open(find_trace(directory)) as f:
+        events = json.load(f)["traceEvents"]
+    return format_table(summarize(events, steps), top)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,9 +85,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=1, help="steps the trace holds")
     p.add_argument("--top", type=int, default=30)
     a = p.parse_args(argv)
-    with gzip.open(find_trace(a.directory)) as f:
-        events = json.load(f)["traceEvents"]
-    print(format_table(summarize(events, a.steps), a.top))
+    print(table(a.directory, a.steps, a.top))
 
 
 if __name__ == "__main__":
