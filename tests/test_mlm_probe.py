@@ -1,0 +1,44 @@
+"""tools/mlm_probe.py: the held-out MLM loss split by what each predicted position was shown
+(<mask> / random / original) partitions the predictions in BERT's 80/10/10 proportions, and its
+unigram baseline is the training corpus's smoothed unigram cross-entropy."""
+
+import math
+import os
+import sys
+
+import numpy as np
+
+from configs import tiny
+from robertax import train
+from robertax.data import pipeline, shards
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import mlm_probe  # noqa: E402
+
+
+def test_probe_partitions_predictions_and_scores_the_unigram_baseline(tmp_path):
+    c = tiny.get_config()
+    c.model.hidden_size, c.model.num_layers, c.model.num_heads = 32, 1, 2
+    c.model.intermediate_size = 64
+    c.optim.total_steps, c.optim.warmup_steps = 2, 1
+    c.batch_size, c.log_every, c.eval_every, c.checkpoint_every = 8, 1, 1000, 1000
+    workdir = str(tmp_path / "run")
+    train.train(c, workdir)
+
+    r = mlm_probe.probe(workdir, batches=4)
+    n = r["all"]["count"]
+    parts = [r[k]["count"] for k in ("mask", "random", "kept")]
+    assert sum(parts) == n > 200
+    assert abs(parts[0] / n - 0.8) < 0.08 and abs(parts[1] / n - 0.1) < 0.05
+    assert r["random_context@mask"]["count"] == r["unigram@mask"]["count"] == parts[0]
+    # The corpus's unigram distribution predicts better than a uniform guess over the vocabulary.
+    assert 3.0 < r["unigram@mask"]["loss"] < math.log(c.model.vocab_size)
+
+    # The baseline is the add-one-smoothed unigram of every training token.
+    corpus = shards.ShardedCorpus(pipeline.resolve_shard_dir(c), "train")
+    tokens = np.concatenate(corpus.sentences(0, corpus.index.num_sentences))
+    counts = np.bincount(tokens, minlength=c.model.vocab_size) + 1
+    expected = np.log(counts / counts.sum())
+    got = mlm_probe.unigram_logprobs(pipeline.resolve_shard_dir(c), c.model.vocab_size)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
