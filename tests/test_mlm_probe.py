@@ -1,6 +1,7 @@
 """tools/mlm_probe.py: the held-out MLM loss split by what each predicted position was shown
-(<mask> / random / original) partitions the predictions in BERT's 80/10/10 proportions, and its
-unigram baseline is the training corpus's smoothed unigram cross-entropy."""
+(<mask> / random / original) partitions the predictions in BERT's 80/10/10 proportions, its
+unigram baseline is the training corpus's smoothed unigram cross-entropy, and its context
+ablation replaces exactly the visible ordinary tokens."""
 
 import math
 import os
@@ -42,3 +43,16 @@ def test_probe_partitions_predictions_and_scores_the_unigram_baseline(tmp_path):
     expected = np.log(counts / counts.sum())
     got = mlm_probe.unigram_logprobs(pipeline.resolve_shard_dir(c), c.model.vocab_size)
     np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_random_context_replaces_every_visible_ordinary_token_only():
+    rng = np.random.default_rng(0)
+    ordinary = np.arange(4, 1000)  # specials 0-3 here; 999 stands for a token never drawn
+    ids = np.array([[0, 10, 20, 30, 40, 2, 1, 1], [0, 50, 3, 60, 70, 80, 90, 2]] * 50)
+    predicted = np.zeros(ids.shape, bool)
+    predicted[:, 2] = True
+    out = mlm_probe.random_context(ids, predicted, ordinary, rng)
+    special = ~np.isin(ids, ordinary)
+    np.testing.assert_array_equal(out[special | predicted], ids[special | predicted])
+    changed = out[~special & ~predicted] != ids[~special & ~predicted]
+    assert changed.mean() > 0.99 and np.isin(out, ordinary)[~special].all()

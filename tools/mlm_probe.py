@@ -38,6 +38,16 @@ def unigram_logprobs(shard_dir: str, vocab_size: int) -> np.ndarray:
     return np.log((counts + 1) / (counts + 1).sum())
 
 
+def random_context(ids: np.ndarray, predicted: np.ndarray, ordinary: np.ndarray,
+                   rng: np.random.Generator) -> np.ndarray:
+    """`ids` with every visible ordinary token (not special, not a predicted position) replaced
+    by a uniformly drawn ordinary token; special tokens and predicted positions are kept."""
+    out = ids.copy()
+    context = np.isin(ids, ordinary) & ~predicted
+    out[context] = rng.choice(ordinary, context.sum())
+    return out
+
+
 def probe(workdir: str, batches: int = 16, seed: int = 0) -> dict:
     import jax
     import jax.numpy as jnp
@@ -55,7 +65,8 @@ def probe(workdir: str, batches: int = 16, seed: int = 0) -> dict:
     model = RobertaForPretraining(mc)
     shard_dir = pipeline.resolve_shard_dir(config)
     special = shards.read_manifest(shard_dir)["special_ids"]
-    mask_id, first_normal = special["mask"], max(special.values()) + 1
+    mask_id = special["mask"]
+    ordinary = np.setdiff1d(np.arange(mc.vocab_size), list(special.values()))
     unigram = unigram_logprobs(shard_dir, mc.vocab_size)
 
     @jax.jit
@@ -78,9 +89,7 @@ def probe(workdir: str, batches: int = 16, seed: int = 0) -> dict:
             nll[k] += tok_nll[sel].tolist()
         nll["unigram@mask"] += (-unigram[tgt[kinds["mask"]]]).tolist()
         # Context ablation: every visible ordinary token becomes a random one.
-        ids = b["input_ids"].copy()
-        context = (ids >= first_normal) & (ids != mask_id) & ~inspect.mlm_mask(b)
-        ids[context] = rng.integers(first_normal, mask_id, context.sum())
+        ids = random_context(b["input_ids"], inspect.mlm_mask(b), ordinary, rng)
         lp = np.asarray(logprobs(ids, pos, b["position_ids"], lengths))
         tok_nll = -np.take_along_axis(lp, tgt[..., None], -1)[..., 0]
         nll["random_context@mask"] += tok_nll[kinds["mask"]].tolist()
