@@ -23,3 +23,18 @@ def test_data() -> pathlib.Path:
     if not path.is_dir():
         pytest.fail(f"test data not found at {path}; set ROBERTAX_TEST_DATA")
     return path
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory):
+    """One tiny pretraining run (built-in corpus, its 8192-token BPE) shared by every test."""
+    from configs import tiny
+    from robertax import train
+    c = tiny.get_config()
+    c.model.hidden_size, c.model.num_layers, c.model.num_heads = 32, 1, 2
+    c.model.intermediate_size = 64
+    c.optim.total_steps, c.optim.warmup_steps = 2, 1
+    c.batch_size, c.log_every, c.eval_every, c.checkpoint_every = 8, 1, 1000, 1000
+    workdir = str(tmp_path_factory.mktemp("pretrain"))
+    train.train(c, workdir)
+    return workdir

@@ -14,26 +14,12 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
-from robertax import checkpoint, convert, finetune, observe, train
+from robertax import checkpoint, convert, finetune, observe
 from robertax.tasks import glue
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import glue_sweep  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """One tiny pretraining run (built-in corpus, its 8192-token BPE) shared by every test."""
-    c = tiny.get_config()
-    c.model.hidden_size, c.model.num_layers, c.model.num_heads = 32, 1, 2
-    c.model.intermediate_size = 64
-    c.optim.total_steps, c.optim.warmup_steps = 2, 1
-    c.batch_size, c.log_every, c.eval_every, c.checkpoint_every = 8, 1, 1000, 1000
-    workdir = str(tmp_path_factory.mktemp("pretrain"))
-    train.train(c, workdir)
-    return workdir
 
 
 def config_for(name, init, **kw):

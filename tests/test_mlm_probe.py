@@ -10,7 +10,6 @@ import sys
 import numpy as np
 
 from configs import tiny
-from robertax import train
 from robertax.data import pipeline, shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,16 +17,9 @@ sys.path.insert(0, os.path.join(REPO, "tools"))
 import mlm_probe  # noqa: E402
 
 
-def test_probe_partitions_predictions_and_scores_the_unigram_baseline(tmp_path):
-    c = tiny.get_config()
-    c.model.hidden_size, c.model.num_layers, c.model.num_heads = 32, 1, 2
-    c.model.intermediate_size = 64
-    c.optim.total_steps, c.optim.warmup_steps = 2, 1
-    c.batch_size, c.log_every, c.eval_every, c.checkpoint_every = 8, 1, 1000, 1000
-    workdir = str(tmp_path / "run")
-    train.train(c, workdir)
-
-    r = mlm_probe.probe(workdir, batches=4)
+def test_probe_partitions_predictions_and_scores_the_unigram_baseline(pretrained):
+    c = tiny.get_config()  # the run's corpus and vocabulary
+    r = mlm_probe.probe(pretrained, batches=4)
     n = r["all"]["count"]
     parts = [r[k]["count"] for k in ("mask", "random", "kept")]
     assert sum(parts) == n > 200

@@ -51,15 +51,12 @@ def robertax_losses(config):
 def torch_losses(config):
     import torch
     from transformers import RobertaConfig, RobertaForMaskedLM
-    m, o = config.model, config.optim
+
+    from robertax import convert, train
+    o = config.optim
     torch.manual_seed(config.seed)
-    model = RobertaForMaskedLM(RobertaConfig(
-        vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size,
-        max_position_embeddings=m.max_position_embeddings, type_vocab_size=m.type_vocab_size,
-        layer_norm_eps=m.layer_norm_eps, hidden_dropout_prob=m.dropout_rate,
-        attention_probs_dropout_prob=m.attention_dropout_rate,
-        initializer_range=m.initializer_range, pad_token_id=m.pad_token_id))
+    hf = convert.hf_config(train.model_config(config), {"mlm_head": None})
+    model = RobertaForMaskedLM(RobertaConfig(**hf))
     opt = torch.optim.AdamW(model.parameters(), lr=o.peak_learning_rate, betas=(o.b1, o.b2),
                             eps=o.eps, weight_decay=o.weight_decay)
     total, warm = o.total_steps, o.warmup_steps
