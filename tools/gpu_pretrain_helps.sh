@@ -18,7 +18,7 @@ fi
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 ROBERTAX_TEST_DATA=${DATA:-$PWD/.gpu_data}
 nvidia-smi --query-gpu=name --format=csv,noheader || true
 python3 tools/pretrain_helps.py --workdir="$OUT/run" --corpus="sst2_train_text+enwiki:$STEPS" \
-  --train_examples=1000,4000 --train_flag=--config.data.num_workers=8 \
+  --train_examples=1000,4000 --seeds=0,1,2 --train_flag=--config.data.num_workers=8 \
   --train_flag=--config.log_every=500 --train_flag=--config.dropout_rng=rbg 2>&1 |
   grep -vE "^(W|I)[0-9]{4} "
 # Did the pretraining leave the plateau? (<mask> loss against the unigram baseline)
