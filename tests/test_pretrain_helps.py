@@ -26,8 +26,7 @@ def test_report_takes_medians_over_seeds(monkeypatch, tmp_path, test_data):
     runs = []
 
     def finetune(args, init, name, n, lr, seed, random_init):
-        run = f"{name}_n{n}_lr{lr:g}" + (f"_seed{seed}" if seed else "")
-        runs.append(run)
+        runs.append(pretrain_helps.run_name(name, n, lr, seed))
         return {"accuracy": ACCURACY[random_init, lr, seed], "train_examples": n,
                 "eval_examples": {"dev": 872}}
 

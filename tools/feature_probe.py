@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import os
 import sys
@@ -33,15 +32,14 @@ if REPO not in sys.path:
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from glue_sweep import load_config as _load_config  # noqa: E402  (this folder)
 
 from robertax import finetune, model  # noqa: E402
 
 
 def load_config(path: str, **overrides):
-    spec = importlib.util.spec_from_file_location("probe_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    """A fine-tuning config file's get_config() with `overrides` set."""
+    config = _load_config(path)
     for k, v in overrides.items():
         setattr(config, k, v)
     return config
@@ -88,16 +86,17 @@ def probe(config) -> dict:
             raise ValueError(f"{p.task.name}: not a classification task; the probe needs class "
                              "labels (GLUE's classification tasks)")
         (dev,) = [es for es in p.eval_sets if es.name == ""]
-        y_train = p.train["labels"][p.train["weight"] > 0]
-        y_dev = dev.arrays["labels"][dev.arrays["weight"] > 0]
         tr = features(p.model_config, p.params["encoder"], p.train)
         dv = features(p.model_config, p.params["encoder"], dev.arrays)
+        # Both initializations read the same examples: labels from either run.
+        y_train = p.train["labels"][p.train["weight"] > 0]
+        y_dev = dev.arrays["labels"][dev.arrays["weight"] > 0]
         results[name] = {kind: fit_and_score(a, y_train, b, y_dev, config.seed)
                          for kind, a, b in (("<s>", tr[0], dv[0]), ("mean", tr[1], dv[1]))}
-        counts = collections.Counter(y_train.tolist())
-        results["majority"] = float(np.mean(y_dev == counts.most_common(1)[0][0]))
-        results["task"], results["train_examples"] = p.task.name, int(len(y_train))
-        results["dev_examples"] = int(len(y_dev))
+    majority = collections.Counter(y_train.tolist()).most_common(1)[0][0]
+    results["majority"] = float(np.mean(y_dev == majority))
+    results["task"], results["train_examples"] = p.task.name, int(len(y_train))
+    results["dev_examples"] = int(len(y_dev))
     return results
 
 

@@ -132,9 +132,14 @@ def last_eval(workdir: str) -> dict:
     return [r for r in rows if "eval_loss" in r][-1]
 
 
+def run_name(name: str, n: int, lr: float, seed: int) -> str:
+    """A fine-tuning run's directory under --workdir (seed 0 keeps the names of older runs)."""
+    return f"{name}_n{n}_lr{lr:g}" + (f"_seed{seed}" if seed else "")
+
+
 def finetune(args, init: str, name: str, n: int, lr: float, seed: int,
              random_init: bool) -> dict:
-    run = f"{name}_n{n}_lr{lr:g}" + (f"_seed{seed}" if seed else "")
+    run = run_name(name, n, lr, seed)
     workdir = os.path.join(args.workdir, run)
     results = os.path.join(workdir, "results.json")
     if not os.path.exists(results):
@@ -210,7 +215,8 @@ def main(argv=None):
                                     for seed in args.seeds}
                                for lr in args.learning_rates}
         maj, label = majority(args, n)
-        some = next(iter(next(iter(next(iter(rows.values())).values())).values()))
+        # every run reads the same data: the counts from any one
+        some = next(iter(rows.values()))[args.learning_rates[0]][args.seeds[0]]
         sub = {"dev_examples": some["eval_examples"]["dev"], "train_examples": some["train_examples"],
                "seeds": args.seeds, "majority": maj, "majority_label": label, "rows": {}}
         for row, by_lr in rows.items():
