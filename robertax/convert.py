@@ -253,12 +253,18 @@ def _read_hf_tensors(path: str) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"{path}: neither model.safetensors nor pytorch_model.bin found")
 
 
+# transformers' hidden_act names -> gelu_approximate ("gelu_new" is the same tanh formula).
+HF_GELU = {"gelu": False, "gelu_pytorch_tanh": True, "gelu_new": True}
+
+
 def hf_config_to_ours(hf: dict, source: str, **overrides) -> RobertaConfig:
     if hf.get("model_type") not in ("roberta", "xlm-roberta", "camembert"):
         raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, not a RoBERTa "
                          "checkpoint (robertax converts model_type 'roberta')")
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r}; RoBERTa uses exact 'gelu'")
+    act = hf.get("hidden_act", "gelu")
+    if act not in HF_GELU:
+        raise ValueError(f"{source}: hidden_act {act!r}; RoBERTa uses exact 'gelu' (robertax "
+                         f"computes {sorted(HF_GELU)})")
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"{source}: position_embedding_type {hf['position_embedding_type']!r} "
                          "is not supported (RoBERTa uses 'absolute')")
@@ -271,7 +277,8 @@ def hf_config_to_ours(hf: dict, source: str, **overrides) -> RobertaConfig:
         layer_norm_eps=hf.get("layer_norm_eps", 1e-5),
         dropout_rate=hf.get("hidden_dropout_prob", 0.1),
         attention_dropout_rate=hf.get("attention_probs_dropout_prob", 0.1),
-        initializer_range=hf.get("initializer_range", 0.02)), **overrides})
+        initializer_range=hf.get("initializer_range", 0.02),
+        gelu_approximate=HF_GELU[act]), **overrides})
 
 
 def _hf_name(prefix: str):
@@ -312,7 +319,8 @@ def hf_config(config: RobertaConfig, params: dict, id2label: dict | None = None)
         "architectures": archs or ["RobertaModel"], "model_type": "roberta",
         "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
         "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
-        "intermediate_size": config.intermediate_size, "hidden_act": "gelu",
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": "gelu_pytorch_tanh" if config.gelu_approximate else "gelu",
         "hidden_dropout_prob": config.dropout_rate,
         "attention_probs_dropout_prob": config.attention_dropout_rate,
         "max_position_embeddings": config.max_position_embeddings,

@@ -415,6 +415,9 @@ def to_fairseq(config: RobertaConfig, params: dict, path: str, *, head: str | No
                          "token types")
     if config.layer_norm_eps != 1e-5:
         raise ValueError(f"layer_norm_eps {config.layer_norm_eps}: fairseq's LayerNorm uses 1e-5")
+    if config.gelu_approximate:  # fairseq's head would follow activation_fn, ours keeps erf
+        raise ValueError("gelu_approximate=True: fairseq's RoBERTa is written with exact GELU; "
+                         "train or convert with gelu_approximate=False")
     if dictionary is not None:
         _check_dictionary(dictionary, config.vocab_size)
     params = convert._to_numpy(params)  # pylint: disable=protected-access

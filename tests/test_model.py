@@ -1,5 +1,7 @@
 """The encoder computes what RoBERTa computes: parity with transformers' PyTorch RoBERTa."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,11 +217,11 @@ def test_tied_logits_backward_equals_autodiff():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("unroll", [2, 3])
+@pytest.mark.parametrize("unroll", [2, 3, 0])
 def test_unrolled_layer_scan_is_the_same_model(unroll):
     """scan_unroll changes how the layer loop compiles, not the parameters or the math."""
     config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
-                                  intermediate_size=64, num_layers=3)
+                                  intermediate_size=64, num_layers=3, scan_unroll=1)
     scanned = M.RobertaForMaskedLM(config)
     unrolled = M.RobertaForMaskedLM(config.replace(scan_unroll=unroll))
     params = M.init_params(scanned, jax.random.key(4))
@@ -231,3 +233,50 @@ def test_unrolled_layer_scan_is_the_same_model(unroll):
     np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_fused_qkv_is_the_same_model():
+    """fused_qkv changes how Q, K, V are computed (one matrix product), not the parameters
+    (same names, shapes and initial values) or the math."""
+    config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
+                                  intermediate_size=64, num_layers=2)
+    plain, fused = (M.RobertaForMaskedLM(config.replace(fused_qkv=f)) for f in (False, True))
+    params = M.init_params(plain, jax.random.key(5))
+    fused_init = M.init_params(fused, jax.random.key(5))
+    assert jax.tree.structure(fused_init) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(fused_init), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    params = jax.tree.map(lambda p: p * 5.0 if p.ndim >= 2 else p + 0.1, params)  # far from init
+    ids = jnp.asarray(padded_batch(300, seed=6)[0])
+    loss = lambda m: lambda p: (m.apply({"params": p}, ids) ** 2).mean()  # noqa: E731
+    (la, ga), (lb, gb) = (jax.value_and_grad(loss(m))(params) for m in (plain, fused))
+    np.testing.assert_allclose(float(la), float(lb), rtol=1e-5)
+    q = ga["encoder"]["layers"]["attn"]["query"]["kernel"]
+    assert float(jnp.abs(q).max()) > 0  # the gradient reaches the fused projections
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_tanh_gelu_matches_transformers_and_round_trips(tmp_path):
+    """gelu_approximate (a speed knob) is transformers' gelu_pytorch_tanh, both ways."""
+    hf = scale_up(transformers.RobertaForMaskedLM(hf_config(**CONFIGS[0],
+                                                            hidden_act="gelu_pytorch_tanh")), 9)
+    hf.save_pretrained(tmp_path / "hf")
+    config, params = convert.from_hf(str(tmp_path / "hf"))
+    assert config.gelu_approximate
+    ids, mask = padded_batch(config.vocab_size, seed=9)
+    with torch.no_grad():
+        want = hf(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    got = M.RobertaForMaskedLM(config).apply({"params": params}, jnp.asarray(ids))
+    assert max_diff_real(got, want, mask) < 1e-5
+    exact = M.RobertaForMaskedLM(config.replace(gelu_approximate=False)).apply(
+        {"params": params}, jnp.asarray(ids))
+    assert max_diff_real(exact, want, mask) > 1e-3  # the form matters at these weights
+    convert.to_hf(config, params, str(tmp_path / "back"))
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["hidden_act"] == \
+        "gelu_pytorch_tanh"
+    with pytest.raises(ValueError, match="hidden_act 'relu'"):
+        convert.hf_config_to_ours({"model_type": "roberta", "hidden_act": "relu"}, "cfg.json")
+    from robertax import fairseq
+    with pytest.raises(ValueError, match="gelu_approximate"):
+        fairseq.to_fairseq(config, params, str(tmp_path / "fs"))

@@ -41,8 +41,8 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--profile_dir", default=None,
                    help="also trace 2 robertax steps here and print the ops' time table")
-    p.add_argument("--scan_unroll", type=int, default=1,
-                   help="layers per iteration of the layer scan (--layers: fully unrolled)")
+    p.add_argument("--scan_unroll", type=int, default=0,
+                   help="layers per iteration of the layer scan (0: all, the loop unrolled)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
 

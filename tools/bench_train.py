@@ -42,6 +42,8 @@ _LABEL = flags.DEFINE_string("label", "", "A name for this configuration in the 
 _PROFILE = flags.DEFINE_string("profile_dir", None, "Trace --profile_steps robertax steps here "
                                "(jax.profiler) and print the ops' time table.")
 _PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 3, "Steps traced with --profile_dir.")
+_HLO = flags.DEFINE_string("hlo_out", None, "Write the compiled step's HLO text here (to map a "
+                           "profile's fusion names to the model's ops).")
 
 
 def synthetic_batch(B, L, P, V, seed=0):
@@ -77,6 +79,9 @@ def time_jax(config):
     host, n_masked = synthetic_batch(config.batch_size, L, P, mc.vocab_size)
     batch = sharding.host_batch_to_global(mesh, host)
     drng = train.make_dropout_rng(config)
+    if _HLO.value:
+        with open(_HLO.value, "w") as f:
+            f.write(p_step.lower(state, batch, drng).compile().as_text())
     t0 = time.perf_counter()
     state, m = p_step(state, batch, drng)
     jax.block_until_ready(m)

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # One prepared GPU session (< 10 minutes): install the carried wheels, check the fast paths'
 # numerics, then time RoBERTa-base and -large (robertax and transformers) and print one table.
-#   bash tools/gpu_check.sh [items...]      items: correct base base_xla large large_xla torch_base torch_large train
-# items also: base_rbg base_nodrop base256_rbg large_rbg base_xla_rbg (dropout-RNG and batch variants)
-#   profile_base profile_large: where a step's time goes (tools/profile_summary.py table)
-#   base_notriton base_unroll: an XLA flag (cuBLAS for every GEMM) and the unrolled layer loop
+#   bash tools/gpu_check.sh [items...]   (no items: the default list below)
+# items: correct (tools/gpu_correctness.py); profile_base (base timing + a profile table; the
+#   trace and the compiled HLO land in $OUT); base large torch_base torch_large base_b256;
+#   switches: base_scan large_scan (model.scan_unroll=1, the layer loop not unrolled)
+#   base_fused (model.fused_qkv) base_tanh (model.gelu_approximate) base_nodrop base_threefry;
+#   XLA flags: base_notriton base_cublaslt base_tanh_cublaslt; the paper's attention dropout
+#   (XLA attention): base_xla large_xla; profile_large; train.
+# Every robertax row uses bf16, the unrolled layer loop, cuDNN flash attention and rbg dropout
+# unless its label says otherwise.
+# GPU_CHECK_BUDGET_S (default 540): items that would start after it are skipped.
 # Wheels (grain, array_record, ml_collections, tensorboardX, portpicker) are expected in .whl/
 # (see the README's performance section for how to fetch them).
 set -u
@@ -13,33 +19,51 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+# XLA preallocates 75% of the card by default (60 GB of an 80 GB H100): let it use 95%.
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-items=${*:-correct base large torch_base torch_large base_xla large_xla}
+items=${*:-correct profile_base torch_base large torch_large base_tanh_cublaslt base_cublaslt base_nodrop base_b256 base_xla large_xla}
 J="$OUT/bench.jsonl"
+DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-540}))  # items that would start past it are skipped
 B="python3 tools/bench_train.py --json_out=$J --steps=10 --warmup=2"
 BASE="--config=configs/base.py --config.batch_size=128 --config.microbatches=1 --config.precision=bfloat16"
 LARGE="--config=configs/large.py --config.batch_size=64 --config.microbatches=1 --config.precision=bfloat16"
-run() { local t=$1; shift; echo "== $*" >&2; timeout "$t" "$@" 2>&1 | grep -vE "^(W|I)[0-9]{4} |Warning|warn" | tee -a "$OUT/log.txt" | grep -E "^profile|^  [A-Za-z_]|seq/s|FLOPs|rel err|correctness|compiled|unsupported|Error|error|trained|loss .* nats" ; }
+FAST="--config.model.attention_dropout_rate=0 --config.dropout_rng=rbg"  # cuDNN flash, rbg dropout
+run() {
+  local t=$1; shift; local left=$((DEADLINE - SECONDS))
+  if [ "$left" -lt 30 ]; then echo "== skipped (budget): $*" >&2; return; fi
+  [ "$t" -gt "$left" ] && t=$left
+  echo "== [$SECONDS s] $*" >&2
+  timeout "$t" "$@" 2>&1 | grep -vE "^(W|I)[0-9]{4} |Warning|warn" | tee -a "$OUT/log.txt" | grep -E "^profile|^  [A-Za-z_]|seq/s|FLOPs|rel err|correctness|compiled|unsupported|Error|error|trained|loss .* nats|\[1x|\[3x"
+}
 for it in $items; do case $it in
-  correct)     run 150 python3 tools/gpu_correctness.py ;;
-  base)        run 150 $B $BASE --label=base-cudnn --config.model.attention_dropout_rate=0 ;;
-  base_xla)    run 150 $B $BASE --label=base-xla-drop --config.model.attention_dropout_rate=0.1 ;;
-  large)       run 180 $B $LARGE --label=large-cudnn --config.model.attention_dropout_rate=0 ;;
-  large_xla)   run 180 $B $LARGE --label=large-xla-drop --config.model.attention_dropout_rate=0.1 ;;
-  torch_base)  run 200 $B $BASE --label=base --skip_jax --compare_torch --config.model.attention_dropout_rate=0 ;;
-  torch_large) run 240 $B $LARGE --label=large --skip_jax --compare_torch --config.model.attention_dropout_rate=0 ;;
-  base_rbg)    run 120 $B $BASE --label=base-cudnn-rbg --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg ;;
-  base_nodrop) run 120 $B $BASE --label=base-no-dropout --config.model.attention_dropout_rate=0 --config.model.dropout_rate=0 ;;
-  base256_rbg) run 150 $B $BASE --label=base-b256-rbg --config.batch_size=256 --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg ;;
-  large_rbg)   run 150 $B $LARGE --label=large-cudnn-rbg --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg ;;
-  base_xla_rbg) run 120 $B $BASE --label=base-xla-drop-rbg --config.model.attention_dropout_rate=0.1 --config.dropout_rng=rbg ;;
-  profile_base)  run 200 $B $BASE --label=base-cudnn-prof --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg --profile_dir=/tmp/profile_base ;;
-  profile_large) run 240 $B $LARGE --label=large-cudnn-prof --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg --profile_dir=/tmp/profile_large ;;
-  base_notriton) XLA_FLAGS="--xla_gpu_enable_triton_gemm=false" run 150 $B $BASE --label=base-notriton --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg ;;
-  base_unroll)   run 200 $B $BASE --label=base-unroll12 --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg --config.model.scan_unroll=12 ;;
-  train)       run 150 python3 -m robertax.train --workdir=/tmp/wd_gpu --config.optim.total_steps=60 --config.precision=bfloat16 ;;
+  correct)      run 240 python3 tools/gpu_correctness.py ;;
+  base)         run 120 $B $BASE --label=base $FAST ;;
+  profile_base) run 200 $B $BASE --label=base $FAST --profile_dir=/tmp/profile_base --hlo_out=/tmp/base_step.hlo.txt
+                gzip -c /tmp/base_step.hlo.txt > "$OUT/base_step.hlo.txt.gz" 2>/dev/null
+                tr=$(ls -t /tmp/profile_base/plugins/profile/*/*.trace.json.gz 2>/dev/null | head -1)
+                [ -n "$tr" ] && [ "$(stat -c %s "$tr")" -lt 15000000 ] && cp "$tr" "$OUT/base_trace.json.gz" ;;
+  profile_large) run 240 $B $LARGE --label=large $FAST --profile_dir=/tmp/profile_large ;;
+  large)        run 180 $B $LARGE --label=large $FAST ;;
+  torch_base)   run 200 $B $BASE --label=base --skip_jax --compare_torch --config.model.attention_dropout_rate=0 ;;
+  torch_large)  run 240 $B $LARGE --label=large --skip_jax --compare_torch --config.model.attention_dropout_rate=0 ;;
+  base_b256)    run 150 $B $BASE --label=base-b256 $FAST --config.batch_size=256 ;;
+  base_threefry) run 120 $B $BASE --label=base-threefry --config.model.attention_dropout_rate=0 ;;
+  base_scan)    run 120 $B $BASE --label=base-scanned $FAST --config.model.scan_unroll=1 ;;
+  large_scan)   run 150 $B $LARGE --label=large-scanned $FAST --config.model.scan_unroll=1 ;;
+  base_fused)   run 120 $B $BASE --label=base-fused-qkv $FAST --config.model.fused_qkv=true ;;
+  base_tanh)    run 120 $B $BASE --label=base-tanh-gelu $FAST --config.model.gelu_approximate=true ;;
+  base_nodrop)  run 120 $B $BASE --label=base-no-dropout $FAST --config.model.dropout_rate=0 ;;
+  base_notriton) XLA_FLAGS="--xla_gpu_enable_triton_gemm=false" run 120 $B $BASE --label=base-notriton $FAST ;;
+  base_cublaslt) XLA_FLAGS="--xla_gpu_enable_cublaslt=true" run 120 $B $BASE --label=base-cublaslt $FAST ;;
+  # tanh GELU is what cuBLASLt can fuse into the up-projection's epilogue (bias + GELU)
+  base_tanh_cublaslt) XLA_FLAGS="--xla_gpu_enable_cublaslt=true" run 120 $B $BASE --label=base-tanh-cublaslt $FAST --config.model.gelu_approximate=true ;;
+  # The paper's attention dropout 0.1 (XLA attention); batches that fit an 80 GB H100.
+  base_xla)     run 120 $B $BASE --label=base-xla-drop --config.batch_size=64 --config.model.attention_dropout_rate=0.1 --config.dropout_rng=rbg ;;
+  large_xla)    run 150 $B $LARGE --label=large-xla-drop --config.batch_size=32 --config.model.attention_dropout_rate=0.1 --config.dropout_rng=rbg ;;
+  train)        run 150 python3 -m robertax.train --workdir=/tmp/wd_gpu --config.optim.total_steps=60 --config.precision=bfloat16 ;;
+  *) echo "unknown item $it" >&2 ;;
 esac; done
 echo; echo "== summary (seq/s) =="; [ -f "$J" ] && python3 - "$J" <<'PY'
 import json, sys

@@ -26,6 +26,23 @@ _RUNTIME = re.compile(r"^(\$|ThreadpoolListener|PjitFunction|ParseArguments|Allo
 
 _CONTAINERS = ("while", "conditional", "call")  # their ops have their own events
 
+# Kernel/op name -> what it does, first match wins (cuDNN's attention kernels also say "gemm").
+CATEGORIES = (
+    ("attention", r"sdpa|fmha|flash|cudnn"),
+    ("matmul", r"gemm|xmma|cutlass|nvjet|cublas|dot|ynn_fusion|matmul"),
+    ("rng", r"rng|random|philox|threefry"),
+    ("scatter/gather", r"scatter|gather|dynamic.?update|dynamic.?slice"),
+    ("copy/transpose", r"copy|transpose|memcpy|memset|concatenate"),
+    ("reduction", r"reduce|norm|softmax"),
+)
+
+
+def category(name: str) -> str:
+    for cat, pattern in CATEGORIES:
+        if re.search(pattern, name, re.IGNORECASE):
+            return cat
+    return "elementwise/other"
+
 
 def find_trace(directory: str) -> str:
     found = sorted(glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True),
@@ -58,7 +75,11 @@ def summarize(events: list[dict], steps: int = 1) -> dict:
         count[name] += 1
         threads[name].add((e.get("pid"), e.get("tid")))
     rows = [(n, t / 1e3 / steps, count[n] / steps, len(threads[n])) for n, t in time_us.most_common()]
-    return {"device": bool(device), "rows": rows, "total_ms": sum(r[1] for r in rows)}
+    cats = collections.Counter()
+    for n, ms, _, _ in rows:
+        cats[category(n)] += ms
+    return {"device": bool(device), "rows": rows, "total_ms": sum(r[1] for r in rows),
+            "categories": dict(cats.most_common())}
 
 
 def format_table(summary: dict, top: int = 30) -> str:
@@ -68,6 +89,9 @@ def format_table(summary: dict, top: int = 30) -> str:
     for name, ms, calls, nthreads in summary["rows"][:top]:
         share = ms / summary["total_ms"] if summary["total_ms"] else 0.0
         lines.append(f"  {name[:60]:<60} {ms:9.2f} {100 * share:6.1f}% {calls:7.1f} {nthreads:7d}")
+    total = summary["total_ms"] or 1.0
+    lines.append("profile by kind: " + ", ".join(
+        f"{cat} {ms:.1f} ms ({100 * ms / total:.0f}%)" for cat, ms in summary["categories"].items()))
     return "\n".join(lines)
 
 
