@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
+from flax.core import meta
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Array = jax.Array
 
@@ -139,11 +142,87 @@ def _layer_norm(config: RobertaConfig, name: str) -> nn.LayerNorm:
                         bias_init=_zeros(("embed",)), name=name)
 
 
-def _dense(config: RobertaConfig, features, names, name: str, axis=-1) -> nn.DenseGeneral:
-    return nn.DenseGeneral(features, axis=axis, dtype=config.dtype, param_dtype=config.param_dtype,
-                           kernel_init=_init(config, names), bias_init=_zeros(names[-len(
-                               features if isinstance(features, tuple) else (features,)):]),
-                           name=name)
+def _dense(config: RobertaConfig, features, names, name: str, axis=-1) -> "Dense":
+    return Dense(config, features, names, axis, name=name)
+
+
+def _reshaped_init(init, flat_shape):
+    """Initialize at flat_shape(shape), then reshape (as nn.DenseGeneral does)."""
+    def wrapped(rng, shape, dtype=jnp.float32):
+        value = init(rng, flat_shape(shape), dtype)
+        if isinstance(value, meta.AxisMetadata):
+            return meta.replace_boxed(value, jnp.reshape(value.unbox(), shape))
+        return jnp.reshape(value, shape)
+    return wrapped
+
+
+def _cpu_bf16(config: RobertaConfig) -> bool:
+    return jnp.dtype(config.dtype) == jnp.bfloat16 and jax.default_backend() == "cpu"
+
+
+class Dense(nn.Module):
+    """nn.DenseGeneral without batch axes: the same parameters (names, shapes, initial values,
+    axis names) and the same operations, except on CPU in bf16 (`_dense_bf16`)."""
+    config: RobertaConfig
+    features: Any  # int or tuple
+    names: tuple  # logical axis names of the kernel
+    axis: Any = -1  # contracted input axes (trailing)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = self.config
+        features = self.features if isinstance(self.features, tuple) else (self.features,)
+        axis = self.axis if isinstance(self.axis, tuple) else (self.axis,)
+        axis = tuple(sorted(a % x.ndim for a in axis))
+        nf, kernel_shape = len(features), tuple(x.shape[a] for a in axis) + features
+        kernel = self.param("kernel", _reshaped_init(_init(c, self.names), lambda s: (
+            math.prod(s[:-nf]), math.prod(s[-nf:]))), kernel_shape, c.param_dtype)
+        bias = self.param("bias", _reshaped_init(_zeros(self.names[-nf:]), lambda s: (
+            math.prod(s),)), features, c.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=c.dtype)
+        if _cpu_bf16(c) and axis == tuple(range(x.ndim - len(axis), x.ndim)):
+            K = math.prod(kernel_shape[:len(axis)])
+            out = _dense_bf16(x.reshape(-1, K), kernel.reshape(K, -1), bias.reshape(-1))
+            return out.reshape(*x.shape[:x.ndim - len(axis)], *features)
+        out = lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
+        return out + jnp.reshape(bias, (1,) * (out.ndim - nf) + features)
+
+
+@jax.custom_vjp
+def _dense_bf16(x: Array, w: Array, b: Array) -> Array:
+    """x [M, K] @ w [K, N] + b [N] in bf16 on CPU: accumulated in float32 and rounded once, and
+    so are the products of its backward, whose bias gradient is a float32 sum.
+
+    XLA:CPU (jax 0.10.2) runs a bf16 x bf16 -> bf16 product by converting both operands to
+    float32 (about 230 GFLOP/s on this project's 2-core Xeon), and bf16 x bf16 -> float32
+    natively (AMX, 500-1,200); autodiff's backward would take a float32 cotangent (the slow
+    path again), and reduces bf16 bias gradients with slow reduce-windows."""
+    f32 = jnp.float32
+    return (jnp.matmul(x, w, preferred_element_type=f32) + b.astype(f32)).astype(x.dtype)
+
+
+def _dense_bf16_fwd(x, w, b):
+    return _dense_bf16(x, w, b), (x, w)
+
+
+def _dense_bf16_bwd(res, g):
+    x, w = res
+    f32, g = jnp.float32, g.astype(x.dtype)
+    dx = jnp.matmul(g, _transposed_copy(w), preferred_element_type=f32).astype(x.dtype)
+    dw = jnp.matmul(_transposed_copy(x), g, preferred_element_type=f32).astype(w.dtype)
+    return dx, dw, jnp.sum(g, axis=0, dtype=f32).astype(w.dtype)
+
+
+_dense_bf16.defvjp(_dense_bf16_fwd, _dense_bf16_bwd)
+
+
+def _transposed_copy(a: Array) -> Array:
+    """a [M, K] -> a.T [K, M], materialized. XLA folds a plain `a.T` into the product, and most
+    bf16 products with a transposed operand then run converted to float32 (about 200 GFLOP/s
+    on XLA:CPU, jax 0.10.2; `tools/bench_model.py --gemms`). Through a 3-D transpose it stays
+    a copy, and the product runs natively (500-1,000 GFLOP/s)."""
+    return jnp.transpose(a[..., None], (1, 0, 2)).reshape(a.shape[1], a.shape[0])
+
 
 
 def gelu(x: Array, approximate: bool = False) -> Array:
@@ -158,7 +237,12 @@ def _tied_logits(h: Array, table: Array, bias: Array) -> Array:
     the logits) for table.T-shaped products and sums it over T with a column reduction that
     XLA:CPU's YNNPACK path runs very slowly for V ~ 50K (jax 0.10.2). Same math, same forward.
     """
-    return jnp.einsum("...D,VD->...V", h, table) + bias
+    f32 = jnp.float32  # accumulate in float32 (in bf16, XLA:CPU's fast path: _dense_bf16)
+    if h.dtype == jnp.bfloat16:  # see _transposed_copy
+        logits = jnp.matmul(h, _transposed_copy(table), preferred_element_type=f32)
+    else:
+        logits = jnp.einsum("...D,VD->...V", h, table, preferred_element_type=f32)
+    return logits.astype(h.dtype) + bias
 
 
 def _tied_logits_fwd(h, table, bias):
@@ -169,8 +253,14 @@ def _tied_logits_bwd(res, g):
     h, table = res
     (V, D), T = table.shape, g.size // table.shape[0]
     g2, h2 = g.reshape(T, V), h.reshape(T, D)
-    dh = jnp.einsum("TV,VD->TD", g2, table).reshape(h.shape)
-    dtable = jnp.einsum("TV,TD->VD", g2, h2)  # contracts T in place: no transposed copy of g
+    f32 = jnp.float32
+    dh = jnp.einsum("TV,VD->TD", g2, table, preferred_element_type=f32).astype(h.dtype)
+    dh = dh.reshape(h.shape)
+    if g2.dtype == jnp.bfloat16:  # see _transposed_copy
+        dtable = jnp.matmul(_transposed_copy(g2), h2, preferred_element_type=f32)
+    else:  # contracts T in place: no transposed copy of g (float32 runs fast this way)
+        dtable = jnp.einsum("TV,TD->VD", g2, h2, preferred_element_type=f32)
+    dtable = dtable.astype(table.dtype)
     dbias = jnp.einsum("T,TV->V", jnp.ones((T,), g.dtype), g2,  # a dot, not a column reduce
                        preferred_element_type=jnp.float32).astype(g.dtype)
     return dh, dtable, dbias

@@ -1,13 +1,19 @@
 """Forward + backward time of robertax (jit) against transformers' PyTorch RoBERTa on this CPU.
 
-Same config, same weights (converted from the PyTorch model), same batch; the two are run
-interleaved and the median of each is reported with the median ratio (robertax / PyTorch; below
-1.0 means robertax is faster). Both compute full-vocabulary logits and the MLM loss on 15% of
-positions, in float32.
+Same config, same weights (converted from the PyTorch model), same batch, same computation; the
+two are run interleaved and the median of each is reported with the median ratio (robertax /
+PyTorch; below 1.0 means robertax is faster). Both compute the MLM loss on the same 15% of
+positions: with `--head=full` (default) from full-vocabulary logits at every position (what
+transformers' RobertaForMaskedLM does), with `--head=masked` the head runs on the masked
+positions only in both (what robertax's train step does; on the PyTorch side the encoder's
+output is indexed before `lm_head`). `--dtype=bfloat16`: robertax computes in bf16 (float32
+parameters), PyTorch under `torch.autocast("cpu", bfloat16)`.
 
     python tools/bench_model.py                       # roberta-base shape, batch 8 x 128
+    python tools/bench_model.py --head=masked --dtype=bfloat16
     python tools/bench_model.py --layers=2 --hidden=128 --heads=4 --batch=8 --length=64
     python tools/bench_model.py --profile_dir=/tmp/prof   # + where robertax's step spends time
+    python tools/bench_model.py --gemms    # the step's matrix products alone, XLA vs PyTorch
 """
 
 import argparse
@@ -43,8 +49,15 @@ def main():
                    help="also trace 2 robertax steps here and print the ops' time table")
     p.add_argument("--scan_unroll", type=int, default=0,
                    help="layers per iteration of the layer scan (0: all, the loop unrolled)")
+    p.add_argument("--head", choices=("full", "masked"), default="full",
+                   help="vocabulary projection at every position, or at the masked ones only")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--gemms", action="store_true",
+                   help="only time the step's matrix-product shapes, XLA against PyTorch")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.gemms:
+        return gemms(a)
 
     hf_cfg = transformers.RobertaConfig(
         vocab_size=a.vocab, hidden_size=a.hidden, num_hidden_layers=a.layers,
@@ -57,38 +70,57 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
         config, params = convert.from_hf(d, dropout_rate=0.0, attention_dropout_rate=0.0)
-    module = RobertaForMaskedLM(config.replace(scan_unroll=a.scan_unroll))
+    bf16 = a.dtype == "bfloat16"
+    module = RobertaForMaskedLM(config.replace(scan_unroll=a.scan_unroll, dtype=jnp.dtype(a.dtype)))
 
     rng = np.random.default_rng(0)
     ids = rng.integers(4, a.vocab, size=(a.batch, a.length))
     ids[:, 0], ids[:, -1] = 0, 2
+    P = max(1, round(0.15 * a.length))  # masked positions per row, as the pipeline picks them
+    pos = np.sort(np.stack([rng.choice(np.arange(1, a.length - 1), P, replace=False)
+                            for _ in range(a.batch)]), axis=1)  # [B, P]
+    targets = np.take_along_axis(ids, pos, axis=1)  # [B, P]
     labels = np.full_like(ids, -100)
-    chosen = rng.random(ids.shape) < 0.15
-    labels[chosen] = ids[chosen]
-    weights = jnp.asarray(chosen, jnp.float32)
+    np.put_along_axis(labels, pos, targets, axis=1)
+    weights = jnp.asarray(labels >= 0, jnp.float32)
 
-    def jax_loss(p, x, y):
-        logits = module.apply({"params": p}, x)  # [B, L, V]
-        logp = jax.nn.log_softmax(logits)  # the nll as robertax.step computes it (one-hot)
+    def jax_loss(p, x, y, positions):
+        if a.head == "masked":
+            logits = module.apply({"params": p}, x, masked_positions=positions)  # [B, P, V]
+            y, w = jnp.take_along_axis(y, positions, axis=1), jnp.ones(positions.shape)
+        else:
+            logits, w = module.apply({"params": p}, x), weights  # [B, L, V]
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32))  # the nll as robertax.step has it
         nll = -(logp * jax.nn.one_hot(jnp.maximum(y, 0), logp.shape[-1])).sum(-1)
-        return (nll * weights).sum() / weights.sum()
+        return (nll * w).sum() / w.sum()
 
     jax_step = jax.jit(jax.value_and_grad(jax_loss))
-    jx, jy = jnp.asarray(ids), jnp.asarray(labels)
-    tx, ty = torch.tensor(ids), torch.tensor(labels)
+    params = jax.device_put(params)  # on the device once, as in training (not copied every call)
+    jx, jy, jpos = jnp.asarray(ids), jnp.asarray(labels), jnp.asarray(pos)
+    tx, ty, tpos = torch.tensor(ids), torch.tensor(labels), torch.tensor(pos)
+    rows = torch.arange(a.batch)[:, None]
+
+    def torch_loss():
+        if a.head == "full":
+            return hf(tx, labels=ty).loss
+        h = hf.roberta(tx).last_hidden_state[rows, tpos]  # [B, P, D]
+        logits = hf.lm_head(h)
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1),
+                                                 ty[rows, tpos].flatten())
 
     def run_jax():
         t = time.perf_counter()
-        loss, grads = jax_step(params, jx, jy)
+        loss, grads = jax_step(params, jx, jy, jpos)
         jax.block_until_ready(grads)
         return time.perf_counter() - t, float(loss)
 
     def run_torch():
         t = time.perf_counter()
         hf.zero_grad(set_to_none=True)
-        loss = hf(tx, labels=ty).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch_loss()
         loss.backward()
-        return time.perf_counter() - t, float(loss)
+        return time.perf_counter() - t, loss.item()
 
     (_, l1), (_, l2) = run_jax(), run_torch()  # compile / warm up
     print(f"loss robertax {l1:.6f}  transformers {l2:.6f}  (same weights and batch)")
@@ -100,7 +132,8 @@ def main():
     mj, mt = statistics.median(tj), statistics.median(tt)
     tokens = a.batch * a.length
     print(f"config: layers {a.layers}, hidden {a.hidden}, heads {a.heads}, vocab {a.vocab}, "
-          f"batch {a.batch} x {a.length}, float32, {a.threads} CPU threads, {a.reps} interleaved reps")
+          f"batch {a.batch} x {a.length}, {a.dtype}, head {a.head}, {a.threads} CPU threads, "
+          f"{a.reps} interleaved reps")
     print(f"robertax (jax {jax.__version__}):        median {mj * 1e3:8.1f} ms  "
           f"({tokens / mj:,.0f} tokens/s)")
     print(f"transformers (torch {torch.__version__}): median {mt * 1e3:8.1f} ms  "
@@ -112,6 +145,49 @@ def main():
             for _ in range(2):
                 run_jax()
         print(profile_summary.table(a.profile_dir, steps=2))
+
+
+def _median_time(f, reps):
+    f()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def gemms(a):
+    """Each [M, K] x [K, N] product of a dense layer's forward (NN), its input gradient
+    (g @ W.T: NT) and its weight gradient (x.T @ g: TN), as `jnp.dot` under jit and as
+    `torch.matmul`, in float32 and in bf16 (XLA: bf16 operands, float32 accumulation)."""
+    T, D, F, V = a.batch * a.length, a.hidden, 4 * a.hidden, a.vocab
+    shapes = [("qkvo", T, D, D), ("up", T, D, F), ("down", T, F, D), ("vocab", T, D, V)]
+    rng = np.random.default_rng(0)
+    print(f"matrix products of the step (T = {a.batch} x {a.length} tokens), GFLOP/s, "
+          f"median of {a.reps}; {a.threads} threads")
+    print(f"{'':6} {'M x K x N':>18} {'form':>4} | {'XLA f32':>8} {'torch f32':>9} | "
+          f"{'XLA bf16':>8} {'torch bf16':>10}")
+    for name, M, K, N in shapes:
+        for form in ("NN", "NT", "TN"):
+            # operands as the form stores them: NT multiplies by a [N, K] matrix transposed,
+            # TN by a [K, M] one (both as in the backward)
+            sa = (M, K) if form != "TN" else (K, M)
+            sb = (K, N) if form != "NT" else (N, K)
+            row = []
+            for dt, tdt in ((jnp.float32, torch.float32), (jnp.bfloat16, torch.bfloat16)):
+                xa = rng.normal(size=sa).astype(np.float32)
+                xb = rng.normal(size=sb).astype(np.float32)
+                fa = {"NN": lambda x: x, "NT": lambda x: x, "TN": lambda x: x.T}[form]
+                fb = {"NN": lambda x: x, "NT": lambda x: x.T, "TN": lambda x: x}[form]
+                ja, jb = jnp.asarray(xa, dt), jnp.asarray(xb, dt)
+                f = jax.jit(lambda p, q: jnp.dot(fa(p), fb(q), preferred_element_type=jnp.float32))
+                ta, tb = torch.tensor(xa, dtype=tdt), torch.tensor(xb, dtype=tdt)
+                tj = _median_time(lambda: f(ja, jb).block_until_ready(), a.reps)
+                tt = _median_time(lambda: torch.matmul(fa(ta), fb(tb)), a.reps)
+                row += [2 * M * K * N / tj / 1e9, 2 * M * K * N / tt / 1e9]
+            print(f"{name:6} {f'{M} x {K} x {N}':>18} {form:>4} | {row[0]:8.0f} {row[1]:9.0f} | "
+                  f"{row[2]:8.0f} {row[3]:10.0f}")
 
 
 if __name__ == "__main__":
