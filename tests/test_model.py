@@ -234,9 +234,10 @@ def test_cpu_bf16_dense_accumulates_in_float32():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_dense_is_dense_general(dtype):
+def test_dense_is_dense_general(dtype, monkeypatch):
     """Dense has nn.DenseGeneral's parameters (values, shapes, axis names) and outputs, also
-    contracting two axes (the attention output projection) and in bf16 on CPU."""
+    contracting two axes (the attention output projection) and in bf16 on CPU; off the CPU
+    bf16 path it is DenseGeneral's very program."""
     config = M.RobertaConfig.tiny(dtype=dtype)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 3, 8)), jnp.float32)
     names = ("heads", "kv", "embed")
@@ -255,6 +256,11 @@ def test_dense_is_dense_general(dtype):
     tol = 1e-6 if dtype == jnp.float32 else 2 ** -7
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(out_ref, np.float32),
                                rtol=tol, atol=tol)
+    monkeypatch.setattr(M, "_cpu_bf16", lambda config: False)  # the path GPUs take
+    program = lambda m: jax.jit(jax.grad(  # noqa: E731
+        lambda p: m.apply(p, x).astype(jnp.float32).sum())).lower(params).as_text(
+            debug_info=False)
+    assert program(ours) == program(ref)
 
 
 def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):

@@ -93,3 +93,24 @@ def test_gpu_correctness_script_runs_on_cpu():
     assert len(errs) == 2 and all(1e-4 < e < 2e-2 and abs(e - 3.906e-3) > 1e-6 for e in errs)
     assert out.stdout.count("vs transformers f32 logits") == 2
     assert "fused QKV vs f32 logits" in out.stdout and "ALL PASS" in out.stdout
+
+
+@pytest.mark.parametrize("head,dtype,tol", [("full", "float32", 1e-5),
+                                            ("masked", "bfloat16", 5e-4)])
+def test_bench_model_compares_the_same_computation(head, dtype, tol):
+    """tools/bench_model.py runs robertax and PyTorch on the same weights and batch, and their
+    losses agree: the two sides compute the same thing (bf16: within rounding)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "tools/bench_model.py", "--layers=2", "--hidden=64",
+                          "--heads=2", "--batch=2", "--length=32", "--vocab=500", "--reps=1",
+                          f"--head={head}", f"--dtype={dtype}"],
+                         cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ours, theirs = map(float, re.search(r"loss robertax (\S+)\s+transformers (\S+)",
+                                        out.stdout).groups())
+    assert abs(ours - theirs) < tol * abs(theirs), out.stdout
+    assert re.search(r"median ratio robertax / pytorch: \d+\.\d+", out.stdout)
