@@ -210,7 +210,7 @@ def _dense_bf16_bwd(res, g):
     f32, g = jnp.float32, g.astype(x.dtype)
     dx = jnp.matmul(g, _transposed_copy(w), preferred_element_type=f32).astype(x.dtype)
     dw = jnp.matmul(_transposed_copy(x), g, preferred_element_type=f32).astype(w.dtype)
-    return dx, dw, jnp.sum(g, axis=0, dtype=f32).astype(w.dtype)
+    return dx, dw, jnp.sum(g, axis=0, dtype=f32).astype(w.dtype)  # b has w's (promoted) dtype
 
 
 _dense_bf16.defvjp(_dense_bf16_fwd, _dense_bf16_bwd)
@@ -222,7 +222,6 @@ def _transposed_copy(a: Array) -> Array:
     on XLA:CPU, jax 0.10.2; `tools/bench_model.py --gemms`). Through a 3-D transpose it stays
     a copy, and the product runs natively (500-1,000 GFLOP/s)."""
     return jnp.transpose(a[..., None], (1, 0, 2)).reshape(a.shape[1], a.shape[0])
-
 
 
 def gelu(x: Array, approximate: bool = False) -> Array:
