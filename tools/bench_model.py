@@ -158,8 +158,9 @@ def _median_time(f, reps):
 
 
 def gemms(a):
-    """Each [M, K] x [K, N] product of a dense layer's forward (NN), its input gradient
-    (g @ W.T: NT) and its weight gradient (x.T @ g: TN), as `jnp.dot` under jit and as
+    """Each [M, K] x [K, N] product shape of the step with both operands stored as given (NN),
+    the second stored transposed (NT, as input gradients use a weight) or the first stored
+    transposed (TN, as weight gradients use activations), as `jnp.dot` under jit and as
     `torch.matmul`, in float32 and in bf16 (XLA: bf16 operands, float32 accumulation)."""
     T, D, F, V = a.batch * a.length, a.hidden, 4 * a.hidden, a.vocab
     shapes = [("qkvo", T, D, D), ("up", T, D, F), ("down", T, F, D), ("vocab", T, D, V)]
