@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from robertax.cpu_products import dense_bf16, tied_logits
+
 Array = jax.Array
 
 
@@ -156,13 +158,25 @@ def _reshaped_init(init, flat_shape):
     return wrapped
 
 
+def _dense_params(module: nn.Module, config: RobertaConfig, names: tuple, in_shape: tuple,
+                  features: tuple) -> tuple[Array, Array]:
+    """A dense layer's kernel [*in_shape, *features] and bias [*features], created in `module`
+    as nn.DenseGeneral creates them (flat initialization, then reshaped)."""
+    nf = len(features)
+    kernel = module.param("kernel", _reshaped_init(_init(config, names), lambda s: (
+        math.prod(s[:-nf]), math.prod(s[-nf:]))), in_shape + features, config.param_dtype)
+    bias = module.param("bias", _reshaped_init(_zeros(names[-nf:]), lambda s: (
+        math.prod(s),)), features, config.param_dtype)
+    return kernel, bias
+
+
 def _cpu_bf16(config: RobertaConfig) -> bool:
     return jnp.dtype(config.dtype) == jnp.bfloat16 and jax.default_backend() == "cpu"
 
 
 class Dense(nn.Module):
     """nn.DenseGeneral without batch axes: the same parameters (names, shapes, initial values,
-    axis names) and the same operations, except on CPU in bf16 (`_dense_bf16`)."""
+    axis names) and the same operations, except on CPU in bf16 (`cpu_products.dense_bf16`)."""
     config: RobertaConfig
     features: Any  # int or tuple
     names: tuple  # logical axis names of the kernel
@@ -174,98 +188,19 @@ class Dense(nn.Module):
         features = self.features if isinstance(self.features, tuple) else (self.features,)
         axis = self.axis if isinstance(self.axis, tuple) else (self.axis,)
         axis = tuple(sorted(a % x.ndim for a in axis))
-        nf, kernel_shape = len(features), tuple(x.shape[a] for a in axis) + features
-        kernel = self.param("kernel", _reshaped_init(_init(c, self.names), lambda s: (
-            math.prod(s[:-nf]), math.prod(s[-nf:]))), kernel_shape, c.param_dtype)
-        bias = self.param("bias", _reshaped_init(_zeros(self.names[-nf:]), lambda s: (
-            math.prod(s),)), features, c.param_dtype)
+        in_shape = tuple(x.shape[a] for a in axis)
+        kernel, bias = _dense_params(self, c, self.names, in_shape, features)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=c.dtype)
         if _cpu_bf16(c) and axis == tuple(range(x.ndim - len(axis), x.ndim)):
-            K = math.prod(kernel_shape[:len(axis)])
-            out = _dense_bf16(x.reshape(-1, K), kernel.reshape(K, -1), bias.reshape(-1))
+            K = math.prod(in_shape)
+            out = dense_bf16(x.reshape(-1, K), kernel.reshape(K, -1), bias.reshape(-1))
             return out.reshape(*x.shape[:x.ndim - len(axis)], *features)
         out = lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
-        return out + jnp.reshape(bias, (1,) * (out.ndim - nf) + features)
-
-
-@jax.custom_vjp
-def _dense_bf16(x: Array, w: Array, b: Array) -> Array:
-    """x [M, K] @ w [K, N] + b [N] in bf16 on CPU: accumulated in float32 and rounded once, and
-    so are the products of its backward, whose bias gradient is a float32 sum.
-
-    XLA:CPU (jax 0.10.2) runs a bf16 x bf16 -> bf16 product by converting both operands to
-    float32 (about 230 GFLOP/s on this project's 2-core Xeon), and bf16 x bf16 -> float32
-    natively (AMX, 500-1,200); autodiff's backward would take a float32 cotangent (the slow
-    path again), and reduces bf16 bias gradients with slow reduce-windows."""
-    f32 = jnp.float32
-    return (jnp.matmul(x, w, preferred_element_type=f32) + b.astype(f32)).astype(x.dtype)
-
-
-def _dense_bf16_fwd(x, w, b):
-    return _dense_bf16(x, w, b), (x, w)
-
-
-def _dense_bf16_bwd(res, g):
-    x, w = res
-    f32, g = jnp.float32, g.astype(x.dtype)
-    dx = jnp.matmul(g, _transposed_copy(w), preferred_element_type=f32).astype(x.dtype)
-    dw = jnp.matmul(_transposed_copy(x), g, preferred_element_type=f32).astype(w.dtype)
-    return dx, dw, jnp.sum(g, axis=0, dtype=f32).astype(w.dtype)  # b has w's (promoted) dtype
-
-
-_dense_bf16.defvjp(_dense_bf16_fwd, _dense_bf16_bwd)
-
-
-def _transposed_copy(a: Array) -> Array:
-    """a [M, K] -> a.T [K, M], materialized. XLA folds a plain `a.T` into the product, and most
-    bf16 products with a transposed operand then run converted to float32 (about 200 GFLOP/s
-    on XLA:CPU, jax 0.10.2; `tools/bench_model.py --gemms`). Through a 3-D transpose it stays
-    a copy, and the product runs natively (500-1,000 GFLOP/s)."""
-    return jnp.transpose(a[..., None], (1, 0, 2)).reshape(a.shape[1], a.shape[0])
+        return out + jnp.reshape(bias, (1,) * (out.ndim - len(features)) + features)
 
 
 def gelu(x: Array, approximate: bool = False) -> Array:
     return jax.nn.gelu(x, approximate=approximate)  # RoBERTa uses the exact erf form
-
-
-@jax.custom_vjp
-def _tied_logits(h: Array, table: Array, bias: Array) -> Array:
-    """h [..., D] @ table [V, D].T + bias [V] -> [..., V], with a hand-written backward.
-
-    Used on CPU: autodiff's backward transposes the [T, V] logit gradient (a copy the size of
-    the logits) for table.T-shaped products and sums it over T with a column reduction that
-    XLA:CPU's YNNPACK path runs very slowly for V ~ 50K (jax 0.10.2). Same math, same forward.
-    """
-    f32 = jnp.float32  # accumulate in float32 (in bf16, XLA:CPU's fast path: _dense_bf16)
-    if h.dtype == jnp.bfloat16:  # see _transposed_copy
-        logits = jnp.matmul(h, _transposed_copy(table), preferred_element_type=f32)
-    else:
-        logits = jnp.einsum("...D,VD->...V", h, table, preferred_element_type=f32)
-    return logits.astype(h.dtype) + bias
-
-
-def _tied_logits_fwd(h, table, bias):
-    return _tied_logits(h, table, bias), (h, table)
-
-
-def _tied_logits_bwd(res, g):
-    h, table = res
-    (V, D), T = table.shape, g.size // table.shape[0]
-    g2, h2 = g.reshape(T, V), h.reshape(T, D)
-    f32 = jnp.float32
-    dh = jnp.einsum("TV,VD->TD", g2, table, preferred_element_type=f32).astype(h.dtype)
-    dh = dh.reshape(h.shape)
-    if g2.dtype == jnp.bfloat16:  # see _transposed_copy
-        dtable = jnp.matmul(_transposed_copy(g2), h2, preferred_element_type=f32)
-    else:  # contracts T in place: no transposed copy of g (float32 runs fast this way)
-        dtable = jnp.einsum("TV,TD->VD", g2, h2, preferred_element_type=f32)
-    dtable = dtable.astype(table.dtype)
-    dbias = jnp.einsum("T,TV->V", jnp.ones((T,), g.dtype), g2,  # a dot, not a column reduce
-                       preferred_element_type=jnp.float32).astype(g.dtype)
-    return dh, dtable, dbias
-
-
-_tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
 def position_ids_from_input_ids(input_ids: Array, pad_token_id: int) -> Array:
@@ -324,18 +259,14 @@ def make_attention_mask(input_ids: Array, pad_token_id: int, attention_mask=None
 
 
 class _Projection(nn.Module):
-    """The parameters of a DenseGeneral D -> (N, K), created but not applied (same names,
-    shapes, axes and initial values as `_dense(config, (N, K), ...)`)."""
+    """The parameters of a Dense D -> (N, K), created but not applied (the same as
+    `_dense(config, (N, K), ...)` creates)."""
     config: RobertaConfig
 
     @nn.compact
     def __call__(self, D: int):
         c = self.config
-        shape = (c.num_heads, c.head_dim)
-        names = ("embed", "heads", "kv")
-        kernel = self.param("kernel", _init(c, names), (D, *shape), c.param_dtype)
-        bias = self.param("bias", _zeros(names[1:]), shape, c.param_dtype)
-        return kernel, bias
+        return _dense_params(self, c, ("embed", "heads", "kv"), (D,), (c.num_heads, c.head_dim))
 
 
 def _fused_qkv(config: RobertaConfig, x: Array) -> tuple[Array, Array, Array]:
@@ -485,7 +416,7 @@ class MaskedLMHead(nn.Module):
         bias = self.param("bias", _zeros(("vocab",)), (c.padded_vocab_size,), c.param_dtype)
         if jax.default_backend() == "cpu":  # same numbers, a faster backward on XLA:CPU
             table = encoder.embed.tokens.embedding.astype(c.dtype)
-            return _tied_logits(h.astype(c.dtype), table, bias.astype(c.dtype))  # [..., V]
+            return tied_logits(h.astype(c.dtype), table, bias.astype(c.dtype))  # [..., V]
         logits = encoder.attend(h)  # [..., V]
         return logits + bias.astype(logits.dtype)
 

@@ -11,7 +11,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from robertax import convert, model as M
+from robertax import convert, cpu_products, model as M
 
 CONFIGS = [  # odd vocabularies, 1-3 layers, different head counts
     dict(vocab_size=997, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -212,7 +212,7 @@ def test_tied_logits_backward_equals_autodiff():
     bias = jnp.asarray(rng.normal(size=(40,)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(3, 5, 40)), jnp.float32)
     plain = lambda h, t, b: (jax.nn.log_softmax(h @ t.T + b) * w).sum()
-    ours = lambda h, t, b: (jax.nn.log_softmax(M._tied_logits(h, t, b)) * w).sum()
+    ours = lambda h, t, b: (jax.nn.log_softmax(cpu_products.tied_logits(h, t, b)) * w).sum()
     for a, b in zip(jax.grad(ours, argnums=(0, 1, 2))(h, table, bias),
                     jax.grad(plain, argnums=(0, 1, 2))(h, table, bias)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
@@ -225,7 +225,7 @@ def test_cpu_bf16_dense_accumulates_in_float32():
     bf = lambda *s: jnp.asarray(rng.normal(size=s), jnp.bfloat16)  # noqa: E731
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
     x, w, b, g = bf(24, 64), bf(64, 40), bf(40), bf(24, 40)
-    y, vjp = jax.vjp(M._dense_bf16, x, w, b)
+    y, vjp = jax.vjp(cpu_products.dense_bf16, x, w, b)
     dx, dw, db = vjp(g)
     assert y.dtype == dx.dtype == dw.dtype == db.dtype == jnp.bfloat16
     for ours, ref in ((y, f32(x) @ f32(w) + f32(b)), (dx, f32(g) @ f32(w).T),
@@ -264,8 +264,8 @@ def test_dense_is_dense_general(dtype, monkeypatch):
 
 
 def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):
-    """The bf16 model on CPU (dense layers through _dense_bf16) is as close to the float32 model,
-    loss and gradients, as with XLA's own bf16 products."""
+    """The bf16 model on CPU (dense layers through cpu_products.dense_bf16) is as close to the
+    float32 model, loss and gradients, as with XLA's own bf16 products."""
     config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
                                   intermediate_size=64, num_layers=2, dropout_rate=0.0,
                                   attention_dropout_rate=0.0)

@@ -84,10 +84,10 @@ def main():
     np.put_along_axis(labels, pos, targets, axis=1)
     weights = jnp.asarray(labels >= 0, jnp.float32)
 
-    def jax_loss(p, x, y, positions):
+    def jax_loss(p, x, y, positions):  # y: labels [B, L], or with --head=masked targets [B, P]
         if a.head == "masked":
             logits = module.apply({"params": p}, x, masked_positions=positions)  # [B, P, V]
-            y, w = jnp.take_along_axis(y, positions, axis=1), jnp.ones(positions.shape)
+            w = jnp.ones(positions.shape)
         else:
             logits, w = module.apply({"params": p}, x), weights  # [B, L, V]
         logp = jax.nn.log_softmax(logits.astype(jnp.float32))  # the nll as robertax.step has it
@@ -96,8 +96,9 @@ def main():
 
     jax_step = jax.jit(jax.value_and_grad(jax_loss))
     params = jax.device_put(params)  # on the device once, as in training (not copied every call)
-    jx, jy, jpos = jnp.asarray(ids), jnp.asarray(labels), jnp.asarray(pos)
-    tx, ty, tpos = torch.tensor(ids), torch.tensor(labels), torch.tensor(pos)
+    y = targets if a.head == "masked" else labels
+    jx, jy, jpos = jnp.asarray(ids), jnp.asarray(y), jnp.asarray(pos)
+    tx, ty, tpos = torch.tensor(ids), torch.tensor(y), torch.tensor(pos)
     rows = torch.arange(a.batch)[:, None]
 
     def torch_loss():
@@ -105,8 +106,7 @@ def main():
             return hf(tx, labels=ty).loss
         h = hf.roberta(tx).last_hidden_state[rows, tpos]  # [B, P, D]
         logits = hf.lm_head(h)
-        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1),
-                                                 ty[rows, tpos].flatten())
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ty.flatten())
 
     def run_jax():
         t = time.perf_counter()
@@ -173,16 +173,14 @@ def gemms(a):
         for form in ("NN", "NT", "TN"):
             # operands as the form stores them: NT multiplies by a [N, K] matrix transposed,
             # TN by a [K, M] one (both as in the backward)
-            sa = (M, K) if form != "TN" else (K, M)
-            sb = (K, N) if form != "NT" else (N, K)
+            xa = rng.normal(size=(M, K) if form != "TN" else (K, M)).astype(np.float32)
+            xb = rng.normal(size=(K, N) if form != "NT" else (N, K)).astype(np.float32)
+            fa = (lambda x: x.T) if form == "TN" else (lambda x: x)
+            fb = (lambda x: x.T) if form == "NT" else (lambda x: x)
+            f = jax.jit(lambda p, q: jnp.dot(fa(p), fb(q), preferred_element_type=jnp.float32))
             row = []
             for dt, tdt in ((jnp.float32, torch.float32), (jnp.bfloat16, torch.bfloat16)):
-                xa = rng.normal(size=sa).astype(np.float32)
-                xb = rng.normal(size=sb).astype(np.float32)
-                fa = {"NN": lambda x: x, "NT": lambda x: x, "TN": lambda x: x.T}[form]
-                fb = {"NN": lambda x: x, "NT": lambda x: x.T, "TN": lambda x: x}[form]
                 ja, jb = jnp.asarray(xa, dt), jnp.asarray(xb, dt)
-                f = jax.jit(lambda p, q: jnp.dot(fa(p), fb(q), preferred_element_type=jnp.float32))
                 ta, tb = torch.tensor(xa, dtype=tdt), torch.tensor(xb, dtype=tdt)
                 tj = _median_time(lambda: f(ja, jb).block_until_ready(), a.reps)
                 tt = _median_time(lambda: torch.matmul(fa(ta), fb(tb)), a.reps)
