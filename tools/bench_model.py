@@ -14,6 +14,12 @@ parameters), PyTorch under `torch.autocast("cpu", bfloat16)`.
     python tools/bench_model.py --layers=2 --hidden=128 --heads=4 --batch=8 --length=64
     python tools/bench_model.py --profile_dir=/tmp/prof   # + where robertax's step spends time
     python tools/bench_model.py --gemms    # the step's matrix products alone, XLA vs PyTorch
+    python tools/bench_model.py --per_layer   # robertax with one parameter set per layer
+
+`--per_layer` measures what storing the layers' parameters stacked costs: the same layers and
+weights, unstacked into one set per layer (as PyTorch holds them), so the step neither slices
+the stacked weights nor concatenates their gradients. It is an experiment of this tool, not a
+model option (the model's parameter layout is stacked).
 """
 
 import argparse
@@ -25,6 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -32,7 +39,44 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from robertax import convert  # noqa: E402
+from robertax import model as M  # noqa: E402
 from robertax.model import RobertaForMaskedLM  # noqa: E402
+
+
+class _PerLayerEncoder(M.Encoder):
+    """The encoder with one parameter set per layer ("layer_{i}") instead of stacked ones."""
+
+    def setup(self):
+        c = self.config
+        self.embed = M.Embeddings(c, self.deterministic)
+        blocks = [M.Layer(c, self.deterministic, name=f"layer_{i}") for i in range(c.num_layers)]
+
+        def layers(x, amask):
+            for block in blocks:
+                x, _ = block(x, amask)
+            return x, None
+        self.layers = layers
+
+
+class _PerLayerForMaskedLM(nn.Module):
+    """RobertaForMaskedLM over _PerLayerEncoder: the same computation."""
+    config: M.RobertaConfig
+
+    @nn.compact
+    def __call__(self, input_ids, *, masked_positions=None):
+        c = self.config
+        encoder = _PerLayerEncoder(c, True, name="encoder")
+        x = encoder(input_ids)
+        h = x if masked_positions is None else M.gather_positions(x, masked_positions)
+        return M.MaskedLMHead(c, name="mlm_head")(h, encoder)[..., :c.vocab_size]
+
+
+def unstack_layers(params: dict, num_layers: int) -> dict:
+    """robertax params -> _PerLayerForMaskedLM's: encoder/layers[i] becomes encoder/layer_{i}."""
+    encoder = {k: v for k, v in params["encoder"].items() if k != "layers"}
+    for i in range(num_layers):
+        encoder[f"layer_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["encoder"]["layers"])
+    return {**params, "encoder": encoder}
 
 
 def main():
@@ -54,10 +98,14 @@ def main():
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--gemms", action="store_true",
                    help="only time the step's matrix-product shapes, XLA against PyTorch")
+    p.add_argument("--per_layer", action="store_true",
+                   help="robertax with one parameter set per layer instead of stacked ones")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.gemms:
         return gemms(a)
+    if a.per_layer and a.scan_unroll:
+        p.error("--per_layer runs the layers unrolled; it takes no --scan_unroll")
 
     hf_cfg = transformers.RobertaConfig(
         vocab_size=a.vocab, hidden_size=a.hidden, num_hidden_layers=a.layers,
@@ -71,7 +119,10 @@ def main():
         hf.save_pretrained(d)
         config, params = convert.from_hf(d, dropout_rate=0.0, attention_dropout_rate=0.0)
     bf16 = a.dtype == "bfloat16"
-    module = RobertaForMaskedLM(config.replace(scan_unroll=a.scan_unroll, dtype=jnp.dtype(a.dtype)))
+    config = config.replace(scan_unroll=a.scan_unroll, dtype=jnp.dtype(a.dtype))
+    module = RobertaForMaskedLM(config)
+    if a.per_layer:
+        module, params = _PerLayerForMaskedLM(config), unstack_layers(params, config.num_layers)
 
     rng = np.random.default_rng(0)
     ids = rng.integers(4, a.vocab, size=(a.batch, a.length))
@@ -133,7 +184,8 @@ def main():
     tokens = a.batch * a.length
     print(f"config: layers {a.layers}, hidden {a.hidden}, heads {a.heads}, vocab {a.vocab}, "
           f"batch {a.batch} x {a.length}, {a.dtype}, head {a.head}, {a.threads} CPU threads, "
-          f"{a.reps} interleaved reps")
+          f"{a.reps} interleaved reps{', per-layer parameters' if a.per_layer else ''}; "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
     print(f"robertax (jax {jax.__version__}):        median {mj * 1e3:8.1f} ms  "
           f"({tokens / mj:,.0f} tokens/s)")
     print(f"transformers (torch {torch.__version__}): median {mt * 1e3:8.1f} ms  "
