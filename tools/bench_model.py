@@ -40,7 +40,6 @@ import transformers  # noqa: E402
 
 from robertax import convert  # noqa: E402
 from robertax import model as M  # noqa: E402
-from robertax.model import RobertaForMaskedLM  # noqa: E402
 
 
 class _PerLayerEncoder(M.Encoder):
@@ -120,9 +119,9 @@ def main():
         config, params = convert.from_hf(d, dropout_rate=0.0, attention_dropout_rate=0.0)
     bf16 = a.dtype == "bfloat16"
     config = config.replace(scan_unroll=a.scan_unroll, dtype=jnp.dtype(a.dtype))
-    module = RobertaForMaskedLM(config)
+    module = (_PerLayerForMaskedLM if a.per_layer else M.RobertaForMaskedLM)(config)
     if a.per_layer:
-        module, params = _PerLayerForMaskedLM(config), unstack_layers(params, config.num_layers)
+        params = unstack_layers(params, config.num_layers)
 
     rng = np.random.default_rng(0)
     ids = rng.integers(4, a.vocab, size=(a.batch, a.length))
