@@ -1,47 +1,72 @@
-"""Matrix products as XLA:CPU runs them fast (jax 0.10.2): the model's CPU paths.
+"""Matrix products as the CPU runs them fast: the model's CPU paths.
 
-- `dense_bf16`: a dense layer in bf16. XLA:CPU runs bf16 x bf16 -> bf16 products converted to
-  float32, but bf16 x bf16 -> float32 natively (AMX); see `tools/bench_model.py --gemms`.
-- `tied_logits`: the MLM head's tied vocabulary projection, float32 or bf16, with a backward
-  that avoids XLA:CPU's slow transposed copies and column reductions.
+Two routes (`model.cpu_matmul`):
+- "xla" (default): XLA:CPU's own products (jax 0.10.2). It runs bf16 x bf16 -> bf16 products
+  converted to float32, but bf16 x bf16 -> float32 natively (AMX), and most bf16 products
+  with a transposed operand converted to float32 again; so bf16 products here accumulate in
+  float32 and transposed operands are materialized (`transposed_copy`).
+- "mkl": Intel MKL through a custom call (`robertax/mkl_gemm.py`), float32 and bf16
+  (float32 accumulation), every transposed form native.
 
-Same math as the plain jnp expressions (tests/test_model.py checks them against float32).
+`dense` is a dense layer (bf16 on "xla"; float32 or bf16 on "mkl"); `tied_logits` the MLM
+head's tied vocabulary projection, with a backward that avoids XLA:CPU's slow transposed copies
+and column reductions. Same math as the plain jnp expressions (tests/test_model.py checks them
+against float32 and autodiff). See `tools/bench_model.py --gemms` for the speeds.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from robertax import mkl_gemm
 
 Array = jax.Array
 
 
-@jax.custom_vjp
-def dense_bf16(x: Array, w: Array, b: Array) -> Array:
-    """x [M, K] @ w [K, N] + b [N] in bf16 on CPU: accumulated in float32 and rounded once, and
-    so are the products of its backward, whose bias gradient is a float32 sum.
+def product(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False,
+            mkl: bool = False) -> Array:
+    """op(a) @ op(b) for 2-D a, b of one dtype, accumulated and returned in float32; op
+    transposes when asked."""
+    if mkl:
+        return mkl_gemm.gemm(a, b, trans_a, trans_b)
+    if a.dtype == jnp.bfloat16:  # see transposed_copy
+        a = transposed_copy(a) if trans_a else a
+        b = transposed_copy(b) if trans_b else b
+        return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+    # float32: XLA contracts a transposed operand in place, without a copy
+    dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
+    return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
-    XLA:CPU (jax 0.10.2) runs a bf16 x bf16 -> bf16 product by converting both operands to
-    float32 (about 230 GFLOP/s on this project's 2-core Xeon), and bf16 x bf16 -> float32
-    natively (AMX, 500-1,200); autodiff's backward would take a float32 cotangent (the slow
-    path again), and reduces bf16 bias gradients with slow reduce-windows."""
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def dense(x: Array, w: Array, b: Array, mkl: bool = False) -> Array:
+    """x [M, K] @ w [K, N] + b [N] in x's dtype, accumulated in float32 and rounded once; so
+    are the products of its backward, whose bias gradient is a float32 sum.
+
+    In bf16 on "xla", autodiff's backward would take a bf16 x bf16 -> bf16 product (converted
+    to float32, about 230 GFLOP/s on this project's 2-core Xeon, against 500-1,200 natively)
+    and reduce bf16 bias gradients with slow reduce-windows."""
     f32 = jnp.float32
-    return (jnp.matmul(x, w, preferred_element_type=f32) + b.astype(f32)).astype(x.dtype)
+    return (product(x, w, mkl=mkl) + b.astype(f32)).astype(x.dtype)
 
 
-def _dense_bf16_fwd(x, w, b):
-    return dense_bf16(x, w, b), (x, w)
+def _dense_fwd(x, w, b, mkl):
+    return dense(x, w, b, mkl), (x, w)
 
 
-def _dense_bf16_bwd(res, g):
+def _dense_bwd(mkl, res, g):
     x, w = res
-    f32, g = jnp.float32, g.astype(x.dtype)
-    dx = jnp.matmul(g, transposed_copy(w), preferred_element_type=f32).astype(x.dtype)
-    dw = jnp.matmul(transposed_copy(x), g, preferred_element_type=f32).astype(w.dtype)
-    return dx, dw, jnp.sum(g, axis=0, dtype=f32).astype(w.dtype)  # b has w's (promoted) dtype
+    g = g.astype(x.dtype)
+    dx = product(g, w, trans_b=True, mkl=mkl).astype(x.dtype)
+    dw = product(x, g, trans_a=True, mkl=mkl).astype(w.dtype)
+    return dx, dw, jnp.sum(g, axis=0, dtype=jnp.float32).astype(w.dtype)  # b has w's dtype
 
 
-dense_bf16.defvjp(_dense_bf16_fwd, _dense_bf16_bwd)
+dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def transposed_copy(a: Array) -> Array:
@@ -52,38 +77,29 @@ def transposed_copy(a: Array) -> Array:
     return jnp.transpose(a[..., None], (1, 0, 2)).reshape(a.shape[1], a.shape[0])
 
 
-@jax.custom_vjp
-def tied_logits(h: Array, table: Array, bias: Array) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def tied_logits(h: Array, table: Array, bias: Array, mkl: bool = False) -> Array:
     """h [..., D] @ table [V, D].T + bias [V] -> [..., V], with a hand-written backward.
 
     Used on CPU: autodiff's backward transposes the [T, V] logit gradient (a copy the size of
     the logits) for table.T-shaped products and sums it over T with a column reduction that
     XLA:CPU's YNNPACK path runs very slowly for V ~ 50K (jax 0.10.2). Same math, same forward.
     """
-    f32 = jnp.float32  # accumulate in float32 (in bf16, XLA:CPU's fast path)
-    if h.dtype == jnp.bfloat16:  # see transposed_copy
-        logits = jnp.matmul(h, transposed_copy(table), preferred_element_type=f32)
-    else:
-        logits = jnp.einsum("...D,VD->...V", h, table, preferred_element_type=f32)
-    return logits.astype(h.dtype) + bias
+    V, D = table.shape
+    logits = product(h.reshape(-1, D), table, trans_b=True, mkl=mkl)  # float32 accumulation
+    return logits.astype(h.dtype).reshape(*h.shape[:-1], V) + bias
 
 
-def _tied_logits_fwd(h, table, bias):
-    return tied_logits(h, table, bias), (h, table)
+def _tied_logits_fwd(h, table, bias, mkl):
+    return tied_logits(h, table, bias, mkl), (h, table)
 
 
-def _tied_logits_bwd(res, g):
+def _tied_logits_bwd(mkl, res, g):
     h, table = res
     (V, D), T = table.shape, g.size // table.shape[0]
     g2, h2 = g.reshape(T, V), h.reshape(T, D)
-    f32 = jnp.float32
-    dh = jnp.einsum("TV,VD->TD", g2, table, preferred_element_type=f32).astype(h.dtype)
-    dh = dh.reshape(h.shape)
-    if g2.dtype == jnp.bfloat16:  # see transposed_copy
-        dtable = jnp.matmul(transposed_copy(g2), h2, preferred_element_type=f32)
-    else:  # contracts T in place: no transposed copy of g (float32 runs fast this way)
-        dtable = jnp.einsum("TV,TD->VD", g2, h2, preferred_element_type=f32)
-    dtable = dtable.astype(table.dtype)
+    dh = product(g2, table, mkl=mkl).astype(h.dtype).reshape(h.shape)
+    dtable = product(g2, h2, trans_a=True, mkl=mkl).astype(table.dtype)
     dbias = jnp.einsum("T,TV->V", jnp.ones((T,), g.dtype), g2,  # a dot, not a column reduce
                        preferred_element_type=jnp.float32).astype(g.dtype)
     return dh, dtable, dbias

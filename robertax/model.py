@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from robertax.cpu_products import dense_bf16, tied_logits
+from robertax import cpu_products
 
 Array = jax.Array
 
@@ -56,6 +56,10 @@ class RobertaConfig:
     fused_qkv: bool = False  # Q, K and V from one matrix product (same parameters, same math)
     gelu_approximate: bool = False  # tanh GELU in the layers (a speed knob; RoBERTa uses erf).
     # As transformers' hidden_act="gelu_pytorch_tanh": the MLM head keeps erf.
+    # Matrix products on the CPU: "xla" (XLA:CPU's) or "mkl" (Intel MKL through a custom call,
+    # float32 or bfloat16; needs `pip install mkl` and a C++ compiler: robertax/mkl_gemm.py).
+    # Other backends ignore it.
+    cpu_matmul: str = "xla"
 
     @classmethod
     def base(cls, **kw) -> "RobertaConfig":
@@ -170,13 +174,32 @@ def _dense_params(module: nn.Module, config: RobertaConfig, names: tuple, in_sha
     return kernel, bias
 
 
-def _cpu_bf16(config: RobertaConfig) -> bool:
-    return jnp.dtype(config.dtype) == jnp.bfloat16 and jax.default_backend() == "cpu"
+def _cpu_mkl(config: RobertaConfig) -> bool:
+    """Whether products run through MKL: on the CPU with cpu_matmul="mkl"."""
+    if config.cpu_matmul not in ("xla", "mkl"):
+        raise ValueError(f"model.cpu_matmul must be xla or mkl, got {config.cpu_matmul!r}")
+    if config.cpu_matmul == "xla" or jax.default_backend() != "cpu":
+        return False
+    if jnp.dtype(config.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ValueError("model.cpu_matmul='mkl' computes in float32 or bfloat16, got "
+                         f"model.dtype={jnp.dtype(config.dtype)}")
+    return True
+
+
+def _cpu_dense(config: RobertaConfig) -> Optional[bool]:
+    """How dense layers run their product: None, XLA's plain dot_general (off the CPU, and
+    float32/float16 on the CPU's "xla" route); else `cpu_products.dense` with this `mkl`."""
+    if _cpu_mkl(config):
+        return True
+    if jax.default_backend() == "cpu" and jnp.dtype(config.dtype) == jnp.bfloat16:
+        return False
+    return None
 
 
 class Dense(nn.Module):
     """nn.DenseGeneral without batch axes: the same parameters (names, shapes, initial values,
-    axis names) and the same operations, except on CPU in bf16 (`cpu_products.dense_bf16`)."""
+    axis names) and the same operations, except through `cpu_products.dense` on the CPU in bf16
+    or with cpu_matmul="mkl"."""
     config: RobertaConfig
     features: Any  # int or tuple
     names: tuple  # logical axis names of the kernel
@@ -191,9 +214,11 @@ class Dense(nn.Module):
         in_shape = tuple(x.shape[a] for a in axis)
         kernel, bias = _dense_params(self, c, self.names, in_shape, features)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=c.dtype)
-        if _cpu_bf16(c) and axis == tuple(range(x.ndim - len(axis), x.ndim)):
+        mkl = _cpu_dense(c)
+        if mkl is not None and axis == tuple(range(x.ndim - len(axis), x.ndim)):
             K = math.prod(in_shape)
-            out = dense_bf16(x.reshape(-1, K), kernel.reshape(K, -1), bias.reshape(-1))
+            out = cpu_products.dense(x.reshape(-1, K), kernel.reshape(K, -1), bias.reshape(-1),
+                                     mkl)
             return out.reshape(*x.shape[:x.ndim - len(axis)], *features)
         out = lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
         return out + jnp.reshape(bias, (1,) * (out.ndim - len(features)) + features)
@@ -275,7 +300,13 @@ def _fused_qkv(config: RobertaConfig, x: Array) -> tuple[Array, Array, Array]:
     kernels, biases = zip(*(_Projection(config, name=n)(D) for n in ("query", "key", "value")))
     w = jnp.stack(kernels, axis=1).astype(config.dtype)  # [D, 3, N, K]
     b = jnp.stack(biases, axis=0).astype(config.dtype)  # [3, N, K]
-    qkv = jnp.einsum("BLD,DTNK->BLTNK", x.astype(config.dtype), w) + b
+    x = x.astype(config.dtype)
+    mkl = _cpu_dense(config)
+    if mkl is None:
+        qkv = jnp.einsum("BLD,DTNK->BLTNK", x, w) + b
+    else:
+        qkv = cpu_products.dense(x.reshape(-1, D), w.reshape(D, -1), b.reshape(-1), mkl)
+        qkv = qkv.reshape(*x.shape[:-1], *b.shape)
     return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
 
@@ -416,7 +447,8 @@ class MaskedLMHead(nn.Module):
         bias = self.param("bias", _zeros(("vocab",)), (c.padded_vocab_size,), c.param_dtype)
         if jax.default_backend() == "cpu":  # same numbers, a faster backward on XLA:CPU
             table = encoder.embed.tokens.embedding.astype(c.dtype)
-            return tied_logits(h.astype(c.dtype), table, bias.astype(c.dtype))  # [..., V]
+            return cpu_products.tied_logits(h.astype(c.dtype), table, bias.astype(c.dtype),
+                                            _cpu_mkl(c))  # [..., V]
         logits = encoder.attend(h)  # [..., V]
         return logits + bias.astype(logits.dtype)
 

@@ -225,7 +225,7 @@ def test_cpu_bf16_dense_accumulates_in_float32():
     bf = lambda *s: jnp.asarray(rng.normal(size=s), jnp.bfloat16)  # noqa: E731
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
     x, w, b, g = bf(24, 64), bf(64, 40), bf(40), bf(24, 40)
-    y, vjp = jax.vjp(cpu_products.dense_bf16, x, w, b)
+    y, vjp = jax.vjp(cpu_products.dense, x, w, b)
     dx, dw, db = vjp(g)
     assert y.dtype == dx.dtype == dw.dtype == db.dtype == jnp.bfloat16
     for ours, ref in ((y, f32(x) @ f32(w) + f32(b)), (dx, f32(g) @ f32(w).T),
@@ -256,7 +256,7 @@ def test_dense_is_dense_general(dtype, monkeypatch):
     tol = 1e-6 if dtype == jnp.float32 else 2 ** -7
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(out_ref, np.float32),
                                rtol=tol, atol=tol)
-    monkeypatch.setattr(M, "_cpu_bf16", lambda config: False)  # the path GPUs take
+    monkeypatch.setattr(M, "_cpu_dense", lambda config: None)  # the path GPUs take
     program = lambda m: jax.jit(jax.grad(  # noqa: E731
         lambda p: m.apply(p, x).astype(jnp.float32).sum())).lower(params).as_text(
             debug_info=False)
@@ -264,12 +264,13 @@ def test_dense_is_dense_general(dtype, monkeypatch):
 
 
 def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):
-    """The bf16 model on CPU (dense layers through cpu_products.dense_bf16) is as close to the
+    """The bf16 model on CPU (dense layers through cpu_products.dense) is as close to the
     float32 model, loss and gradients, as with XLA's own bf16 products."""
     config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
                                   intermediate_size=64, num_layers=2, dropout_rate=0.0,
                                   attention_dropout_rate=0.0)
-    assert M._cpu_bf16(config.replace(dtype=jnp.bfloat16)) and not M._cpu_bf16(config)
+    assert M._cpu_dense(config.replace(dtype=jnp.bfloat16)) is False
+    assert M._cpu_dense(config) is None
     params = M.init_params(M.RobertaForMaskedLM(config), jax.random.key(5))
     params = jax.tree.map(lambda p: p * 3, params)  # larger activations: larger rounding
     ids = jnp.asarray(padded_batch(300, seed=4)[0])
@@ -289,7 +290,7 @@ def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):
 
     reference = value_and_grads(jnp.float32)
     ours = error(value_and_grads(jnp.bfloat16), reference)
-    monkeypatch.setattr(M, "_cpu_bf16", lambda config: False)
+    monkeypatch.setattr(M, "_cpu_dense", lambda config: None)
     xlas = error(value_and_grads(jnp.bfloat16), reference)
     assert 0 < ours[1] < 0.05
     assert ours[0] <= 1.5 * xlas[0] + 1e-3 and ours[1] <= 1.5 * xlas[1], (ours, xlas)

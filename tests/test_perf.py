@@ -97,11 +97,14 @@ def test_gpu_correctness_script_runs_on_cpu():
 
 @pytest.mark.parametrize("head,dtype,tol,extra", [("full", "float32", 1e-5, []),
                                                   ("masked", "bfloat16", 5e-4, []),
-                                                  ("masked", "float32", 1e-5, ["--per_layer"])])
+                                                  ("masked", "float32", 1e-5, ["--per_layer"]),
+                                                  ("full", "float32", 1e-5,
+                                                   ["--cpu_matmul=mkl"])])
 def test_bench_model_compares_the_same_computation(head, dtype, tol, extra):
     """tools/bench_model.py runs robertax and PyTorch on the same weights and batch, and their
     losses agree: the two sides compute the same thing (bf16: within rounding). With
-    --per_layer, robertax's layers hold unstacked copies of the same weights."""
+    --per_layer, robertax's layers hold unstacked copies of the same weights; with
+    --cpu_matmul=mkl its products run through MKL."""
     import os
     import re
     import subprocess

@@ -15,6 +15,7 @@ parameters), PyTorch under `torch.autocast("cpu", bfloat16)`.
     python tools/bench_model.py --profile_dir=/tmp/prof   # + where robertax's step spends time
     python tools/bench_model.py --gemms    # the step's matrix products alone, XLA vs PyTorch
     python tools/bench_model.py --per_layer   # robertax with one parameter set per layer
+    python tools/bench_model.py --cpu_matmul=mkl  # robertax's products through Intel MKL
 
 `--per_layer` measures what storing the layers' parameters stacked costs: the same layers and
 weights, unstacked into one set per layer (as PyTorch holds them), so the step neither slices
@@ -99,6 +100,8 @@ def main():
                    help="only time the step's matrix-product shapes, XLA against PyTorch")
     p.add_argument("--per_layer", action="store_true",
                    help="robertax with one parameter set per layer instead of stacked ones")
+    p.add_argument("--cpu_matmul", choices=("xla", "mkl"), default="xla",
+                   help="robertax's model.cpu_matmul: products through XLA:CPU or Intel MKL")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.gemms:
@@ -118,7 +121,8 @@ def main():
         hf.save_pretrained(d)
         config, params = convert.from_hf(d, dropout_rate=0.0, attention_dropout_rate=0.0)
     bf16 = a.dtype == "bfloat16"
-    config = config.replace(scan_unroll=a.scan_unroll, dtype=jnp.dtype(a.dtype))
+    config = config.replace(scan_unroll=a.scan_unroll, dtype=jnp.dtype(a.dtype),
+                            cpu_matmul=a.cpu_matmul)
     module = (_PerLayerForMaskedLM if a.per_layer else M.RobertaForMaskedLM)(config)
     if a.per_layer:
         params = unstack_layers(params, config.num_layers)
@@ -183,7 +187,8 @@ def main():
     tokens = a.batch * a.length
     print(f"config: layers {a.layers}, hidden {a.hidden}, heads {a.heads}, vocab {a.vocab}, "
           f"batch {a.batch} x {a.length}, {a.dtype}, head {a.head}, {a.threads} CPU threads, "
-          f"{a.reps} interleaved reps{', per-layer parameters' if a.per_layer else ''}; "
+          f"{a.reps} interleaved reps{', per-layer parameters' if a.per_layer else ''}, "
+          f"cpu_matmul {a.cpu_matmul}; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
     print(f"robertax (jax {jax.__version__}):        median {mj * 1e3:8.1f} ms  "
           f"({tokens / mj:,.0f} tokens/s)")
@@ -211,15 +216,21 @@ def _median_time(f, reps):
 def gemms(a):
     """Each [M, K] x [K, N] product shape of the step with both operands stored as given (NN),
     the second stored transposed (NT, as input gradients use a weight) or the first stored
-    transposed (TN, as weight gradients use activations), as `jnp.dot` under jit and as
-    `torch.matmul`, in float32 and in bf16 (XLA: bf16 operands, float32 accumulation)."""
+    transposed (TN, as weight gradients use activations), as `jnp.dot` under jit, through
+    robertax's MKL custom call when it is available here (`robertax.mkl_gemm`) and as
+    `torch.matmul`, in float32 and in bf16 (XLA, MKL: bf16 operands, float32 accumulation)."""
+    from robertax import mkl_gemm
+
+    mkl, why = mkl_gemm.available()
+    if not mkl:
+        print(f"MKL columns left out: {why}")
     T, D, F, V = a.batch * a.length, a.hidden, 4 * a.hidden, a.vocab
     shapes = [("qkvo", T, D, D), ("up", T, D, F), ("down", T, F, D), ("vocab", T, D, V)]
     rng = np.random.default_rng(0)
     print(f"matrix products of the step (T = {a.batch} x {a.length} tokens), GFLOP/s, "
           f"median of {a.reps}; {a.threads} threads")
-    print(f"{'':6} {'M x K x N':>18} {'form':>4} | {'XLA f32':>8} {'torch f32':>9} | "
-          f"{'XLA bf16':>8} {'torch bf16':>10}")
+    print(f"{'':6} {'M x K x N':>18} {'form':>4} | {'XLA f32':>8} {'MKL f32':>8} "
+          f"{'torch f32':>9} | {'XLA bf16':>8} {'MKL bf16':>8} {'torch bf16':>10}")
     for name, M, K, N in shapes:
         for form in ("NN", "NT", "TN"):
             # operands as the form stores them: NT multiplies by a [N, K] matrix transposed,
@@ -229,15 +240,18 @@ def gemms(a):
             fa = (lambda x: x.T) if form == "TN" else (lambda x: x)
             fb = (lambda x: x.T) if form == "NT" else (lambda x: x)
             f = jax.jit(lambda p, q: jnp.dot(fa(p), fb(q), preferred_element_type=jnp.float32))
+            g = jax.jit(lambda p, q: mkl_gemm.gemm(p, q, form == "TN", form == "NT"))
             row = []
             for dt, tdt in ((jnp.float32, torch.float32), (jnp.bfloat16, torch.bfloat16)):
                 ja, jb = jnp.asarray(xa, dt), jnp.asarray(xb, dt)
                 ta, tb = torch.tensor(xa, dtype=tdt), torch.tensor(xb, dtype=tdt)
                 tj = _median_time(lambda: f(ja, jb).block_until_ready(), a.reps)
+                tm = (_median_time(lambda: g(ja, jb).block_until_ready(), a.reps) if mkl
+                      else float("nan"))
                 tt = _median_time(lambda: torch.matmul(fa(ta), fb(tb)), a.reps)
-                row += [2 * M * K * N / tj / 1e9, 2 * M * K * N / tt / 1e9]
-            print(f"{name:6} {f'{M} x {K} x {N}':>18} {form:>4} | {row[0]:8.0f} {row[1]:9.0f} | "
-                  f"{row[2]:8.0f} {row[3]:10.0f}")
+                row += [2 * M * K * N / t / 1e9 for t in (tj, tm, tt)]
+            print(f"{name:6} {f'{M} x {K} x {N}':>18} {form:>4} | {row[0]:8.0f} {row[1]:8.0f} "
+                  f"{row[2]:9.0f} | {row[3]:8.0f} {row[4]:8.0f} {row[5]:10.0f}")
 
 
 if __name__ == "__main__":
