@@ -111,5 +111,6 @@ def gemm(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False) -> Ar
         raise ValueError(f"gemm: contracted sizes differ, {a.shape} (trans_a={trans_a}) and "
                          f"{b.shape} (trans_b={trans_b})")
     load()
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((M, N), jnp.float32))
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((M, N), jnp.float32),
+                            vmap_method="sequential")  # under vmap: one call per element
     return call(a, b, trans_a=np.bool_(trans_a), trans_b=np.bool_(trans_b))

@@ -1,6 +1,7 @@
 """The encoder computes what RoBERTa computes: parity with transformers' PyTorch RoBERTa."""
 
 import json
+import platform
 
 import jax
 import jax.numpy as jnp
@@ -204,15 +205,22 @@ def test_attention_selection_falls_back():
         M.attention_implementation(M.RobertaConfig.tiny(attention="cudnn"), dropout_active=False)
 
 
-def test_tied_logits_backward_equals_autodiff():
-    """The CPU head's hand-written backward computes the same gradients as autodiff."""
+@pytest.mark.parametrize("mkl", [False, True])
+def test_tied_logits_backward_equals_autodiff(mkl):
+    """The CPU head's hand-written backward computes the same gradients as autodiff, with
+    XLA's products and with MKL's (tests/test_mkl_gemm.py)."""
+    if mkl and platform.machine() != "x86_64":
+        pytest.skip("Intel MKL is x86-64 only")
     rng = np.random.default_rng(0)
     h = jnp.asarray(rng.normal(size=(3, 5, 16)), jnp.float32)
     table = jnp.asarray(rng.normal(size=(40, 16)), jnp.float32)
     bias = jnp.asarray(rng.normal(size=(40,)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(3, 5, 40)), jnp.float32)
     plain = lambda h, t, b: (jax.nn.log_softmax(h @ t.T + b) * w).sum()
-    ours = lambda h, t, b: (jax.nn.log_softmax(cpu_products.tied_logits(h, t, b)) * w).sum()
+    ours = lambda h, t, b: (jax.nn.log_softmax(  # noqa: E731
+        cpu_products.tied_logits(h, t, b, mkl)) * w).sum()
+    np.testing.assert_allclose(float(ours(h, table, bias)), float(plain(h, table, bias)),
+                               rtol=1e-6)
     for a, b in zip(jax.grad(ours, argnums=(0, 1, 2))(h, table, bias),
                     jax.grad(plain, argnums=(0, 1, 2))(h, table, bias)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
