@@ -1,8 +1,8 @@
 """Matrix products through Intel MKL on the CPU, as an XLA custom call (`model.cpu_matmul="mkl"`).
 
-XLA:CPU's own float32 products run at 190-265 GFLOP/s on this project's 2-core Xeon, MKL's
-at 310-365 (`python tools/bench_model.py --gemms`); in bf16 (float32 accumulation) MKL runs
-every transposed form natively. `gemm(a, b, trans_a, trans_b)` returns op(a) @ op(b) in
+XLA:CPU's own float32 products run at 223-324 GFLOP/s on this project's 2-core Xeon, MKL's
+at 313-365, PyTorch's at 313-381 (`python tools/bench_model.py --gemms`, 2026-11-27); in bf16
+(float32 accumulation) MKL runs every transposed form natively. `gemm(a, b, trans_a, trans_b)` returns op(a) @ op(b) in
 float32 for 2-D float32 or bfloat16 operands.
 
 The handler (`robertax/csrc/mkl_gemm.cc`) is compiled on first use with the system C++
@@ -25,6 +25,8 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import robertax
 
 Array = jax.Array
 
@@ -56,8 +58,7 @@ def build() -> str:
     with open(_SOURCE, "rb") as f:
         source = f.read()
     key = hashlib.sha256(source + jaxlib.__version__.encode()).hexdigest()[:16]
-    cache = os.path.expanduser(os.environ.get("ROBERTAX_CACHE", "~/.cache/robertax"))
-    out = os.path.join(cache, "ffi", f"mkl_gemm-{key}.so")
+    out = os.path.join(robertax.cache_root(), "ffi", f"mkl_gemm-{key}.so")
     if os.path.exists(out):
         return out
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -226,19 +226,25 @@ def test_tied_logits_backward_equals_autodiff(mkl):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
-def test_cpu_bf16_dense_accumulates_in_float32():
-    """On CPU in bf16 a dense layer (forward and its three gradients) computes the float32
-    products and sums of the bf16 operands, rounded once to bf16."""
+@pytest.mark.parametrize("dtype,mkl,rows", [(jnp.bfloat16, False, 24), (jnp.float32, True, 150),
+                                            (jnp.bfloat16, True, 150)])
+def test_cpu_dense_accumulates_in_float32(dtype, mkl, rows):
+    """On CPU a dense layer (forward and its three gradients) computes the float32 products and
+    sums of its operands, rounded once to the compute dtype: in bf16 with XLA's products, and
+    in float32 and bf16 with MKL's (150 rows: the product split over threads)."""
+    if mkl and platform.machine() != "x86_64":
+        pytest.skip("Intel MKL is x86-64 only")
     rng = np.random.default_rng(0)
-    bf = lambda *s: jnp.asarray(rng.normal(size=s), jnp.bfloat16)  # noqa: E731
+    r = lambda *s: jnp.asarray(rng.normal(size=s), dtype)  # noqa: E731
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    x, w, b, g = bf(24, 64), bf(64, 40), bf(40), bf(24, 40)
-    y, vjp = jax.vjp(cpu_products.dense, x, w, b)
+    x, w, b, g = r(rows, 64), r(64, 40), r(40), r(rows, 40)
+    y, vjp = jax.vjp(lambda x, w, b: cpu_products.dense(x, w, b, mkl), x, w, b)
     dx, dw, db = vjp(g)
-    assert y.dtype == dx.dtype == dw.dtype == db.dtype == jnp.bfloat16
+    assert y.dtype == dx.dtype == dw.dtype == db.dtype == dtype
+    tol = 1e-5 if dtype == jnp.float32 else 2 ** -8  # bf16: one rounding
     for ours, ref in ((y, f32(x) @ f32(w) + f32(b)), (dx, f32(g) @ f32(w).T),
                       (dw, f32(x).T @ f32(g)), (db, f32(g).sum(0))):
-        np.testing.assert_allclose(f32(ours), ref, rtol=2 ** -8, atol=1e-4)  # bf16 rounding
+        np.testing.assert_allclose(f32(ours), ref, rtol=tol, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

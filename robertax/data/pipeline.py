@@ -51,6 +51,7 @@ import os
 import grain
 import numpy as np
 
+import robertax
 from robertax.data import formats, masking, shards
 
 MASKING = ("dynamic", "static")
@@ -80,7 +81,7 @@ def _preprocess_text(d, cache_root: str) -> str:
 def resolve_shard_dir(config) -> str:
     """The preprocessed shard directory the config's data section names (built if "builtin")."""
     d = config.data
-    cache_root = os.path.expanduser(os.environ.get("ROBERTAX_CACHE", "~/.cache/robertax"))
+    cache_root = robertax.cache_root()
     if d.corpus == "builtin":
         from robertax.data import builtin  # pylint: disable=import-outside-toplevel
         cache = d.shard_dir or os.path.join(cache_root, "builtin")
