@@ -1,13 +1,16 @@
 """Forward + backward time of robertax (jit) against transformers' PyTorch RoBERTa on this CPU.
 
 Same config, same weights (converted from the PyTorch model), same batch, same computation; the
-two are run interleaved and the median of each is reported with the median ratio (robertax /
-PyTorch; below 1.0 means robertax is faster). Both compute the MLM loss on the same 15% of
-positions: with `--head=full` (default) from full-vocabulary logits at every position (what
-transformers' RobertaForMaskedLM does), with `--head=masked` the head runs on the masked
-positions only in both (what robertax's train step does; on the PyTorch side the encoder's
-output is indexed before `lm_head`). `--dtype=bfloat16`: robertax computes in bf16 (float32
-parameters), PyTorch under `torch.autocast("cpu", bfloat16)`.
+two are run interleaved, in rounds: each round runs `--settle` untimed steps of robertax, one
+timed step, then the same for PyTorch, so every timed step follows a step of its own framework
+(as in training) while drift in the machine's speed reaches both. The median of each is
+reported with the median ratio (robertax / PyTorch; below 1.0 means robertax is faster). Both
+compute the MLM loss on the same 15% of positions: with `--head=full` (default) from
+full-vocabulary logits at every position (what transformers' RobertaForMaskedLM does), with
+`--head=masked` the head runs on the masked positions only in both (what robertax's train step
+does; on the PyTorch side the encoder's output is indexed before `lm_head`).
+`--dtype=bfloat16`: robertax computes in bf16 (float32 parameters), PyTorch under
+`torch.autocast("cpu", bfloat16)`.
 
     python tools/bench_model.py                       # roberta-base shape, batch 8 x 128
     python tools/bench_model.py --head=masked --dtype=bfloat16
@@ -16,6 +19,7 @@ parameters), PyTorch under `torch.autocast("cpu", bfloat16)`.
     python tools/bench_model.py --gemms    # the step's matrix products alone, XLA vs PyTorch
     python tools/bench_model.py --per_layer   # robertax with one parameter set per layer
     python tools/bench_model.py --cpu_matmul=mkl  # robertax's products through Intel MKL
+    eval "$(bash tools/cpu_env.sh)"; python tools/bench_model.py   # both under jemalloc
 
 `--per_layer` measures what storing the layers' parameters stacked costs: the same layers and
 weights, unstacked into one set per layer (as PyTorch holds them), so the step neither slices
@@ -89,6 +93,9 @@ def main():
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--settle", type=int, default=1,
+                   help="untimed steps of the same framework before each timed one (0: strictly "
+                        "alternating steps)")
     p.add_argument("--profile_dir", default=None,
                    help="also trace 2 robertax steps here and print the ops' time table")
     p.add_argument("--scan_unroll", type=int, default=0,
@@ -180,7 +187,11 @@ def main():
     print(f"loss robertax {l1:.6f}  transformers {l2:.6f}  (same weights and batch)")
     tj, tt = [], []
     for _ in range(a.reps):
+        for _ in range(a.settle):
+            run_jax()
         tj.append(run_jax()[0])
+        for _ in range(a.settle):
+            run_torch()
         tt.append(run_torch()[0])
     ratios = [x / y for x, y in zip(tj, tt)]
     mj, mt = statistics.median(tj), statistics.median(tt)
@@ -188,8 +199,9 @@ def main():
     print(f"config: layers {a.layers}, hidden {a.hidden}, heads {a.heads}, vocab {a.vocab}, "
           f"batch {a.batch} x {a.length}, {a.dtype}, head {a.head}, {a.threads} CPU threads, "
           f"{a.reps} interleaved reps{', per-layer parameters' if a.per_layer else ''}, "
-          f"cpu_matmul {a.cpu_matmul}; "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+          f"cpu_matmul {a.cpu_matmul}, settle {a.settle}; " + ", ".join(
+              f"{k}={os.environ.get(k, '')!r}"
+              for k in ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_CONF")))
     print(f"robertax (jax {jax.__version__}):        median {mj * 1e3:8.1f} ms  "
           f"({tokens / mj:,.0f} tokens/s)")
     print(f"transformers (torch {torch.__version__}): median {mt * 1e3:8.1f} ms  "
