@@ -6,10 +6,12 @@
 #   python tools/bench_model.py        # or python -m robertax.train ..., any CPU job
 #
 # Why: XLA:CPU allocates each execution's temporaries as one block (1.6 GB for a roberta-base
-# step at batch 8 x 128) and frees it afterwards. glibc serves blocks that large with mmap and
-# returns them with munmap, so every step faults in and zeroes fresh pages: 0.6-1.5 s of kernel
-# time a step on a 2-core machine. jemalloc with purging off reuses the block. The cost: the
-# process keeps its peak memory until it exits.
+# forward+backward at batch 8 x 128) and its outputs afresh. glibc serves blocks that large with
+# mmap and returns them with munmap, so a jitted forward+backward that returns new gradients
+# every call faults in and zeroes fresh pages each time: 0.6-1.5 s of kernel time a call on a
+# 2-core machine (README, Performance). jemalloc with purging off reuses the memory. The cost:
+# the process keeps its peak memory until it exits. robertax's train step measured already
+# fault-free with GLIBC_TUNABLES=glibc.malloc.hugetlb=1.
 #
 # libjemalloc.so.2 is taken from $ROBERTAX_JEMALLOC, else the system's library directories
 # (Debian/Ubuntu: apt-get install libjemalloc2), else Debian's libjemalloc2 package is fetched
