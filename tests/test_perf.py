@@ -95,6 +95,22 @@ def test_gpu_correctness_script_runs_on_cpu():
     assert "fused QKV vs f32 logits" in out.stdout and "ALL PASS" in out.stdout
 
 
+def _tiny_bench(*extra, env=None):
+    """tools/bench_model.py on a 2-layer model; its stdout and the two losses it printed."""
+    import os
+    import re
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "tools/bench_model.py", "--layers=2", "--hidden=64",
+                          "--heads=2", "--batch=2", "--length=32", "--vocab=500", "--reps=1",
+                          *extra], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ours, theirs = map(float, re.search(r"loss robertax (\S+)\s+transformers (\S+)",
+                                        out.stdout).groups())
+    return out.stdout, ours, theirs
+
+
 @pytest.mark.parametrize("head,dtype,tol,extra", [("full", "float32", 1e-5, []),
                                                   ("masked", "bfloat16", 5e-4, []),
                                                   ("masked", "float32", 1e-5, ["--per_layer"]),
@@ -105,20 +121,10 @@ def test_bench_model_compares_the_same_computation(head, dtype, tol, extra):
     losses agree: the two sides compute the same thing (bf16: within rounding). With
     --per_layer, robertax's layers hold unstacked copies of the same weights; with
     --cpu_matmul=mkl its products run through MKL."""
-    import os
     import re
-    import subprocess
-    import sys
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "tools/bench_model.py", "--layers=2", "--hidden=64",
-                          "--heads=2", "--batch=2", "--length=32", "--vocab=500", "--reps=1",
-                          f"--head={head}", f"--dtype={dtype}", *extra],
-                         cwd=repo, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    ours, theirs = map(float, re.search(r"loss robertax (\S+)\s+transformers (\S+)",
-                                        out.stdout).groups())
-    assert abs(ours - theirs) < tol * abs(theirs), out.stdout
-    assert re.search(r"median ratio robertax / pytorch: \d+\.\d+", out.stdout)
+    stdout, ours, theirs = _tiny_bench(f"--head={head}", f"--dtype={dtype}", *extra)
+    assert abs(ours - theirs) < tol * abs(theirs), stdout
+    assert re.search(r"median ratio robertax / pytorch: \d+\.\d+", stdout)
 
 
 def _cpu_env(env_update):
@@ -167,12 +173,6 @@ def test_bench_model_runs_under_cpu_env():
     maps = subprocess.run([sys.executable, "-c", "print(open('/proc/self/maps').read())"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert "libjemalloc.so.2" in maps.stdout, maps.stderr
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = subprocess.run([sys.executable, "tools/bench_model.py", "--layers=2", "--hidden=64",
-                          "--heads=2", "--batch=2", "--length=32", "--vocab=500", "--reps=1"],
-                         cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    ours, theirs = map(float, re.search(r"loss robertax (\S+)\s+transformers (\S+)",
-                                        run.stdout).groups())
-    assert abs(ours - theirs) < 1e-5 * abs(theirs), run.stdout
-    assert "LD_PRELOAD='" + env["LD_PRELOAD"] in run.stdout
+    stdout, ours, theirs = _tiny_bench(env=env)
+    assert abs(ours - theirs) < 1e-5 * abs(theirs), stdout
+    assert "LD_PRELOAD='" + env["LD_PRELOAD"] in stdout

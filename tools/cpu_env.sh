@@ -15,7 +15,7 @@
 #
 # libjemalloc.so.2 is taken from $ROBERTAX_JEMALLOC, else the system's library directories
 # (Debian/Ubuntu: apt-get install libjemalloc2), else Debian's libjemalloc2 package is fetched
-# without root (apt-get download; dpkg -x) into ${ROBERTAX_CACHE:-~/.cache/robertax}/jemalloc.
+# without root (apt-get download; dpkg -x) into robertax.cache_root()/jemalloc.
 set -euo pipefail
 
 find_jemalloc() {
@@ -27,16 +27,24 @@ find_jemalloc() {
     echo "$ROBERTAX_JEMALLOC"
     return 0
   fi
-  local cache="${ROBERTAX_CACHE:-$HOME/.cache/robertax}/jemalloc"
-  local d
+  local d lib
   for d in /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib64 /usr/lib \
-           /usr/local/lib "${CONDA_PREFIX:-/nonexistent}/lib" "$cache/usr/lib/x86_64-linux-gnu" \
-           "$cache/usr/lib/aarch64-linux-gnu"; do
+           /usr/local/lib "${CONDA_PREFIX:-/nonexistent}/lib"; do
     if [ -f "$d/libjemalloc.so.2" ]; then
       echo "$d/libjemalloc.so.2"
       return 0
     fi
   done
+  # robertax.cache_root(): $ROBERTAX_CACHE, default ~/.cache/robertax (robertax/__init__.py
+  # imports nothing, so any python3 can ask it).
+  local cache
+  cache="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." &&
+           python3 -c 'import robertax; print(robertax.cache_root())')/jemalloc"
+  lib="$(find "$cache" -name libjemalloc.so.2 2>/dev/null | head -n 1)"
+  if [ -n "$lib" ]; then
+    echo "$lib"
+    return 0
+  fi
   if ! command -v apt-get >/dev/null || ! command -v dpkg >/dev/null; then
     echo "cpu_env.sh: libjemalloc.so.2 not found and no apt-get/dpkg to fetch it; install" \
          "jemalloc (conda install jemalloc, or your distribution's package) and set" \
@@ -53,7 +61,6 @@ find_jemalloc() {
   mkdir -p "$cache"
   dpkg -x "$tmp"/libjemalloc2_*.deb "$cache"
   rm -rf "$tmp"
-  local lib
   lib="$(find "$cache" -name libjemalloc.so.2 | head -n 1)"
   if [ -z "$lib" ]; then
     echo "cpu_env.sh: the libjemalloc2 package in $cache holds no libjemalloc.so.2" >&2
