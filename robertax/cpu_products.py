@@ -2,9 +2,10 @@
 
 Two routes (`model.cpu_matmul`):
 - "xla" (default): XLA:CPU's own products (jax 0.10.2). It runs bf16 x bf16 -> bf16 products
-  converted to float32, but bf16 x bf16 -> float32 natively (AMX), and most bf16 products
-  with a transposed operand converted to float32 again; so bf16 products here accumulate in
-  float32 and transposed operands are materialized (`transposed_copy`).
+  converted to float32, but bf16 x bf16 -> float32 natively, and bf16 products with a
+  transposed operand slowly (the first operand transposed everywhere measured, the second on
+  CPUs with AMX: `bf16_transposed_b_native`); so bf16 products here accumulate in float32 and
+  those transposed operands are materialized (`transposed_copy`).
 - "mkl": Intel MKL through a custom call (`robertax/mkl_gemm.py`), float32 and bf16
   (float32 accumulation), every transposed form native.
 
@@ -35,8 +36,10 @@ def product(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False,
         return mkl_gemm.gemm(a, b, trans_a, trans_b)
     if a.dtype == jnp.bfloat16:  # see transposed_copy
         a = transposed_copy(a) if trans_a else a
-        b = transposed_copy(b) if trans_b else b
-        return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+        if trans_b and not bf16_transposed_b_native():
+            b = transposed_copy(b)
+            trans_b = False
+        trans_a = False
     # float32: XLA contracts a transposed operand in place, without a copy
     dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
     return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
@@ -67,6 +70,22 @@ def _dense_bwd(mkl, res, g):
 
 
 dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+@functools.cache
+def bf16_transposed_b_native() -> bool:
+    """Whether XLA:CPU runs a bf16 product with its second operand stored transposed ([N, K])
+    at full speed here: on CPUs without AMX. Measured (jax 0.10.2, `tools/bench_model.py
+    --gemms`): on a 2-core Intel Xeon with AMX such products fell back to about 200 GFLOP/s
+    against 1,000+ for the plain form, so the operand is copied transposed first; on a 2-core
+    AMD EPYC (Zen 4, AVX-512 BF16) they ran at the plain form's 390-420 GFLOP/s, faster than
+    copying first."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:  # not Linux: keep the copy, which is fast everywhere measured
+        return False
+    return "amx_bf16" not in flags.split()
 
 
 def transposed_copy(a: Array) -> Array:
@@ -106,3 +125,4 @@ def _tied_logits_bwd(mkl, res, g):
 
 
 tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
+

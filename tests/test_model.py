@@ -1,6 +1,7 @@
 """The encoder computes what RoBERTa computes: parity with transformers' PyTorch RoBERTa."""
 
 import json
+import math
 import platform
 
 import jax
@@ -232,14 +233,19 @@ def test_tied_logits_backward_equals_autodiff(mkl):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype,mkl,rows", [(jnp.bfloat16, False, 24), (jnp.float32, True, 150),
-                                            (jnp.bfloat16, True, 150)])
-def test_cpu_dense_accumulates_in_float32(dtype, mkl, rows):
+@pytest.mark.parametrize("dtype,mkl,rows,native_nt", [
+    (jnp.bfloat16, False, 24, False), (jnp.bfloat16, False, 24, True),
+    (jnp.float32, True, 150, None), (jnp.bfloat16, True, 150, None)])
+def test_cpu_dense_accumulates_in_float32(dtype, mkl, rows, native_nt, monkeypatch):
     """On CPU a dense layer (forward and its three gradients) computes the float32 products and
-    sums of its operands, rounded once to the compute dtype: in bf16 with XLA's products, and
-    in float32 and bf16 with MKL's (150 rows: the product split over threads)."""
+    sums of its operands, rounded once to the compute dtype: in bf16 with XLA's products (the
+    weight for the input gradient copied transposed or read in place, as
+    `bf16_transposed_b_native` picks per CPU), and in float32 and bf16 with MKL's (150 rows:
+    the product split over threads)."""
     if mkl and platform.machine() != "x86_64":
         pytest.skip("Intel MKL is x86-64 only")
+    if native_nt is not None:
+        monkeypatch.setattr(cpu_products, "bf16_transposed_b_native", lambda: native_nt)
     rng = np.random.default_rng(0)
     r = lambda *s: jnp.asarray(rng.normal(size=s), dtype)  # noqa: E731
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
@@ -251,6 +257,21 @@ def test_cpu_dense_accumulates_in_float32(dtype, mkl, rows):
     for ours, ref in ((y, f32(x) @ f32(w) + f32(b)), (dx, f32(g) @ f32(w).T),
                       (dw, f32(x).T @ f32(g)), (db, f32(g).sum(0))):
         np.testing.assert_allclose(f32(ours), ref, rtol=tol, atol=1e-4)
+
+
+def test_gelu_is_the_exact_erf_form():
+    """GELU and its hand-written derivative against x/2 (1 + erf(x/sqrt 2)) in float64, to
+    float32's precision; bf16 in, bf16 out."""
+    x = np.linspace(-10, 10, 20001)
+    erf = np.vectorize(math.erf)(x / math.sqrt(2))
+    exact = 0.5 * x * (1 + erf)
+    slope = 0.5 * (1 + erf) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    xf = jnp.asarray(x, jnp.float32)
+    np.testing.assert_allclose(np.asarray(M.gelu(xf)), exact, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(jax.vmap(jax.grad(M.gelu))(xf)), slope, rtol=0,
+                               atol=1e-6)
+    xb = xf.astype(jnp.bfloat16)
+    assert M.gelu(xb).dtype == jax.grad(lambda v: M.gelu(v).sum())(xb).dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
