@@ -34,13 +34,12 @@ def product(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False,
     transposes when asked."""
     if mkl:
         return mkl_gemm.gemm(a, b, trans_a, trans_b)
-    if a.dtype == jnp.bfloat16:  # see transposed_copy
-        a = transposed_copy(a) if trans_a else a
+    if a.dtype == jnp.bfloat16:  # see transposed_copy and bf16_transposed_b_native
+        if trans_a:
+            a, trans_a = transposed_copy(a), False
         if trans_b and not bf16_transposed_b_native():
-            b = transposed_copy(b)
-            trans_b = False
-        trans_a = False
-    # float32: XLA contracts a transposed operand in place, without a copy
+            b, trans_b = transposed_copy(b), False
+    # float32 (and bf16's second operand where native): contracted in place, without a copy
     dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
     return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
@@ -125,4 +124,3 @@ def _tied_logits_bwd(mkl, res, g):
 
 
 tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
-
