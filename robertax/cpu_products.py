@@ -44,31 +44,41 @@ def product(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False,
     return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def dense(x: Array, w: Array, b: Array, mkl: bool = False) -> Array:
     """x [M, K] @ w [K, N] + b [N] in x's dtype, accumulated in float32 and rounded once; so
     are the products of its backward, whose bias gradient is a float32 sum.
 
+    w and b may be stored in another dtype (float32 parameters for a bf16 x): they are rounded
+    to x's dtype for the products, and their gradients come back in their own dtype, rounded
+    once from the float32 accumulation (a bf16 rounding in between would cost a pass over
+    each weight, and precision).
+
     In bf16 on "xla", autodiff's backward would take a bf16 x bf16 -> bf16 product (converted
     to float32, about 230 GFLOP/s on this project's 2-core Xeon, against 500-1,200 natively)
     and reduce bf16 bias gradients with slow reduce-windows."""
+    return _dense(x, w, b, mkl, w.dtype, b.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _dense(x, w, b, mkl, w_dtype, b_dtype):
     f32 = jnp.float32
-    return (product(x, w, mkl=mkl) + b.astype(f32)).astype(x.dtype)
+    return (product(x, w.astype(x.dtype), mkl=mkl) + b.astype(f32)).astype(x.dtype)
 
 
-def _dense_fwd(x, w, b, mkl):
-    return dense(x, w, b, mkl), (x, w)
+def _dense_fwd(x, w, b, mkl, w_dtype, b_dtype):
+    w = w.astype(x.dtype)
+    return _dense(x, w, b, mkl, w_dtype, b_dtype), (x, w)
 
 
-def _dense_bwd(mkl, res, g):
+def _dense_bwd(mkl, w_dtype, b_dtype, res, g):
     x, w = res
     g = g.astype(x.dtype)
     dx = product(g, w, trans_b=True, mkl=mkl).astype(x.dtype)
-    dw = product(x, g, trans_a=True, mkl=mkl).astype(w.dtype)
-    return dx, dw, jnp.sum(g, axis=0, dtype=jnp.float32).astype(w.dtype)  # b has w's dtype
+    dw = product(x, g, trans_a=True, mkl=mkl).astype(w_dtype)
+    return dx, dw, jnp.sum(g, axis=0, dtype=jnp.float32).astype(b_dtype)
 
 
-dense.defvjp(_dense_fwd, _dense_bwd)
+_dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 @functools.cache

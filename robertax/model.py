@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from robertax import cpu_products
+from robertax import cpu_attention, cpu_products
 
 Array = jax.Array
 
@@ -213,13 +213,16 @@ class Dense(nn.Module):
         axis = tuple(sorted(a % x.ndim for a in axis))
         in_shape = tuple(x.shape[a] for a in axis)
         kernel, bias = _dense_params(self, c, self.names, in_shape, features)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=c.dtype)
         mkl = _cpu_dense(c)
         if mkl is not None and axis == tuple(range(x.ndim - len(axis), x.ndim)):
+            # kernel and bias stay in their dtype: cpu_products.dense rounds them itself and
+            # returns their gradients unrounded
             K = math.prod(in_shape)
+            x = x.astype(c.dtype)
             out = cpu_products.dense(x.reshape(-1, K), kernel.reshape(K, -1), bias.reshape(-1),
                                      mkl)
             return out.reshape(*x.shape[:x.ndim - len(axis)], *features)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=c.dtype)
         out = lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
         return out + jnp.reshape(bias, (1,) * (out.ndim - len(features)) + features)
 
@@ -315,6 +318,18 @@ def make_attention_mask(input_ids: Array, pad_token_id: int, attention_mask=None
     return AttentionMask(mask=jnp.broadcast_to(mask, (B, 1, L, mask.shape[-1])))
 
 
+def _dense_mask(amask: AttentionMask, S: int) -> Optional[Array]:
+    """The mask as a bool [B, 1, 1|L, S] array (kv_lengths turned into one), or None."""
+    if amask.kv_lengths is None:
+        return amask.mask
+    return (jnp.arange(S)[None, :] < amask.kv_lengths[:, None])[:, None, None, :]
+
+
+def _cpu_attention(config: RobertaConfig) -> bool:
+    """Whether attention's core runs through `cpu_attention`: on the CPU in bf16."""
+    return jax.default_backend() == "cpu" and jnp.dtype(config.dtype) == jnp.bfloat16
+
+
 class _Projection(nn.Module):
     """The parameters of a Dense D -> (N, K), created but not applied (the same as
     `_dense(config, (N, K), ...)` creates)."""
@@ -330,12 +345,12 @@ def _fused_qkv(config: RobertaConfig, x: Array) -> tuple[Array, Array, Array]:
     """Q, K, V as one [D, 3*N*K] matrix product: one large GEMM instead of three."""
     D = x.shape[-1]
     kernels, biases = zip(*(_Projection(config, name=n)(D) for n in ("query", "key", "value")))
-    w = jnp.stack(kernels, axis=1).astype(config.dtype)  # [D, 3, N, K]
-    b = jnp.stack(biases, axis=0).astype(config.dtype)  # [3, N, K]
+    w = jnp.stack(kernels, axis=1)  # [D, 3, N, K]
+    b = jnp.stack(biases, axis=0)  # [3, N, K]
     x = x.astype(config.dtype)
     mkl = _cpu_dense(config)
     if mkl is None:
-        qkv = jnp.einsum("BLD,DTNK->BLTNK", x, w) + b
+        qkv = jnp.einsum("BLD,DTNK->BLTNK", x, w.astype(config.dtype)) + b.astype(config.dtype)
     else:
         qkv = cpu_products.dense(x.reshape(-1, D), w.reshape(D, -1), b.reshape(-1), mkl)
         qkv = qkv.reshape(*x.shape[:-1], *b.shape)
@@ -361,13 +376,18 @@ class SelfAttention(nn.Module):
         # The explicit path: dot_product_attention has no dropout on the weights, and its XLA
         # path asks for float16 x float16 -> float32 products, which CPUs do not support.
         cpu_fp16 = jnp.dtype(c.dtype) == jnp.float16 and jax.default_backend() == "cpu"
-        if dropout or cpu_fp16:
+        if impl == "xla" and _cpu_attention(c):
+            keep = None
+            if dropout:
+                B, L, N, _ = q.shape
+                keep = jax.random.bernoulli(self.make_rng("dropout"),
+                                            1 - c.attention_dropout_rate, (B, N, L, k.shape[1]))
+            out = cpu_attention.attention(q, k, v, _dense_mask(amask, k.shape[1]), keep,
+                                          c.attention_dropout_rate)
+        elif dropout or cpu_fp16:
             logits = jnp.einsum("BLNK,BSNK->BNLS", q, k).astype(jnp.float32) / jnp.sqrt(K)
-            mask = amask.mask
-            if amask.kv_lengths is not None:
-                S = k.shape[1]
-                mask = (jnp.arange(S)[None, :] < amask.kv_lengths[:, None])[:, None, None, :]
-            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+            logits = jnp.where(_dense_mask(amask, k.shape[1]), logits,
+                               jnp.finfo(jnp.float32).min)
             weights = jax.nn.softmax(logits, axis=-1).astype(c.dtype)  # [B, N, L, S]
             if dropout:
                 weights = nn.Dropout(c.attention_dropout_rate)(weights, deterministic=False)

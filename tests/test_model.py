@@ -13,7 +13,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from robertax import convert, cpu_products, model as M
+from robertax import convert, cpu_attention, cpu_products, model as M
 
 CONFIGS = [  # odd vocabularies, 1-3 layers, different head counts
     dict(vocab_size=997, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -259,6 +259,57 @@ def test_cpu_dense_accumulates_in_float32(dtype, mkl, rows, native_nt, monkeypat
         np.testing.assert_allclose(f32(ours), ref, rtol=tol, atol=1e-4)
 
 
+@pytest.mark.parametrize("mkl", [False, True])
+def test_cpu_dense_float32_weights_get_unrounded_gradients(mkl):
+    """A bf16 dense layer with float32 parameters (the model's mixed precision) rounds them to
+    bf16 for its products and returns their gradients in float32, not rounded to bf16."""
+    if mkl and platform.machine() != "x86_64":
+        pytest.skip("Intel MKL is x86-64 only")
+    rng = np.random.default_rng(1)
+    x, g = (jnp.asarray(rng.normal(size=(24, s)), jnp.bfloat16) for s in (64, 40))
+    w, b = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((64, 40), (40,)))
+    y, vjp = jax.vjp(lambda x, w, b: cpu_products.dense(x, w, b, mkl), x, w, b)
+    dx, dw, db = vjp(g)
+    assert y.dtype == dx.dtype == jnp.bfloat16 and dw.dtype == db.dtype == jnp.float32
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    w16 = f32(w.astype(jnp.bfloat16))
+    np.testing.assert_allclose(f32(y), f32(x) @ w16 + f32(b), rtol=2 ** -8, atol=1e-4)
+    np.testing.assert_allclose(f32(dx), f32(g) @ w16.T, rtol=2 ** -8, atol=1e-4)
+    # exact bf16 products summed in float32: only the summation order differs
+    np.testing.assert_allclose(f32(dw), f32(x).T @ f32(g), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(f32(db), f32(g).sum(0), rtol=1e-6, atol=1e-6)
+    assert np.abs(f32(dw) - f32(f32(dw).astype(jnp.bfloat16))).max() > 0  # not bf16 values
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_cpu_attention_is_attention(dropout):
+    """cpu_attention's core (values and the three gradients) is softmax(q kᵀ/√K) v under a
+    padding mask, with dropout on the weights where a keep mask is given: exact math in
+    float32, within bf16 rounding in bf16."""
+    rng = np.random.default_rng(2)
+    B, L, N, K = 3, 16, 2, 8
+    q, k, v, g = (jnp.asarray(rng.normal(size=(B, L, N, K)) * 2, jnp.float32) for _ in range(4))
+    mask = (jnp.arange(L)[None, :] < jnp.array([16, 11, 3])[:, None])[:, None, None, :]
+    keep = jnp.asarray(rng.random((B, N, L, L)) > 0.1) if dropout else None
+    rate = 0.1 if dropout else 0.0
+
+    def reference(q, k, v):
+        s = jnp.where(mask, jnp.einsum("BLNK,BSNK->BNLS", q, k) / math.sqrt(K), -1e30)
+        p = jax.nn.softmax(s, axis=-1)
+        p = p if keep is None else jnp.where(keep, p / (1 - rate), 0)
+        return jnp.einsum("BNLS,BSNK->BLNK", p, v)
+
+    want, want_vjp = jax.vjp(reference, q, k, v)
+    for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 4 * 2 ** -8)):
+        cast = lambda a: a.astype(dtype)  # noqa: E731
+        got, vjp = jax.vjp(lambda q, k, v: cpu_attention.attention(q, k, v, mask, keep, rate),
+                           cast(q), cast(k), cast(v))
+        assert got.dtype == dtype
+        for ours, ref in zip((got, *vjp(cast(g))), (want, *want_vjp(g))):
+            err = float(jnp.abs(ours.astype(jnp.float32) - ref).max() / jnp.abs(ref).max())
+            assert err < tol, (dtype, err)
+
+
 def test_gelu_is_the_exact_erf_form():
     """GELU and its hand-written derivative against x/2 (1 + erf(x/sqrt 2)) in float64, to
     float32's precision; bf16 in, bf16 out."""
@@ -305,13 +356,15 @@ def test_dense_is_dense_general(dtype, monkeypatch):
 
 
 def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):
-    """The bf16 model on CPU (dense layers through cpu_products.dense) is as close to the
-    float32 model, loss and gradients, as with XLA's own bf16 products."""
+    """The bf16 model on CPU (dense layers through cpu_products.dense, attention through
+    cpu_attention) is as close to the float32 model, loss and gradients, as with XLA's own bf16
+    products and jax.nn.dot_product_attention."""
     config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
                                   intermediate_size=64, num_layers=2, dropout_rate=0.0,
                                   attention_dropout_rate=0.0)
     assert M._cpu_dense(config.replace(dtype=jnp.bfloat16)) is False
     assert M._cpu_dense(config) is None
+    assert M._cpu_attention(config.replace(dtype=jnp.bfloat16)) and not M._cpu_attention(config)
     params = M.init_params(M.RobertaForMaskedLM(config), jax.random.key(5))
     params = jax.tree.map(lambda p: p * 3, params)  # larger activations: larger rounding
     ids = jnp.asarray(padded_batch(300, seed=4)[0])
@@ -332,6 +385,7 @@ def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):
     reference = value_and_grads(jnp.float32)
     ours = error(value_and_grads(jnp.bfloat16), reference)
     monkeypatch.setattr(M, "_cpu_dense", lambda config: None)
+    monkeypatch.setattr(M, "_cpu_attention", lambda config: False)
     xlas = error(value_and_grads(jnp.bfloat16), reference)
     assert 0 < ours[1] < 0.05
     assert ours[0] <= 1.5 * xlas[0] + 1e-3 and ours[1] <= 1.5 * xlas[1], (ours, xlas)
