@@ -48,7 +48,10 @@ def get_config():
     d.random_token_prob = 0.1     # ... 10% random token (the remaining 10% unchanged)
     d.mask_count = "exact"        # "exact" (fairseq: round(p * n) per sequence) | "independent"
     d.whole_word_mask = False
-    d.max_predictions = 80        # capacity of the gathered MLM head per row (>= 0.15 * 512)
+    # Capacity of the gathered MLM head per row: by default the most that "exact" masking can
+    # choose, floor(mask_prob * (max_length - 2)) + 1 (77 at 512), following max_length and
+    # mask_prob when they are overridden; set it to raise it (independent or whole-word masking).
+    d.max_predictions = ((d.get_ref("max_length") - 2) * d.get_ref("mask_prob")).to_int() + 1
     d.max_inputs_per_row = 16     # sentence_pair: pairs packed per row (NSP capacity; ~64-token
                                   # pairs, 8 a row on average, so 16 rarely binds)
     d.seed = 0

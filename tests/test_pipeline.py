@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from configs import tiny
-from robertax.data import formats, pipeline, shards
+from configs import base, tiny
+from robertax.data import formats, masking, pipeline, shards
 
 BOS, PAD, EOS, MASK = 0, 1, 2, 4
 V = 1000
@@ -287,6 +287,23 @@ def test_bad_input_gives_clear_errors(corpus):
         pipeline.make_dataset(_data(max_predictions=10), d, "train", batch_size=8, seed=0)
     with pytest.raises(KeyError, match="no split 'valid'"):
         pipeline.make_dataset(_data(), d, "valid", batch_size=8, seed=0)
+
+
+@pytest.mark.parametrize("max_length,mask_prob", [(512, 0.15), (128, 0.15), (128, 0.2)])
+def test_default_head_capacity_follows_max_length(corpus, max_length, mask_prob):
+    """configs/base.py sizes the gathered MLM head (max_predictions) to the most that exact
+    masking can choose at the configured length and rate: 77 at 512, not 4x that at 128."""
+    d = base.get_config().data
+    d.max_length, d.mask_prob = max_length, mask_prob
+    need = masking.exact_capacity_needed(max_length - 2, mask_prob)
+    assert d.max_predictions == need == {512: 77, 128: 19 if mask_prob == 0.15 else 26}[max_length]
+    d.max_predictions = 90  # an explicit value wins
+    d.max_length = 256
+    assert d.max_predictions == 90
+    small = base.get_config().data
+    small.max_length, small.num_workers = 128, 0
+    batch = next(iter(pipeline.make_dataset(small, corpus[0], "train", batch_size=8, seed=0)))
+    assert batch["mlm_positions"].shape == (8, 19)
 
 
 def test_inspect_prints_and_dumps(corpus, tmp_path):
