@@ -36,9 +36,8 @@ def attention(q: Array, k: Array, v: Array, mask: Optional[Array] = None,
     mask: bool, broadcastable to [B, N, L, S], True where a query may attend a key.
     keep: bool [B, N, L, S], dropout on the attention weights (kept where True, scaled by
     1 / (1 - dropout_rate)); None for no dropout."""
-    B, L, N, K = q.shape
-    S = k.shape[1]
     if mask is not None:
+        (B, L), S = q.shape[:2], k.shape[1]
         mask = jnp.broadcast_to(mask, (B, mask.shape[1], L, S))
     return _attention(q, k, v, mask, keep, float(dropout_rate))
 
@@ -91,11 +90,11 @@ def _attention_fwd(q, k, v, mask, keep, rate):
     qh, kh, vh = _heads(q), _heads(k), _heads(v)
     p, dropped = _weights(qh, kh, mask, keep, rate, B)
     out = _unheads(_product(dropped, vh, _NN).astype(q.dtype), B)
-    return out, (qh, kh, vh, p, dropped, mask, keep)
+    return out, (qh, kh, vh, p, dropped, keep)  # the mask is in p already
 
 
 def _attention_bwd(rate, res, g):
-    qh, kh, vh, p, dropped, mask, keep = res
+    qh, kh, vh, p, dropped, keep = res
     B, K = g.shape[0], qh.shape[-1]
     gh = _heads(g.astype(qh.dtype))
     dv = _product(_transposed(dropped), gh, _NN)  # [G, S, K]
