@@ -36,9 +36,6 @@ def attention(q: Array, k: Array, v: Array, mask: Optional[Array] = None,
     mask: bool, broadcastable to [B, N, L, S], True where a query may attend a key.
     keep: bool [B, N, L, S], dropout on the attention weights (kept where True, scaled by
     1 / (1 - dropout_rate)); None for no dropout."""
-    if mask is not None:
-        (B, L), S = q.shape[:2], k.shape[1]
-        mask = jnp.broadcast_to(mask, (B, mask.shape[1], L, S))
     return _attention(q, k, v, mask, keep, float(dropout_rate))
 
 

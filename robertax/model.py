@@ -373,10 +373,8 @@ class SelfAttention(nn.Module):
             v = _dense(c, (N, K), ("embed", "heads", "kv"), "value")(x)  # [B, S, N, K]
         dropout = c.attention_dropout_rate > 0 and not self.deterministic
         impl = attention_implementation(c, dropout)
-        # The explicit path: dot_product_attention has no dropout on the weights, and its XLA
-        # path asks for float16 x float16 -> float32 products, which CPUs do not support.
         cpu_fp16 = jnp.dtype(c.dtype) == jnp.float16 and jax.default_backend() == "cpu"
-        if impl == "xla" and _cpu_attention(c):
+        if impl == "xla" and _cpu_attention(c):  # bf16 on the CPU, with or without dropout
             keep = None
             if dropout:
                 B, L, N, _ = q.shape
@@ -385,6 +383,8 @@ class SelfAttention(nn.Module):
             out = cpu_attention.attention(q, k, v, _dense_mask(amask, k.shape[1]), keep,
                                           c.attention_dropout_rate)
         elif dropout or cpu_fp16:
+            # The explicit path: dot_product_attention has no dropout on the weights, and its
+            # XLA path asks for float16 x float16 -> float32 products, which CPUs do not support.
             logits = jnp.einsum("BLNK,BSNK->BNLS", q, k).astype(jnp.float32) / jnp.sqrt(K)
             logits = jnp.where(_dense_mask(amask, k.shape[1]), logits,
                                jnp.finfo(jnp.float32).min)
