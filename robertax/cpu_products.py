@@ -9,7 +9,7 @@ Two routes (`model.cpu_matmul`):
 - "mkl": Intel MKL through a custom call (`robertax/mkl_gemm.py`), float32 and bf16
   (float32 accumulation), every transposed form native.
 
-`dense` is a dense layer (bf16 on "xla"; float32 or bf16 on "mkl"); `tied_logits` the MLM
+`dense` is a dense layer (float32 or bf16, on both routes); `tied_logits` the MLM
 head's tied vocabulary projection, with a backward that avoids XLA:CPU's slow transposed copies
 and column reductions. Same math as the plain jnp expressions (tests/test_model.py checks them
 against float32 and autodiff). See `tools/bench_model.py --gemms` for the speeds.

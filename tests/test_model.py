@@ -235,11 +235,12 @@ def test_tied_logits_backward_equals_autodiff(mkl):
 
 @pytest.mark.parametrize("dtype,mkl,rows,native_nt", [
     (jnp.bfloat16, False, 24, False), (jnp.bfloat16, False, 24, True),
-    (jnp.float32, True, 150, None), (jnp.bfloat16, True, 150, None)])
+    (jnp.float32, False, 24, None), (jnp.float32, True, 150, None),
+    (jnp.bfloat16, True, 150, None)])
 def test_cpu_dense_accumulates_in_float32(dtype, mkl, rows, native_nt, monkeypatch):
     """On CPU a dense layer (forward and its three gradients) computes the float32 products and
-    sums of its operands, rounded once to the compute dtype: in bf16 with XLA's products (the
-    weight for the input gradient copied transposed or read in place, as
+    sums of its operands, rounded once to the compute dtype: with XLA's products in float32
+    and in bf16 (the weight for the input gradient copied transposed or read in place, as
     `bf16_transposed_b_native` picks per CPU), and in float32 and bf16 with MKL's (150 rows:
     the product split over threads)."""
     if mkl and platform.machine() != "x86_64":
@@ -358,12 +359,14 @@ def test_dense_is_dense_general(dtype, monkeypatch):
 def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):
     """The bf16 model on CPU (dense layers through cpu_products.dense, attention through
     cpu_attention) is as close to the float32 model, loss and gradients, as with XLA's own bf16
-    products and jax.nn.dot_product_attention."""
+    products and jax.nn.dot_product_attention. The float32 model's dense layers also run
+    through cpu_products.dense on the CPU: the same loss and gradients as XLA's plain layers."""
     config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
                                   intermediate_size=64, num_layers=2, dropout_rate=0.0,
                                   attention_dropout_rate=0.0)
     assert M._cpu_dense(config.replace(dtype=jnp.bfloat16)) is False
-    assert M._cpu_dense(config) is None
+    assert M._cpu_dense(config) is False  # float32
+    assert M._cpu_dense(config.replace(dtype=jnp.float16)) is None
     assert M._cpu_attention(config.replace(dtype=jnp.bfloat16)) and not M._cpu_attention(config)
     params = M.init_params(M.RobertaForMaskedLM(config), jax.random.key(5))
     params = jax.tree.map(lambda p: p * 3, params)  # larger activations: larger rounding
@@ -387,6 +390,8 @@ def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):
     monkeypatch.setattr(M, "_cpu_dense", lambda config: None)
     monkeypatch.setattr(M, "_cpu_attention", lambda config: False)
     xlas = error(value_and_grads(jnp.bfloat16), reference)
+    plain_f32 = error(value_and_grads(jnp.float32), reference)
+    assert plain_f32[0] < 1e-5 and plain_f32[1] < 1e-5, plain_f32
     assert 0 < ours[1] < 0.05
     assert ours[0] <= 1.5 * xlas[0] + 1e-3 and ours[1] <= 1.5 * xlas[1], (ours, xlas)
 

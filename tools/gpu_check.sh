@@ -14,7 +14,7 @@
 # H100 (2026-11-26): correct up to 240 s, an unrolled base item ~70 s, large ~115 s,
 # torch_base ~65 s, torch_large ~130 s (torch.compile), so the default list is in priority order.
 # Wheels (grain, array_record, ml_collections, tensorboardX, portpicker) are expected in .whl/
-# (see the README's performance section for how to fetch them).
+# (`bash tools/gpu_wheels.sh` fetches them; carry [".whl"]).
 set -u
 OUT=${OUT:-/tmp/gpu_check}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
