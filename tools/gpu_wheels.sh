@@ -12,5 +12,6 @@ pin() { grep -iE "^$1==" requirements.txt | head -1; }
 mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --dest .whl \
   --python-version "$PY" --implementation cp --platform manylinux2014_x86_64 \
+  --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_34_x86_64 \
   "$(pin grain)" "$(pin array-record)" "$(pin ml-collections)" "$(pin tensorboardX)" portpicker
 ls -1 .whl
