@@ -56,6 +56,11 @@ class RobertaConfig:
     fused_qkv: bool = False  # Q, K and V from one matrix product (same parameters, same math)
     gelu_approximate: bool = False  # tanh GELU in the layers (a speed knob; RoBERTa uses erf).
     # As transformers' hidden_act="gelu_pytorch_tanh": the MLM head keeps erf.
+    # LayerNorm with a hand-written backward that keeps only its input and per-row statistics
+    # (`layer_norm`); autodiff through nn.LayerNorm saves three float32 arrays of the input's
+    # size for its backward. Same parameters and math. A speed knob for GPUs, not yet measured
+    # there (tools/gpu_check.sh base_lnvjp); on a CPU neither faster nor slower.
+    layer_norm_vjp: bool = False
     # Matrix products on the CPU: "xla" (XLA:CPU's) or "mkl" (Intel MKL through a custom call,
     # float32 or bfloat16; needs `pip install mkl` and a C++ compiler: robertax/mkl_gemm.py).
     # Other backends ignore it.
@@ -142,10 +147,65 @@ def _embed_init(config: RobertaConfig, names):
     return nn.with_logical_partitioning(init, names)
 
 
-def _layer_norm(config: RobertaConfig, name: str) -> nn.LayerNorm:
+def _layer_norm(config: RobertaConfig, name: str) -> nn.Module:
+    if config.layer_norm_vjp:
+        return LayerNorm(config, name=name)
     return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=config.dtype,
                         param_dtype=config.param_dtype, scale_init=_ones(("embed",)),
                         bias_init=_zeros(("embed",)), name=name)
+
+
+class LayerNorm(nn.Module):
+    """nn.LayerNorm over the last axis (the same "scale" and "bias" parameters, initial values
+    and axis names) through `layer_norm` (`model.layer_norm_vjp`)."""
+    config: RobertaConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = self.config
+        shape = (x.shape[-1],)
+        scale = self.param("scale", _ones(("embed",)), shape, c.param_dtype)
+        bias = self.param("bias", _zeros(("embed",)), shape, c.param_dtype)
+        return layer_norm(x.astype(c.dtype), scale, bias, c.layer_norm_eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+    """(x - mean) / sqrt(var + eps) * scale + bias over the last axis, computed in at least
+    float32 (the variance from the centred values) and rounded once to x's dtype.
+
+    Its backward keeps x (in x's dtype) and each row's mean and 1/std, and recomputes the
+    normalized values: dx = (g' - mean(g') - x̂ mean(g' x̂)) / std with g' = g * scale;
+    d scale = sum of g x̂ and d bias = sum of g over the rows, returned in the parameters'
+    dtype."""
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_stats(xf: Array, eps: float) -> tuple[Array, Array]:
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    return mean, lax.rsqrt(jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True) + eps)
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    xf = _float(x)
+    mean, rstd = _layer_norm_stats(xf, eps)
+    y = ((xf - mean) * rstd * _float(scale) + _float(bias)).astype(x.dtype)
+    return y, (x, mean, rstd, scale, bias)  # scale and bias: [D], for their dtypes
+
+
+def _layer_norm_bwd(eps, res, g):
+    x, mean, rstd, scale, bias = res
+    xhat = (_float(x) - mean) * rstd
+    gf = _float(g)
+    gs = gf * _float(scale)
+    dx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True)
+                 - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True))
+    rows = tuple(range(x.ndim - 1))
+    return (dx.astype(x.dtype), jnp.sum(gf * xhat, axis=rows).astype(scale.dtype),
+            jnp.sum(gf, axis=rows).astype(bias.dtype))
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 def _dense(config: RobertaConfig, features, names, name: str, axis=-1) -> "Dense":

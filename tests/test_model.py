@@ -1,5 +1,7 @@
 """The encoder computes what RoBERTa computes: parity with transformers' PyTorch RoBERTa."""
 
+import contextlib
+import io
 import json
 import math
 import platform
@@ -12,6 +14,7 @@ import pytest
 import torch
 import transformers
 from safetensors.numpy import load_file
+from jax.ad_checkpoint import print_saved_residuals
 
 from robertax import convert, cpu_attention, cpu_products, model as M
 
@@ -327,6 +330,48 @@ def test_gelu_is_the_exact_erf_form():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_layer_norm_vjp_is_layer_norm(dtype):
+    """model.layer_norm_vjp: the LayerNorm with a hand-written backward has nn.LayerNorm's
+    parameters (values, shapes, axis names), output and gradients (input, scale, bias), and
+    keeps only its input (and per-row statistics) for its backward, where autodiff through
+    nn.LayerNorm keeps three float32 arrays of the input's size."""
+    config = M.RobertaConfig.tiny(dtype=dtype, layer_norm_vjp=True)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(1.5, 2.0, size=(2, 5, 24)), dtype)  # rows with mean and spread
+    ours = M._layer_norm(config, "norm")
+    ref = M._layer_norm(config.replace(layer_norm_vjp=False), "norm")
+    assert isinstance(ours, M.LayerNorm) and isinstance(ref, nn.LayerNorm)
+    p_ours, p_ref = ours.init(jax.random.key(0), x), ref.init(jax.random.key(0), x)
+    assert jax.tree.structure(p_ours) == jax.tree.structure(p_ref)
+    for a, b in zip(jax.tree.leaves(p_ours, is_leaf=lambda v: isinstance(v, nn.Partitioned)),
+                    jax.tree.leaves(p_ref, is_leaf=lambda v: isinstance(v, nn.Partitioned))):
+        assert a.names == b.names
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+    params = nn.unbox(p_ours)
+    params = {"params": {"scale": params["params"]["scale"] + jnp.linspace(-0.5, 0.5, 24),
+                         "bias": params["params"]["bias"] + 0.3}}
+    g = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+    def run(m):
+        y, vjp = jax.vjp(lambda p, x: m.apply(p, x), params, x)
+        dp, dx = vjp(g.astype(y.dtype))
+        return y, dx, dp["params"]["scale"], dp["params"]["bias"]
+
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    (y, dx, ds, db), (y_ref, dx_ref, ds_ref, db_ref) = run(ours), run(ref)
+    assert y.dtype == dx.dtype == dtype and ds.dtype == db.dtype == jnp.float32
+    tol = 1e-5 if dtype == jnp.float32 else 2 ** -7  # bf16: each rounds once, differently
+    for a, b in ((y, y_ref), (dx, dx_ref), (ds, ds_ref), (db, db_ref)):
+        np.testing.assert_allclose(f32(a), f32(b), rtol=tol, atol=tol * np.abs(f32(b)).max())
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # one line per residual: "f32[2,5,1] output of ..."
+        print_saved_residuals(lambda p, x: ours.apply(p, x).sum(), params, x)
+    full = [line for line in out.getvalue().splitlines() if "[2,5,24]" in line]
+    short = {jnp.float32: "f32", jnp.bfloat16: "bf16"}[dtype]
+    assert full == [f"{short}[2,5,24] from the argument x"], out.getvalue()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_dense_is_dense_general(dtype, monkeypatch):
     """Dense has nn.DenseGeneral's parameters (values, shapes, axis names) and outputs, also
     contracting two axes (the attention output projection) and in bf16 on CPU; off the CPU
@@ -414,12 +459,14 @@ def test_unrolled_layer_scan_is_the_same_model(unroll):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
-def test_fused_qkv_is_the_same_model():
-    """fused_qkv changes how Q, K, V are computed (one matrix product), not the parameters
-    (same names, shapes and initial values) or the math."""
+@pytest.mark.parametrize("switch", ["fused_qkv", "layer_norm_vjp"])
+def test_speed_switch_is_the_same_model(switch):
+    """fused_qkv changes how Q, K, V are computed (one matrix product), layer_norm_vjp how
+    LayerNorm's backward is; neither changes the parameters (same names, shapes and initial
+    values) or the math."""
     config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
                                   intermediate_size=64, num_layers=2)
-    plain, fused = (M.RobertaForMaskedLM(config.replace(fused_qkv=f)) for f in (False, True))
+    plain, fused = (M.RobertaForMaskedLM(config.replace(**{switch: f})) for f in (False, True))
     params = M.init_params(plain, jax.random.key(5))
     fused_init = M.init_params(fused, jax.random.key(5))
     assert jax.tree.structure(fused_init) == jax.tree.structure(params)
@@ -430,8 +477,9 @@ def test_fused_qkv_is_the_same_model():
     loss = lambda m: lambda p: (m.apply({"params": p}, ids) ** 2).mean()  # noqa: E731
     (la, ga), (lb, gb) = (jax.value_and_grad(loss(m))(params) for m in (plain, fused))
     np.testing.assert_allclose(float(la), float(lb), rtol=1e-5)
-    q = ga["encoder"]["layers"]["attn"]["query"]["kernel"]
-    assert float(jnp.abs(q).max()) > 0  # the gradient reaches the fused projections
+    for g in (ga, gb):  # the gradient reaches the fused projections and the norms
+        assert float(jnp.abs(g["encoder"]["layers"]["attn"]["query"]["kernel"]).max()) > 0
+        assert float(jnp.abs(g["encoder"]["layers"]["mlp_norm"]["scale"]).max()) > 0
     for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 

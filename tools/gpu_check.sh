@@ -5,7 +5,8 @@
 # items: correct (tools/gpu_correctness.py); profile_base (base timing + a profile table; the
 #   trace and the compiled HLO land in $OUT); base large torch_base torch_large base_b256;
 #   switches: base_scan large_scan (model.scan_unroll=1, the layer loop not unrolled)
-#   base_fused (model.fused_qkv) base_tanh (model.gelu_approximate) base_nodrop base_threefry;
+#   base_fused (model.fused_qkv) base_tanh (model.gelu_approximate) base_lnvjp large_lnvjp
+#   (model.layer_norm_vjp) base_nodrop base_threefry;
 #   XLA flags: base_notriton base_cublaslt base_tanh_cublaslt; the paper's attention dropout
 #   (XLA attention): base_xla large_xla; profile_large; train.
 # Every robertax row uses bf16, the unrolled layer loop, cuDNN flash attention and rbg dropout
@@ -25,7 +26,7 @@ fi
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-items=${*:-correct profile_base large torch_base torch_large base_tanh_cublaslt base_b256 base_nodrop base_cublaslt base_xla large_xla}
+items=${*:-correct profile_base base_lnvjp large torch_base base_tanh_cublaslt base_b256 torch_large base_nodrop base_cublaslt base_xla large_xla}
 J="$OUT/bench.jsonl"
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-540}))  # items that would start past it are skipped
 B="python3 tools/bench_train.py --json_out=$J --steps=10 --warmup=2"
@@ -57,6 +58,8 @@ for it in $items; do case $it in
   base_fused)   run 120 $B $BASE --label=base-fused-qkv $FAST --config.model.fused_qkv=true ;;
   base_tanh)    run 120 $B $BASE --label=base-tanh-gelu $FAST --config.model.gelu_approximate=true ;;
   base_nodrop)  run 120 $B $BASE --label=base-no-dropout $FAST --config.model.dropout_rate=0 ;;
+  base_lnvjp)   run 120 $B $BASE --label=base-ln-vjp $FAST --config.model.layer_norm_vjp=true ;;
+  large_lnvjp)  run 180 $B $LARGE --label=large-ln-vjp $FAST --config.model.layer_norm_vjp=true ;;
   base_notriton) XLA_FLAGS="--xla_gpu_enable_triton_gemm=false" run 120 $B $BASE --label=base-notriton $FAST ;;
   base_cublaslt) XLA_FLAGS="--xla_gpu_enable_cublaslt=true" run 120 $B $BASE --label=base-cublaslt $FAST ;;
   # tanh GELU is what cuBLASLt can fuse into the up-projection's epilogue (bias + GELU)
