@@ -7,7 +7,8 @@
 #   switches: base_scan large_scan (model.scan_unroll=1, the layer loop not unrolled)
 #   base_fused (model.fused_qkv) base_tanh (model.gelu_approximate) base_lnvjp large_lnvjp
 #   (model.layer_norm_vjp) base_nodrop base_threefry;
-#   XLA flags: base_notriton base_cublaslt base_tanh_cublaslt; the paper's attention dropout
+#   XLA flags: base_notriton base_cublaslt base_tanh_cublaslt base_cudnn_ln base_triton_any
+#   base_heroless (each named below); the paper's attention dropout
 #   (XLA attention): base_xla large_xla; profile_large; train.
 # Every robertax row uses bf16, the unrolled layer loop, cuDNN flash attention and rbg dropout
 # unless its label says otherwise.
@@ -64,6 +65,12 @@ for it in $items; do case $it in
   base_cublaslt) XLA_FLAGS="--xla_gpu_enable_cublaslt=true" run 120 $B $BASE --label=base-cublaslt $FAST ;;
   # tanh GELU is what cuBLASLt can fuse into the up-projection's epilogue (bias + GELU)
   base_tanh_cublaslt) XLA_FLAGS="--xla_gpu_enable_cublaslt=true" run 120 $B $BASE --label=base-tanh-cublaslt $FAST --config.model.gelu_approximate=true ;;
+  # Candidates for the memory-bound kernels (LayerNorm, GELU): cuDNN's LayerNorm kernels where
+  # XLA matches the pattern; Triton for every GEMM (so bias + GELU can fuse into the product);
+  # Triton fusions for more elementwise/reduction groups.
+  base_cudnn_ln) XLA_FLAGS="--xla_gpu_enable_cudnn_layer_norm=true" run 120 $B $BASE --label=base-cudnn-ln $FAST ;;
+  base_triton_any) XLA_FLAGS="--xla_gpu_triton_gemm_any=true" run 150 $B $BASE --label=base-triton-any $FAST ;;
+  base_heroless) XLA_FLAGS="--xla_gpu_experimental_enable_triton_heroless_priority_fusion=true" run 120 $B $BASE --label=base-heroless $FAST ;;
   # The paper's attention dropout 0.1 (XLA attention); batches that fit an 80 GB H100.
   base_xla)     run 120 $B $BASE --label=base-xla-drop --config.batch_size=64 --config.model.attention_dropout_rate=0.1 --config.dropout_rng=rbg ;;
   large_xla)    run 150 $B $LARGE --label=large-xla-drop --config.batch_size=32 --config.model.attention_dropout_rate=0.1 --config.dropout_rng=rbg ;;
