@@ -11,6 +11,11 @@ The softmax runs in float32; the attention weights enter their products rounded 
 cuDNN's fused kernel and PyTorch's bf16 SDPA do), as does their gradient. Measured on a 2-core
 AMD EPYC, one roberta-base layer (batch 8 x 128): forward + backward 9.0 ms against
 `jax.nn.dot_product_attention`'s 16.2 ms. In float32 the two ran alike, so float32 keeps XLA's.
+
+`model.attention_vjp` uses it on every backend where XLA's attention would run (a GPU with
+attention dropout): its backward keeps the weights once in the compute dtype (and the dropout
+mask) where autodiff through the einsum form keeps float32 logits and exponentials. Not yet
+measured on a GPU.
 """
 
 from __future__ import annotations
@@ -52,9 +57,12 @@ def _unheads(x: Array, B: int) -> Array:
 
 
 def _transposed(x: Array) -> Array:
-    """[G, M, P] -> [G, P, M], materialized (a plain swapaxes would be folded into the
-    product that reads it, which then runs slowly)."""
+    """[G, M, P] -> [G, P, M]: materialized on the CPU (a plain swapaxes would be folded into
+    the product that reads it, which then runs slowly there); elsewhere left to XLA, whose GPU
+    products read a transposed operand in place."""
     G, M, P = x.shape
+    if jax.default_backend() != "cpu":
+        return jnp.swapaxes(x, 1, 2)
     return jnp.transpose(x[..., None], (0, 2, 1, 3)).reshape(G, P, M)
 
 

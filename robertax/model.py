@@ -61,6 +61,11 @@ class RobertaConfig:
     # size for its backward. Same parameters and math. A speed knob for GPUs, not yet measured
     # there (tools/gpu_check.sh base_lnvjp); on a CPU neither faster nor slower.
     layer_norm_vjp: bool = False
+    # Attention's core through `cpu_attention.attention` (float32 softmax, the weights kept once
+    # in the compute dtype, a hand-written backward) on every backend where XLA's path would
+    # run, e.g. with attention dropout on a GPU. Always so on the CPU in bf16. A speed knob for
+    # GPUs, not yet measured there (tools/gpu_check.sh base_xla_vjp).
+    attention_vjp: bool = False
     # Matrix products on the CPU: "xla" (XLA:CPU's) or "mkl" (Intel MKL through a custom call,
     # float32 or bfloat16; needs `pip install mkl` and a C++ compiler: robertax/mkl_gemm.py).
     # Other backends ignore it.
@@ -390,9 +395,11 @@ def _dense_mask(amask: AttentionMask, S: int) -> Optional[Array]:
     return (jnp.arange(S)[None, :] < amask.kv_lengths[:, None])[:, None, None, :]
 
 
-def _cpu_attention(config: RobertaConfig) -> bool:
-    """Whether attention's core runs through `cpu_attention`: on the CPU in bf16."""
-    return jax.default_backend() == "cpu" and jnp.dtype(config.dtype) == jnp.bfloat16
+def _attention_core(config: RobertaConfig) -> bool:
+    """Whether XLA's attention path runs through `cpu_attention`: on the CPU in bf16, and
+    everywhere with model.attention_vjp."""
+    return config.attention_vjp or (jax.default_backend() == "cpu"
+                                    and jnp.dtype(config.dtype) == jnp.bfloat16)
 
 
 class _Projection(nn.Module):
@@ -439,7 +446,7 @@ class SelfAttention(nn.Module):
         dropout = c.attention_dropout_rate > 0 and not self.deterministic
         impl = attention_implementation(c, dropout)
         cpu_fp16 = jnp.dtype(c.dtype) == jnp.float16 and jax.default_backend() == "cpu"
-        if impl == "xla" and _cpu_attention(c):  # bf16 on the CPU, with or without dropout
+        if impl == "xla" and _attention_core(c):  # bf16 on the CPU; with or without dropout
             keep = None
             if dropout:
                 B, L, N, _ = q.shape

@@ -285,11 +285,17 @@ def test_cpu_dense_float32_weights_get_unrounded_gradients(mkl):
     assert np.abs(f32(dw) - f32(f32(dw).astype(jnp.bfloat16))).max() > 0  # not bf16 values
 
 
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
 @pytest.mark.parametrize("dropout", [False, True])
-def test_cpu_attention_is_attention(dropout):
+def test_cpu_attention_is_attention(dropout, backend, monkeypatch, request):
     """cpu_attention's core (values and the three gradients) is softmax(q kᵀ/√K) v under a
     padding mask, with dropout on the weights where a keep mask is given: exact math in
-    float32, within bf16 rounding in bf16."""
+    float32, within bf16 rounding in bf16. "gpu": traced as off the CPU (model.attention_vjp
+    on a GPU), where the backward leaves its transposed operands to XLA."""
+    if backend == "gpu":  # traces are cached per shape: clear them on the way in and out
+        jax.clear_caches()
+        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+        request.addfinalizer(jax.clear_caches)  # runs after monkeypatch's undo
     rng = np.random.default_rng(2)
     B, L, N, K = 3, 16, 2, 8
     q, k, v, g = (jnp.asarray(rng.normal(size=(B, L, N, K)) * 2, jnp.float32) for _ in range(4))
@@ -309,6 +315,10 @@ def test_cpu_attention_is_attention(dropout):
         got, vjp = jax.vjp(lambda q, k, v: cpu_attention.attention(q, k, v, mask, keep, rate),
                            cast(q), cast(k), cast(v))
         assert got.dtype == dtype
+        if dtype == jnp.bfloat16:  # the backward's transposed operands: copies on the CPU only
+            program = str(jax.make_jaxpr(vjp)(cast(g)))
+            swapped = program.count("transpose[permutation=(0, 2, 1)]")  # a plain swapaxes
+            assert swapped == (2 if backend == "gpu" else 0), program
         for ours, ref in zip((got, *vjp(cast(g))), (want, *want_vjp(g))):
             err = float(jnp.abs(ours.astype(jnp.float32) - ref).max() / jnp.abs(ref).max())
             assert err < tol, (dtype, err)
@@ -412,7 +422,8 @@ def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):
     assert M._cpu_dense(config.replace(dtype=jnp.bfloat16)) is False
     assert M._cpu_dense(config) is False  # float32
     assert M._cpu_dense(config.replace(dtype=jnp.float16)) is None
-    assert M._cpu_attention(config.replace(dtype=jnp.bfloat16)) and not M._cpu_attention(config)
+    assert M._attention_core(config.replace(dtype=jnp.bfloat16))
+    assert not M._attention_core(config) and M._attention_core(config.replace(attention_vjp=True))
     params = M.init_params(M.RobertaForMaskedLM(config), jax.random.key(5))
     params = jax.tree.map(lambda p: p * 3, params)  # larger activations: larger rounding
     ids = jnp.asarray(padded_batch(300, seed=4)[0])
@@ -433,7 +444,7 @@ def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):
     reference = value_and_grads(jnp.float32)
     ours = error(value_and_grads(jnp.bfloat16), reference)
     monkeypatch.setattr(M, "_cpu_dense", lambda config: None)
-    monkeypatch.setattr(M, "_cpu_attention", lambda config: False)
+    monkeypatch.setattr(M, "_attention_core", lambda config: False)
     xlas = error(value_and_grads(jnp.bfloat16), reference)
     plain_f32 = error(value_and_grads(jnp.float32), reference)
     assert plain_f32[0] < 1e-5 and plain_f32[1] < 1e-5, plain_f32
@@ -459,11 +470,11 @@ def test_unrolled_layer_scan_is_the_same_model(unroll):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("switch", ["fused_qkv", "layer_norm_vjp"])
+@pytest.mark.parametrize("switch", ["fused_qkv", "layer_norm_vjp", "attention_vjp"])
 def test_speed_switch_is_the_same_model(switch):
     """fused_qkv changes how Q, K, V are computed (one matrix product), layer_norm_vjp how
-    LayerNorm's backward is; neither changes the parameters (same names, shapes and initial
-    values) or the math."""
+    LayerNorm's backward is, attention_vjp how attention's core is (cpu_attention in float32);
+    none changes the parameters (same names, shapes and initial values) or the math."""
     config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
                                   intermediate_size=64, num_layers=2)
     plain, fused = (M.RobertaForMaskedLM(config.replace(**{switch: f})) for f in (False, True))

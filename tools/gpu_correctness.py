@@ -19,7 +19,8 @@ and those sentinels would swamp every norm. Errors are ||a - b|| / ||b||.
    model (< 1e-5). The checks above run the scanned loop (fast to compile); on a GPU the
    unrolled training default is checked once against float32, with cuDNN.
 5. Gradients of an MLM-style loss at init (encoder layers): bf16 XLA and bf16 cuDNN vs float32,
-   and cuDNN vs XLA, < 5e-2; cuDNN with model.layer_norm_vjp no worse than without (1.25x + 1e-3).
+   and cuDNN vs XLA, < 5e-2; cuDNN with model.layer_norm_vjp and XLA with model.attention_vjp
+   no worse than without (1.25x + 1e-3).
 Prints one line per check with the measured error and PASS/FAIL; exits 1 on any failure.
 Without a GPU the cuDNN checks are skipped (tests/test_perf.py runs `--small` on the CPU).
 """
@@ -182,6 +183,9 @@ def main():
         g_ln = grad(init, base.replace(attention="cudnn", layer_norm_vjp=True, **bf16))
         check("bf16 cuDNN + layer_norm_vjp vs f32 gradients (<=without)",
               rel(flat(g_ln), flat(g_ref)), 1.25 * rel(flat(g_c), flat(g_ref)) + 1e-3)
+        g_core = grad(init, base.replace(attention="xla", attention_vjp=True, **bf16))
+        check("bf16 XLA + attention_vjp vs f32 gradients (<=without)",
+              rel(flat(g_core), flat(g_ref)), 1.25 * rel(flat(g_x), flat(g_ref)) + 1e-3)
         # Which kernel really ran: the cuDNN path must compile to cuDNN's fused attention call.
         for impl in ("xla", "cudnn"):
             hlo = jax.jit(loss, static_argnums=1).lower(
