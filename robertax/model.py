@@ -171,7 +171,8 @@ class LayerNorm(nn.Module):
         shape = (x.shape[-1],)
         scale = self.param("scale", _ones(("embed",)), shape, c.param_dtype)
         bias = self.param("bias", _zeros(("embed",)), shape, c.param_dtype)
-        return layer_norm(x.astype(c.dtype), scale, bias, c.layer_norm_eps)
+        # normalized from x as it comes (the embeddings' sum may be float32), as nn.LayerNorm
+        return layer_norm(x, scale, bias, c.layer_norm_eps).astype(c.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -397,9 +398,12 @@ def _dense_mask(amask: AttentionMask, S: int) -> Optional[Array]:
 
 def _attention_core(config: RobertaConfig) -> bool:
     """Whether XLA's attention path runs through `cpu_attention`: on the CPU in bf16, and
-    everywhere with model.attention_vjp."""
-    return config.attention_vjp or (jax.default_backend() == "cpu"
-                                    and jnp.dtype(config.dtype) == jnp.bfloat16)
+    everywhere with model.attention_vjp except float16 on the CPU (which has no float16 x
+    float16 -> float32 products)."""
+    cpu, dtype = jax.default_backend() == "cpu", jnp.dtype(config.dtype)
+    if cpu and dtype == jnp.float16:
+        return False
+    return config.attention_vjp or (cpu and dtype == jnp.bfloat16)
 
 
 class _Projection(nn.Module):

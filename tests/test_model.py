@@ -339,6 +339,18 @@ def test_gelu_is_the_exact_erf_form():
     assert M.gelu(xb).dtype == jax.grad(lambda v: M.gelu(v).sum())(xb).dtype == jnp.bfloat16
 
 
+def same_params(ours: nn.Module, ref: nn.Module, x):
+    """Both modules' initial parameters (same key): the same tree, values and axis names.
+    Returns ours (boxed)."""
+    p_ours, p_ref = ours.init(jax.random.key(2), x), ref.init(jax.random.key(2), x)
+    assert jax.tree.structure(p_ours) == jax.tree.structure(p_ref)
+    boxed = lambda v: isinstance(v, nn.Partitioned)  # noqa: E731
+    for a, b in zip(jax.tree.leaves(p_ours, is_leaf=boxed), jax.tree.leaves(p_ref, is_leaf=boxed)):
+        assert a.names == b.names
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+    return p_ours
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_layer_norm_vjp_is_layer_norm(dtype):
     """model.layer_norm_vjp: the LayerNorm with a hand-written backward has nn.LayerNorm's
@@ -351,13 +363,7 @@ def test_layer_norm_vjp_is_layer_norm(dtype):
     ours = M._layer_norm(config, "norm")
     ref = M._layer_norm(config.replace(layer_norm_vjp=False), "norm")
     assert isinstance(ours, M.LayerNorm) and isinstance(ref, nn.LayerNorm)
-    p_ours, p_ref = ours.init(jax.random.key(0), x), ref.init(jax.random.key(0), x)
-    assert jax.tree.structure(p_ours) == jax.tree.structure(p_ref)
-    for a, b in zip(jax.tree.leaves(p_ours, is_leaf=lambda v: isinstance(v, nn.Partitioned)),
-                    jax.tree.leaves(p_ref, is_leaf=lambda v: isinstance(v, nn.Partitioned))):
-        assert a.names == b.names
-        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
-    params = nn.unbox(p_ours)
+    params = nn.unbox(same_params(ours, ref, x))
     params = {"params": {"scale": params["params"]["scale"] + jnp.linspace(-0.5, 0.5, 24),
                          "bias": params["params"]["bias"] + 0.3}}
     g = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
@@ -373,6 +379,10 @@ def test_layer_norm_vjp_is_layer_norm(dtype):
     tol = 1e-5 if dtype == jnp.float32 else 2 ** -7  # bf16: each rounds once, differently
     for a, b in ((y, y_ref), (dx, dx_ref), (ds, ds_ref), (db, db_ref)):
         np.testing.assert_allclose(f32(a), f32(b), rtol=tol, atol=tol * np.abs(f32(b)).max())
+    xf = x.astype(jnp.float32) + 1e-3 * g  # a float32 input (the embeddings' sum) as it comes
+    y, y_ref = ours.apply(params, xf), ref.apply(params, xf)
+    assert y.dtype == y_ref.dtype == dtype
+    np.testing.assert_allclose(f32(y), f32(y_ref), rtol=tol, atol=tol * np.abs(f32(y_ref)).max())
     out = io.StringIO()
     with contextlib.redirect_stdout(out):  # one line per residual: "f32[2,5,1] output of ..."
         print_saved_residuals(lambda p, x: ours.apply(p, x).sum(), params, x)
@@ -392,13 +402,7 @@ def test_dense_is_dense_general(dtype, monkeypatch):
     ours = M.Dense(config, 16, names, axis=(-2, -1))
     ref = nn.DenseGeneral(16, axis=(-2, -1), dtype=dtype, kernel_init=M._init(config, names),
                           bias_init=M._zeros(names[-1:]))
-    p_ours, p_ref = ours.init(jax.random.key(2), x), ref.init(jax.random.key(2), x)
-    assert jax.tree.structure(p_ours) == jax.tree.structure(p_ref)
-    for a, b in zip(jax.tree.leaves(p_ours, is_leaf=lambda v: isinstance(v, nn.Partitioned)),
-                    jax.tree.leaves(p_ref, is_leaf=lambda v: isinstance(v, nn.Partitioned))):
-        assert a.names == b.names
-        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
-    params = jax.tree.map(lambda v: v + 0.1, nn.unbox(p_ours))  # a nonzero bias
+    params = jax.tree.map(lambda v: v + 0.1, nn.unbox(same_params(ours, ref, x)))  # bias != 0
     out, out_ref = ours.apply(params, x), ref.apply(params, x)
     assert out.shape == (2, 5, 16) and out.dtype == out_ref.dtype == dtype
     tol = 1e-6 if dtype == jnp.float32 else 2 ** -7
@@ -424,6 +428,7 @@ def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):
     assert M._cpu_dense(config.replace(dtype=jnp.float16)) is None
     assert M._attention_core(config.replace(dtype=jnp.bfloat16))
     assert not M._attention_core(config) and M._attention_core(config.replace(attention_vjp=True))
+    assert not M._attention_core(config.replace(attention_vjp=True, dtype=jnp.float16))
     params = M.init_params(M.RobertaForMaskedLM(config), jax.random.key(5))
     params = jax.tree.map(lambda p: p * 3, params)  # larger activations: larger rounding
     ids = jnp.asarray(padded_batch(300, seed=4)[0])
