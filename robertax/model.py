@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from robertax import cpu_attention, cpu_products
+from robertax import cpu_attention, cpu_products, vjp_ops
 
 Array = jax.Array
 
@@ -57,9 +57,9 @@ class RobertaConfig:
     gelu_approximate: bool = False  # tanh GELU in the layers (a speed knob; RoBERTa uses erf).
     # As transformers' hidden_act="gelu_pytorch_tanh": the MLM head keeps erf.
     # LayerNorm with a hand-written backward that keeps only its input and per-row statistics
-    # (`layer_norm`); autodiff through nn.LayerNorm saves three float32 arrays of the input's
-    # size for its backward. Same parameters and math. A speed knob for GPUs, not yet measured
-    # there (tools/gpu_check.sh base_lnvjp); on a CPU neither faster nor slower.
+    # (`vjp_ops.layer_norm`); autodiff through nn.LayerNorm saves three float32 arrays of the
+    # input's size for its backward. Same parameters and math. A speed knob for GPUs, not yet
+    # measured there (tools/gpu_check.sh base_lnvjp); on a CPU neither faster nor slower.
     layer_norm_vjp: bool = False
     # Attention's core through `cpu_attention.attention` (float32 softmax, the weights kept once
     # in the compute dtype, a hand-written backward) on every backend where XLA's path would
@@ -162,7 +162,7 @@ def _layer_norm(config: RobertaConfig, name: str) -> nn.Module:
 
 class LayerNorm(nn.Module):
     """nn.LayerNorm over the last axis (the same "scale" and "bias" parameters, initial values
-    and axis names) through `layer_norm` (`model.layer_norm_vjp`)."""
+    and axis names) through `vjp_ops.layer_norm` (`model.layer_norm_vjp`)."""
     config: RobertaConfig
 
     @nn.compact
@@ -172,46 +172,8 @@ class LayerNorm(nn.Module):
         scale = self.param("scale", _ones(("embed",)), shape, c.param_dtype)
         bias = self.param("bias", _zeros(("embed",)), shape, c.param_dtype)
         # normalized from x as it comes (the embeddings' sum may be float32), as nn.LayerNorm
-        return layer_norm(x, scale, bias, c.layer_norm_eps).astype(c.dtype)
+        return vjp_ops.layer_norm(x, scale, bias, c.layer_norm_eps).astype(c.dtype)
 
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def layer_norm(x: Array, scale: Array, bias: Array, eps: float) -> Array:
-    """(x - mean) / sqrt(var + eps) * scale + bias over the last axis, computed in at least
-    float32 (the variance from the centred values) and rounded once to x's dtype.
-
-    Its backward keeps x (in x's dtype) and each row's mean and 1/std, and recomputes the
-    normalized values: dx = (g' - mean(g') - x̂ mean(g' x̂)) / std with g' = g * scale;
-    d scale = sum of g x̂ and d bias = sum of g over the rows, returned in the parameters'
-    dtype."""
-    return _layer_norm_fwd(x, scale, bias, eps)[0]
-
-
-def _layer_norm_stats(xf: Array, eps: float) -> tuple[Array, Array]:
-    mean = jnp.mean(xf, axis=-1, keepdims=True)
-    return mean, lax.rsqrt(jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True) + eps)
-
-
-def _layer_norm_fwd(x, scale, bias, eps):
-    xf = _float(x)
-    mean, rstd = _layer_norm_stats(xf, eps)
-    y = ((xf - mean) * rstd * _float(scale) + _float(bias)).astype(x.dtype)
-    return y, (x, mean, rstd, scale, bias)  # scale and bias: [D], for their dtypes
-
-
-def _layer_norm_bwd(eps, res, g):
-    x, mean, rstd, scale, bias = res
-    xhat = (_float(x) - mean) * rstd
-    gf = _float(g)
-    gs = gf * _float(scale)
-    dx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True)
-                 - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True))
-    rows = tuple(range(x.ndim - 1))
-    return (dx.astype(x.dtype), jnp.sum(gf * xhat, axis=rows).astype(scale.dtype),
-            jnp.sum(gf, axis=rows).astype(bias.dtype))
-
-
-layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 def _dense(config: RobertaConfig, features, names, name: str, axis=-1) -> "Dense":
@@ -299,39 +261,9 @@ class Dense(nn.Module):
 
 
 def gelu(x: Array, approximate: bool = False) -> Array:
-    """GELU; RoBERTa uses the exact form x/2 (1 + erf(x/sqrt 2)) (`_gelu_erf`)."""
-    return jax.nn.gelu(x, approximate=True) if approximate else _gelu_erf(x)
+    """GELU; RoBERTa uses the exact form x/2 (1 + erf(x/sqrt 2)) (`vjp_ops.gelu_erf`)."""
+    return jax.nn.gelu(x, approximate=True) if approximate else vjp_ops.gelu_erf(x)
 
-
-def _float(x: Array) -> Array:
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _normal_cdf(x: Array) -> Array:
-    return 0.5 * (1 + lax.erf(x * math.sqrt(0.5)))
-
-
-@jax.custom_vjp
-def _gelu_erf(x: Array) -> Array:
-    """x/2 (1 + erf(x/sqrt 2)) in at least float32, rounded once to x's dtype; its backward
-    keeps only x (in x's dtype) and recomputes the rest.
-
-    Written through erf, as PyTorch computes it, rather than `jax.nn.gelu`'s erfc: XLA's float32
-    erf is a short rational approximation, its erfc a longer piecewise one. On a 2-core AMD EPYC
-    (jax 0.10.2) a bf16 [8, 128, 3072] GELU forward + backward took 1.9 ms against 6.3 ms
-    (PyTorch 2.1 ms). Largest float32 error on [-10, 10] against float64: 1.2e-6 (about one
-    ulp at 10) against 6.0e-7, the derivative's 2.0e-7 against 1.4e-7."""
-    xf = _float(x)
-    return (xf * _normal_cdf(xf)).astype(x.dtype)
-
-
-def _gelu_erf_bwd(x: Array, g: Array) -> tuple[Array]:
-    xf = _float(x)
-    pdf = jnp.exp(-0.5 * xf * xf) * (1 / math.sqrt(2 * math.pi))
-    return ((_float(g) * (_normal_cdf(xf) + xf * pdf)).astype(x.dtype),)
-
-
-_gelu_erf.defvjp(lambda x: (_gelu_erf(x), x), _gelu_erf_bwd)
 
 
 def position_ids_from_input_ids(input_ids: Array, pad_token_id: int) -> Array:
@@ -396,14 +328,19 @@ def _dense_mask(amask: AttentionMask, S: int) -> Optional[Array]:
     return (jnp.arange(S)[None, :] < amask.kv_lengths[:, None])[:, None, None, :]
 
 
+def _cpu_float16(config: RobertaConfig) -> bool:
+    """float16 on the CPU, which has no float16 x float16 -> float32 products (what XLA's
+    attention path and `cpu_attention` ask for): attention takes the explicit path."""
+    return jnp.dtype(config.dtype) == jnp.float16 and jax.default_backend() == "cpu"
+
+
 def _attention_core(config: RobertaConfig) -> bool:
     """Whether XLA's attention path runs through `cpu_attention`: on the CPU in bf16, and
-    everywhere with model.attention_vjp except float16 on the CPU (which has no float16 x
-    float16 -> float32 products)."""
-    cpu, dtype = jax.default_backend() == "cpu", jnp.dtype(config.dtype)
-    if cpu and dtype == jnp.float16:
+    everywhere with model.attention_vjp except float16 on the CPU."""
+    if _cpu_float16(config):
         return False
-    return config.attention_vjp or (cpu and dtype == jnp.bfloat16)
+    return config.attention_vjp or (jax.default_backend() == "cpu"
+                                    and jnp.dtype(config.dtype) == jnp.bfloat16)
 
 
 class _Projection(nn.Module):
@@ -449,7 +386,6 @@ class SelfAttention(nn.Module):
             v = _dense(c, (N, K), ("embed", "heads", "kv"), "value")(x)  # [B, S, N, K]
         dropout = c.attention_dropout_rate > 0 and not self.deterministic
         impl = attention_implementation(c, dropout)
-        cpu_fp16 = jnp.dtype(c.dtype) == jnp.float16 and jax.default_backend() == "cpu"
         if impl == "xla" and _attention_core(c):  # bf16 on the CPU; with or without dropout
             keep = None
             if dropout:
@@ -458,7 +394,7 @@ class SelfAttention(nn.Module):
                                             1 - c.attention_dropout_rate, (B, N, L, k.shape[1]))
             out = cpu_attention.attention(q, k, v, _dense_mask(amask, k.shape[1]), keep,
                                           c.attention_dropout_rate)
-        elif dropout or cpu_fp16:
+        elif dropout or _cpu_float16(c):
             # The explicit path: dot_product_attention has no dropout on the weights, and its
             # XLA path asks for float16 x float16 -> float32 products, which CPUs do not support.
             logits = jnp.einsum("BLNK,BSNK->BNLS", q, k).astype(jnp.float32) / jnp.sqrt(K)

@@ -10,8 +10,8 @@
 # mmap and returns them with munmap, so a jitted forward+backward that returns new gradients
 # every call faults in and zeroes fresh pages each time: 0.6-1.5 s of kernel time a call on a
 # 2-core machine (README, Performance; tools/cpu_performance.md). jemalloc with purging off
-# reuses the memory. The cost: the process keeps its peak memory until it exits. robertax's train step measured already
-# fault-free with GLIBC_TUNABLES=glibc.malloc.hugetlb=1.
+# reuses the memory. The cost: the process keeps its peak memory until it exits. robertax's
+# train step measured already fault-free with GLIBC_TUNABLES=glibc.malloc.hugetlb=1.
 #
 # libjemalloc.so.2 is taken from $ROBERTAX_JEMALLOC, else the system's library directories
 # (Debian/Ubuntu: apt-get install libjemalloc2), else Debian's libjemalloc2 package is fetched
