@@ -95,6 +95,48 @@ def test_gpu_correctness_script_runs_on_cpu():
     assert "fused QKV vs f32 logits" in out.stdout and "ALL PASS" in out.stdout
 
 
+def test_gpu_check_rehearses_on_cpu(tmp_path):
+    """tools/gpu_check.sh, the one call a GPU session gets, rehearsed here: every default item
+    exists, every --config key it sets is a real key, every XLA flag it sets is one this jaxlib
+    parses, and a few items run end to end (GPU_CHECK_TINY=1: a tiny model) into the summary."""
+    import os
+    import re
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = open(os.path.join(repo, "tools", "gpu_check.sh")).read()
+    items = set(re.findall(r"^  ([a-z_0-9]+)\)", script, re.M))
+    default = re.search(r"items=\$\{\*:-([^}]*)\}", script).group(1).split()
+    assert len(items) >= 20 and default and set(default) <= items, set(default) - items
+    sys.path.insert(0, repo)
+    from configs import base
+    config = base.get_config()
+    keys = set(re.findall(r"--config\.([a-z_.]+)=", script))
+    for key in sorted(keys):
+        node = config
+        for part in key.split("."):
+            assert part in node, f"gpu_check.sh sets --config.{key}: no such config key"
+            node = node[part]
+    flags = sorted(set(re.findall(r"(--xla_[a-z_0-9]+=\w+)", script)))
+    assert len(flags) >= 5
+    env = {**os.environ, "XLA_FLAGS": " ".join(flags)}
+    out = subprocess.run([sys.executable, "-c", "import jax; print(jax.numpy.ones(2).sum())"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "2.0" in out.stdout, out.stderr[-2000:]
+    run = ["base_lnvjp", "base_cudnn_ln", "base_xla_vjp"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as on a GPU
+    env.update(GPU_CHECK_TINY="1", OUT=str(tmp_path),  # the script's python3: this one
+               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    out = subprocess.run(["bash", "tools/gpu_check.sh", *run], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "unknown item" not in out.stderr, out.stdout + out.stderr
+    rows = (tmp_path / "bench.jsonl").read_text().splitlines()
+    assert len(rows) == len(run), out.stdout + out.stderr
+    summary = out.stdout.split("== summary (seq/s) ==")[1]
+    for label in ("base-ln-vjp", "base-cudnn-ln", "base-xla-vjp-drop"):
+        assert re.search(rf"^{label} +robertax +xla +4 +\d", summary, re.M), summary
+
+
 def _tiny_bench(*extra, env=None):
     """tools/bench_model.py on a 2-layer model; its stdout and the two losses it printed."""
     import os

@@ -20,15 +20,26 @@
 # `correct` and the PyTorch baselines (measured 2026-11-26) in a second call if time is left.
 # Wheels (grain, array_record, ml_collections, tensorboardX, portpicker) are expected in .whl/
 # (`bash tools/gpu_wheels.sh` fetches them; carry [".whl"]).
+# GPU_CHECK_TINY=1: a rehearsal on the CPU before spending device time. Every item runs with a
+# 2-layer, width-64 model on 4 x 64 tokens for 2 steps, `correct` runs --small, and the XLA
+# flags are parsed by the local jaxlib (an unknown flag aborts the item): it checks the items'
+# flags, config keys and the summary, not speed (tests/test_perf.py runs a few items this way).
 set -u
 OUT=${OUT:-/tmp/gpu_check}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
+if [ "${GPU_CHECK_TINY:-0}" != 1 ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 # XLA preallocates 75% of the card by default (60 GB of an 80 GB H100): let it use 95%.
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+TINY=()
+if [ "${GPU_CHECK_TINY:-0}" = 1 ]; then
+  TINY=(--steps=2 --warmup=1 --config.model.hidden_size=64 --config.model.num_layers=2
+        --config.model.num_heads=2 --config.model.intermediate_size=128
+        --config.data.max_length=64 --config.batch_size=4)
+else
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+fi
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 items=${*:-profile_base base_lnvjp large base_xla base_xla_vjp correct torch_base base_tanh_cublaslt base_b256 torch_large base_nodrop base_cublaslt large_xla}
 J="$OUT/bench.jsonl"
@@ -41,6 +52,11 @@ run() {
   local t=$1; shift; local left=$((DEADLINE - SECONDS))
   if [ "$left" -lt 30 ]; then echo "== skipped (budget): $*" >&2; return; fi
   [ "$t" -gt "$left" ] && t=$left
+  case "$*" in *bench_train.py*) set -- "$@" "${TINY[@]}" ;;
+    *gpu_correctness.py*) [ ${#TINY[@]} -gt 0 ] && set -- "$@" --small ;;
+    *robertax.train*) [ ${#TINY[@]} -gt 0 ] && set -- "$@" --config.optim.total_steps=4 \
+      --config.data.num_workers=0 ;;
+  esac
   echo "== [$SECONDS s] $*" >&2
   timeout "$t" "$@" 2>&1 | grep -vE "^(W|I)[0-9]{4} |Warning|warn" | tee -a "$OUT/log.txt" | grep -E "^profile|^  [A-Za-z_]|seq/s|FLOPs|rel err|correctness|compiled|unsupported|Error|error|trained|loss .* nats|\[1x|\[3x"
 }
@@ -79,16 +95,17 @@ for it in $items; do case $it in
   large_xla)    run 150 $B $LARGE --label=large-xla-drop --config.batch_size=32 --config.model.attention_dropout_rate=0.1 --config.dropout_rng=rbg ;;
   base_xla_vjp) run 120 $B $BASE --label=base-xla-vjp-drop --config.batch_size=64 --config.model.attention_dropout_rate=0.1 --config.dropout_rng=rbg --config.model.attention_vjp=true ;;
   large_xla_vjp) run 150 $B $LARGE --label=large-xla-vjp-drop --config.batch_size=32 --config.model.attention_dropout_rate=0.1 --config.dropout_rng=rbg --config.model.attention_vjp=true ;;
-  train)        run 150 python3 -m robertax.train --workdir=/tmp/wd_gpu --config.optim.total_steps=60 --config.precision=bfloat16 ;;
+  train)        run 150 python3 -m robertax.train --workdir="$(mktemp -d /tmp/wd_gpu.XXXX)" --config.optim.total_steps=60 --config.precision=bfloat16 ;;
   *) echo "unknown item $it" >&2 ;;
 esac; done
 echo; echo "== summary (seq/s) =="; [ -f "$J" ] && python3 - "$J" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print(f"{'config':<16}{'framework':<24}{'attn':<7}{'batch':>6}{'seq/s':>10}{'tok/s':>12}{'TFLOP/s':>9}{'MFU':>7}{'mem GB':>8}")
+w = max(len(r["label"]) for r in rows) + 2
+print(f"{'config':<{w}}{'framework':<24}{'attn':<7}{'batch':>6}{'seq/s':>10}{'tok/s':>12}{'TFLOP/s':>9}{'MFU':>7}{'mem GB':>8}")
 for r in rows:
     mfu = f"{100*r['mfu']:.1f}%" if r.get("mfu") else "n/a"
     mem = f"{r['peak_mem_gb']:.1f}" if r.get("peak_mem_gb") else "n/a"
-    print(f"{r['label']:<16}{r['framework']:<24}{r['attention']:<7}{r['batch']:>6}{r['seq_per_s']:>10.1f}{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{mfu:>7}{mem:>8}")
+    print(f"{r['label']:<{w}}{r['framework']:<24}{r['attention']:<7}{r['batch']:>6}{r['seq_per_s']:>10.1f}{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{mfu:>7}{mem:>8}")
 print("device:", rows[0]["device"])
 PY
