@@ -54,7 +54,7 @@ from robertax import tokenizer as tokenizer_lib  # noqa: E402
 from robertax.model import RobertaConfig  # noqa: E402
 from robertax.tasks import glue, runner  # noqa: E402
 
-from robertax.train import PRECISIONS, make_dropout_rng  # noqa: E402  (shared with pretraining)
+from robertax.train import PRECISIONS, cli_config, make_dropout_rng  # noqa: E402  (shared)
 INPUT_KEYS = ("input_ids", "attention_mask")
 
 
@@ -529,11 +529,7 @@ def _predict_test(p: Prepared, p_predict, params, eval_bs: int, workdir: str) ->
 
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
-        logging.set_verbosity(logging.WARNING)
-    config = flags.FLAGS.config
-    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
-    name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+    config, name = cli_config()
     workdir = flags.FLAGS.workdir or os.path.join("workdir", "finetune", name)
     results = finetune(config, workdir)
     metrics = {k: v for k, v in results.items()

@@ -67,13 +67,25 @@ class Throughput:
 
 
 def summary(first: dict, last: dict, steps: int, tokens: int, seconds: float,
-            eval_first: dict | None = None, eval_last: dict | None = None) -> str:
+            eval_first: dict | None = None, eval_last: dict | None = None,
+            windows: int = 2) -> str:
+    """The end-of-run lines. `first`/`last`: the metrics of the first and last logging window
+    (means over log_every steps); with one window there is no fall to report."""
     lines = [f"trained {steps} steps, {tokens:,} tokens in {seconds:.1f} s "
-             f"({tokens / max(seconds, 1e-9):,.0f} tokens/s)",
-             f"train loss {first['loss']:.3f} -> {last['loss']:.3f} nats "
-             f"(perplexity {math.exp(first['loss']):.1f} -> {math.exp(last['loss']):.1f}; "
-             f"fell {first['loss'] - last['loss']:.3f} nats)"]
-    if eval_first and eval_last:
+             f"({tokens / max(seconds, 1e-9):,.0f} tokens/s)"]
+    if windows < 2:
+        lines.append(f"train loss {last['loss']:.3f} nats (perplexity "
+                     f"{math.exp(last['loss']):.1f}) over the run's one logging window; set "
+                     f"log_every below {steps} steps to see it fall")
+    else:
+        lines.append(f"train loss {first['loss']:.3f} -> {last['loss']:.3f} nats "
+                     f"(perplexity {math.exp(first['loss']):.1f} -> "
+                     f"{math.exp(last['loss']):.1f}; fell {first['loss'] - last['loss']:.3f} "
+                     f"nats)")
+    if eval_last and eval_first is eval_last:  # one evaluation
+        lines.append(f"eval loss  {eval_last['eval_loss']:.3f} nats (perplexity "
+                     f"{eval_last['eval_perplexity']:.1f}), one evaluation")
+    elif eval_first and eval_last:
         lines.append(f"eval loss  {eval_first['eval_loss']:.3f} -> {eval_last['eval_loss']:.3f} "
                      f"nats (perplexity {eval_first['eval_perplexity']:.1f} -> "
                      f"{eval_last['eval_perplexity']:.1f})")

@@ -23,6 +23,7 @@ if _REPO not in sys.path:  # config files import `configs.base`
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
@@ -215,6 +216,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
     preempt = _Preemption()
     total = config.optim.total_steps
     first = last = eval_first = eval_last = None
+    windows = 0  # logging windows seen (first and last are means over the first and last)
     pending, tput, overflow = [], observe.Throughput(), 0
     tokens_seen, t_start = 0, time.perf_counter()
 
@@ -255,6 +257,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
                 last["mfu"] = m
             last.pop("skipped", None)
             first = first or dict(last)
+            windows += 1
             writer.write(step, last)
             bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
         if step % config.eval_every == 0 or step == total:
@@ -277,17 +280,23 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
               "first": first, "last": last, "eval_first": eval_first, "eval_last": eval_last}
     if first and last and jax.process_index() == 0:
         print(observe.summary(first, last, step - start, tokens_seen, seconds, eval_first,
-                              eval_last), flush=True)
+                              eval_last, windows=windows), flush=True)
     return result
+
+
+def cli_config() -> tuple[ml_collections.ConfigDict, str]:
+    """For a program's main: the --config flag's config and its file's name (the default
+    workdir's last part). Quiets absl logging to warnings unless --verbosity is given (Orbax
+    logs every save at INFO)."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    return flags.FLAGS.config, os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
 
 
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
-        logging.set_verbosity(logging.WARNING)
-    config = flags.FLAGS.config
-    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
-    name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+    config, name = cli_config()
     train(config, flags.FLAGS.workdir or os.path.join("workdir", name))
 
 

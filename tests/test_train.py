@@ -39,7 +39,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert split == full  # bitwise on the CPU
 
 
-def test_main_job_loss_falls_and_writes_outputs(tmp_path):
+def test_main_job_loss_falls_and_writes_outputs(tmp_path, capsys):
     c = config(60)
     c.log_every = 10
     c.eval_every = 30
@@ -59,6 +59,23 @@ def test_main_job_loss_falls_and_writes_outputs(tmp_path):
     assert os.listdir(tmp_path / "tensorboard")
     assert json.load(open(tmp_path / "config.json"))["model"]["vocab_size"] == 8192
     assert result["steps"] == 60 and result["tokens"] > 60 * 16 * 100
+    printed = capsys.readouterr().out  # the summary: first and last window, two evaluations
+    fell = float(printed.split("; fell ")[1].split()[0])
+    assert fell == pytest.approx(train_rows[0]["loss"] - train_rows[-1]["loss"], abs=1e-3)
+    assert f"eval loss  {eval_rows[0]['eval_loss']:.3f} -> {eval_rows[-1]['eval_loss']:.3f}" \
+        in printed
+
+
+def test_summary_with_one_logging_window_claims_no_fall():
+    row = {"loss": 8.958}
+    ev = {"eval_loss": 8.749, "eval_perplexity": math.exp(8.749)}
+    text = observe.summary(row, row, 3, 10_849, 5.5, ev, ev, windows=1)
+    assert "fell" not in text and "->" not in text
+    assert (f"train loss 8.958 nats (perplexity {math.exp(8.958):.1f}) over the run's one "
+            "logging window; set log_every below 3 steps") in text
+    assert f"eval loss  8.749 nats (perplexity {math.exp(8.749):.1f}), one evaluation" in text
+    two = observe.summary({"loss": 9.0}, {"loss": 8.5}, 40, 1, 1.0, windows=2)
+    assert "train loss 9.000 -> 8.500 nats" in two and "fell 0.500 nats" in two
 
 
 def test_nan_loss_stops_with_the_step(tmp_path):
