@@ -15,9 +15,11 @@
 # unless its label says otherwise.
 # GPU_CHECK_BUDGET_S (default 540): items that would start after it are skipped. Measured on an
 # H100 (2026-11-26): correct up to 240 s, an unrolled base item ~70 s, large ~115 s,
-# torch_base ~65 s, torch_large ~130 s (torch.compile). The default list is in priority order:
-# the timings the issue still lacks and the untested speed switches first; the rest of
-# `correct` and the PyTorch baselines (measured 2026-11-26) in a second call if time is left.
+# torch_base ~65 s, torch_large ~130 s (torch.compile). The default list is in priority order
+# (about 330 s before `correct`, which then gets the ~210 s left): the base and large timings
+# the issue lacks, with base's PyTorch baseline in the same run, the unrolled step's profile,
+# one untested switch (layer_norm_vjp), then the correctness checks; the attention-dropout
+# rows (base_xla, base_xla_vjp) and the rest in a second call if time is left.
 # Wheels (grain, array_record, ml_collections, tensorboardX, portpicker) are expected in .whl/
 # (`bash tools/gpu_wheels.sh` fetches them; carry [".whl"]).
 # GPU_CHECK_TINY=1: a rehearsal on the CPU before spending device time. Every item runs with a
@@ -41,7 +43,7 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-items=${*:-profile_base base_lnvjp large base_xla base_xla_vjp correct torch_base base_tanh_cublaslt base_b256 torch_large base_nodrop base_cublaslt large_xla}
+items=${*:-profile_base large torch_base base_lnvjp correct base_xla_vjp base_xla torch_large base_tanh_cublaslt base_b256 base_nodrop base_cublaslt large_xla}
 J="$OUT/bench.jsonl"
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-540}))  # items that would start past it are skipped
 B="python3 tools/bench_train.py --json_out=$J --steps=10 --warmup=2"
