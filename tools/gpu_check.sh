@@ -54,7 +54,7 @@ run() {
   local t=$1; shift; local left=$((DEADLINE - SECONDS))
   if [ "$left" -lt 30 ]; then echo "== skipped (budget): $*" >&2; return; fi
   [ "$t" -gt "$left" ] && t=$left
-  case "$*" in *bench_train.py*) set -- "$@" "${TINY[@]}" ;;
+  case "$*" in *bench_train.py*) set -- "$@" ${TINY[@]+"${TINY[@]}"} ;;
     *gpu_correctness.py*) [ ${#TINY[@]} -gt 0 ] && set -- "$@" --small ;;
     *robertax.train*) [ ${#TINY[@]} -gt 0 ] && set -- "$@" --config.optim.total_steps=4 \
       --config.data.num_workers=0 ;;
