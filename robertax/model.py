@@ -175,7 +175,6 @@ class LayerNorm(nn.Module):
         return vjp_ops.layer_norm(x, scale, bias, c.layer_norm_eps).astype(c.dtype)
 
 
-
 def _dense(config: RobertaConfig, features, names, name: str, axis=-1) -> "Dense":
     return Dense(config, features, names, axis, name=name)
 
@@ -263,7 +262,6 @@ class Dense(nn.Module):
 def gelu(x: Array, approximate: bool = False) -> Array:
     """GELU; RoBERTa uses the exact form x/2 (1 + erf(x/sqrt 2)) (`vjp_ops.gelu_erf`)."""
     return jax.nn.gelu(x, approximate=True) if approximate else vjp_ops.gelu_erf(x)
-
 
 
 def position_ids_from_input_ids(input_ids: Array, pad_token_id: int) -> Array:

@@ -67,13 +67,13 @@ class Throughput:
 
 
 def summary(first: dict, last: dict, steps: int, tokens: int, seconds: float,
-            eval_first: dict | None = None, eval_last: dict | None = None,
-            windows: int = 2) -> str:
+            eval_first: dict | None = None, eval_last: dict | None = None) -> str:
     """The end-of-run lines. `first`/`last`: the metrics of the first and last logging window
-    (means over log_every steps); with one window there is no fall to report."""
+    (means over log_every steps), the same dict when there was one window (no fall to report);
+    likewise `eval_first`/`eval_last` for evaluations."""
     lines = [f"trained {steps} steps, {tokens:,} tokens in {seconds:.1f} s "
              f"({tokens / max(seconds, 1e-9):,.0f} tokens/s)"]
-    if windows < 2:
+    if first is last:  # one logging window
         lines.append(f"train loss {last['loss']:.3f} nats (perplexity "
                      f"{math.exp(last['loss']):.1f}) over the run's one logging window; set "
                      f"log_every below {steps} steps to see it fall")

@@ -216,7 +216,6 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
     preempt = _Preemption()
     total = config.optim.total_steps
     first = last = eval_first = eval_last = None
-    windows = 0  # logging windows seen (first and last are means over the first and last)
     pending, tput, overflow = [], observe.Throughput(), 0
     tokens_seen, t_start = 0, time.perf_counter()
 
@@ -256,8 +255,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
             if m is not None:
                 last["mfu"] = m
             last.pop("skipped", None)
-            first = first or dict(last)
-            windows += 1
+            first = first or last  # the same dict while there has been one window
             writer.write(step, last)
             bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
         if step % config.eval_every == 0 or step == total:
@@ -280,7 +278,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
               "first": first, "last": last, "eval_first": eval_first, "eval_last": eval_last}
     if first and last and jax.process_index() == 0:
         print(observe.summary(first, last, step - start, tokens_seen, seconds, eval_first,
-                              eval_last, windows=windows), flush=True)
+                              eval_last), flush=True)
     return result
 
 

@@ -112,8 +112,7 @@ def test_gpu_check_rehearses_on_cpu(tmp_path):
     items = set(re.findall(r"^  ([a-z_0-9]+)\)", script, re.M))
     default = re.search(r"items=\$\{\*:-([^}]*)\}", script).group(1).split()
     assert len(items) >= 20 and default and set(default) <= items, set(default) - items
-    sys.path.insert(0, repo)
-    from configs import base
+    from configs import base  # the repository is on sys.path (conftest.py)
     config = base.get_config()
     keys = set(re.findall(r"--config\.([a-z_.]+)=", script))
     for key in sorted(keys):

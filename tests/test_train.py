@@ -69,12 +69,12 @@ def test_main_job_loss_falls_and_writes_outputs(tmp_path, capsys):
 def test_summary_with_one_logging_window_claims_no_fall():
     row = {"loss": 8.958}
     ev = {"eval_loss": 8.749, "eval_perplexity": math.exp(8.749)}
-    text = observe.summary(row, row, 3, 10_849, 5.5, ev, ev, windows=1)
+    text = observe.summary(row, row, 3, 10_849, 5.5, ev, ev)  # one window, one evaluation
     assert "fell" not in text and "->" not in text
     assert (f"train loss 8.958 nats (perplexity {math.exp(8.958):.1f}) over the run's one "
             "logging window; set log_every below 3 steps") in text
     assert f"eval loss  8.749 nats (perplexity {math.exp(8.749):.1f}), one evaluation" in text
-    two = observe.summary({"loss": 9.0}, {"loss": 8.5}, 40, 1, 1.0, windows=2)
+    two = observe.summary({"loss": 9.0}, {"loss": 8.5}, 40, 1, 1.0)
     assert "train loss 9.000 -> 8.500 nats" in two and "fell 0.500 nats" in two
 
 
