@@ -7,6 +7,13 @@ needed); `pytorch_model.bin` is read with `torch.load(weights_only=True)`.
     python -m robertax.convert --src=hf_dir --dst=out_dir            # hf -> robertax
     python -m robertax.convert --src=ckpt_dir --dst=hf_dir --dst_format=hf
     python -m robertax.convert --src=roberta.base/model.pt --dst=out_dir   # fairseq (fairseq.py)
+    python -m robertax.convert --src=ckpt_dir --dst=out/model.pt          # writes fairseq (.pt)
+
+Hugging Face weights may be one file or shards listed by an index (`model.safetensors.index.json`,
+`pytorch_model.bin.index.json`). Heads: masked LM, sentence classification (or, for RACE, HF's
+RobertaForMultipleChoice: its pooler + Linear(D, 1) is our classifier's dense + out) and the
+SQuAD span head (HF's qa_outputs). Label names travel: HF id2label <-> "labels" in
+robertax_config.json, as fine-tuning writes it.
 
 Layout differences (torch Linear stores (out, in); Flax kernels are (in, out)):
   linear   W[out, in]        -> kernel[in, out]
@@ -17,6 +24,7 @@ Layout differences (torch Linear stores (out, in); Flax kernels are (in, out)):
 
 from __future__ import annotations
 
+import filecmp
 import json
 import logging
 import os
@@ -32,6 +40,7 @@ class Row(NamedTuple):
     hf: str  # Hugging Face name ("{i}" = layer index); "" if absent in that format
     fairseq: str  # fairseq name, released layout ("" if absent)
     kind: str  # copy | linear | qkv_w | qkv_b | attn_out_w | vocab | vocab_bias | type_rows
+    hf_choice: str = ""  # the name in HF's RobertaForMultipleChoice where it differs from `hf`
 
 
 _E = ("encoder", "embed")
@@ -84,21 +93,34 @@ TABLE: list[Row] = [
     Row(("mlm_head", "norm", "bias"), "lm_head.layer_norm.bias", "decoder.lm_head.layer_norm.bias",
         "copy"),
     Row(("mlm_head", "bias"), "lm_head.bias", "decoder.lm_head.bias", "vocab_bias"),
-    # sentence classification head ("{h}" = the fairseq head's name, e.g. mnli)
+    # sentence classification head ("{h}" = the fairseq head's name, e.g. mnli). As RACE's
+    # one-output scorer it is HF's RobertaForMultipleChoice: pooler (dense, tanh) + classifier.
     Row(("classifier", "dense", "kernel"), "classifier.dense.weight",
-        "classification_heads.{h}.dense.weight", "linear"),
+        "classification_heads.{h}.dense.weight", "linear", "roberta.pooler.dense.weight"),
     Row(("classifier", "dense", "bias"), "classifier.dense.bias",
-        "classification_heads.{h}.dense.bias", "copy"),
+        "classification_heads.{h}.dense.bias", "copy", "roberta.pooler.dense.bias"),
     Row(("classifier", "out", "kernel"), "classifier.out_proj.weight",
-        "classification_heads.{h}.out_proj.weight", "linear"),
+        "classification_heads.{h}.out_proj.weight", "linear", "classifier.weight"),
     Row(("classifier", "out", "bias"), "classifier.out_proj.bias",
-        "classification_heads.{h}.out_proj.bias", "copy"),
+        "classification_heads.{h}.out_proj.bias", "copy", "classifier.bias"),
+    # SQuAD span head: HF's qa_outputs = Linear(D, 2), output 0 the start logit, 1 the end
+    # (ours: kernel [D, 2], column 0 start). fairseq has no such head.
+    Row(("span", "kernel"), "qa_outputs.weight", "", "linear"),
+    Row(("span", "bias"), "qa_outputs.bias", "", "copy"),
 ]
 
-# Names transformers writes that carry no information of their own (tied copies, buffers).
+# Names transformers writes that carry no information of their own (tied copies, buffers);
+# `read_hf` checks that the tied copies equal what they copy.
 HF_DERIVED = ("lm_head.decoder.weight", "lm_head.decoder.bias",
               "roberta.embeddings.position_ids", "embeddings.position_ids")
-HEADS = ("mlm_head", "classifier")
+HEADS = ("mlm_head", "classifier", "span")
+# Weight files of a Hugging Face directory, in the order transformers prefers them.
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+              "pytorch_model.bin.index.json")
+# robertax_config.json keys that describe the model's head and travel with it between formats
+# ("task", "labels", "num_labels", "num_choices", "squad_version" are fine-tuning's own).
+META_KEYS = ("task", "labels", "num_labels", "num_choices", "squad_version", "fairseq_head",
+             "multiple_choice")
 
 
 # --- layout transforms: (torch tensor, config) -> ours, and back ---------------------------
@@ -148,6 +170,8 @@ def _expected_shape(row: Row, c: RobertaConfig, num_labels: int | None) -> tuple
     }
     if name[-2:] in shapes:
         return shapes[name[-2:]]
+    if name[0] == "span":
+        return {"kernel": (2, D), "bias": (2,)}[name[-1]]
     if name[0] == "classifier":
         out = {("dense", "kernel"): (D, D), ("dense", "bias"): (D,),
                ("out", "kernel"): (num_labels, D), ("out", "bias"): (num_labels,)}
@@ -222,7 +246,15 @@ def tensors_to_params(tensors: dict[str, np.ndarray], c: RobertaConfig, name_of:
 
 
 def params_to_tensors(params: dict, c: RobertaConfig, name_of: Callable[[Row], str],
-                      dtype=np.float32) -> dict[str, np.ndarray]:
+                      dtype=np.float32, dest: str = "") -> dict[str, np.ndarray]:
+    """PyTorch-layout tensors by name. Top-level params (heads) that have no row in the
+    destination format (e.g. SQuAD v2's "answerable", an "nsp_head") are left out with a warning."""
+    written = {row.ours[0] for row in TABLE if name_of(row)}
+    dropped = sorted(k for k in params if k not in written)
+    if dropped:
+        logging.warning("%s has no place for %s: not written (the converted model lacks %s)",
+                        dest or "the destination format", dropped,
+                        "this head" if len(dropped) == 1 else "these heads")
     out = {}
     for row in TABLE:
         template = name_of(row)
@@ -239,18 +271,52 @@ def params_to_tensors(params: dict, c: RobertaConfig, name_of: Callable[[Row], s
 
 # --- Hugging Face --------------------------------------------------------------------------
 
-def _read_hf_tensors(path: str) -> dict[str, np.ndarray]:
-    st = os.path.join(path, "model.safetensors")
-    if os.path.exists(st):
+def _read_weights_file(file: str) -> dict[str, np.ndarray]:
+    if file.endswith(".safetensors"):
         from safetensors.numpy import load_file
-        return load_file(st)
-    binary = os.path.join(path, "pytorch_model.bin")
-    if os.path.exists(binary):
-        import torch
-        state = torch.load(binary, map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
-                for k, v in state.items()}
-    raise FileNotFoundError(f"{path}: neither model.safetensors nor pytorch_model.bin found")
+        return load_file(file)
+    import torch
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+            for k, v in state.items()}
+
+
+def hf_weights_file(path: str) -> str | None:
+    """The weights file (or shard index) of a Hugging Face directory, if it has one."""
+    for name in HF_WEIGHTS:
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    return None
+
+
+def _read_hf_tensors(path: str) -> tuple[dict[str, np.ndarray], str]:
+    """All tensors of a Hugging Face directory (one file, or the shards its index lists) and
+    the file they were read through (for messages)."""
+    file = hf_weights_file(path)
+    if file is None:
+        raise FileNotFoundError(f"{path}: no weights found (expected one of {list(HF_WEIGHTS)})")
+    if not file.endswith(".index.json"):
+        return _read_weights_file(file), file
+    with open(file) as f:
+        try:
+            weight_map = json.load(f).get("weight_map")
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{file}: not valid JSON ({e})") from e
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{file}: no 'weight_map' (tensor name -> shard file)")
+    tensors: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = os.path.join(path, shard)
+        if not os.path.isfile(shard_path):
+            names = [k for k, v in weight_map.items() if v == shard]
+            raise FileNotFoundError(f"{file} lists shard {shard}, which is missing ({shard_path}; "
+                                    f"it holds {len(names)} tensor(s), e.g. {names[0]!r})")
+        tensors.update(_read_weights_file(shard_path))
+    missing = sorted(k for k in weight_map if k not in tensors)
+    if missing:
+        raise KeyError(f"{file}: tensor(s) {missing[:5]} not found in the shards it names "
+                       f"({weight_map[missing[0]]} for {missing[0]!r})")
+    return tensors, file
 
 
 # transformers' hidden_act names -> gelu_approximate ("gelu_new" is the same tanh formula).
@@ -268,6 +334,11 @@ def hf_config_to_ours(hf: dict, source: str, **overrides) -> RobertaConfig:
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"{source}: position_embedding_type {hf['position_embedding_type']!r} "
                          "is not supported (RoBERTa uses 'absolute')")
+    for key in ("is_decoder", "add_cross_attention"):
+        if hf.get(key):
+            raise ValueError(f"{source}: {key} is true (a causal decoder / cross-attention "
+                             "model, e.g. RobertaForCausalLM); robertax computes RoBERTa's "
+                             "bidirectional encoder")
     return RobertaConfig(**{**dict(
         vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
         num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
@@ -281,40 +352,105 @@ def hf_config_to_ours(hf: dict, source: str, **overrides) -> RobertaConfig:
         gelu_approximate=HF_GELU[act]), **overrides})
 
 
-def _hf_name(prefix: str):
+def _hf_name(prefix: str, multiple_choice: bool = False):
     def name_of(row: Row) -> str:
-        if not row.hf:
+        name = (multiple_choice and row.hf_choice) or row.hf
+        if not name:
             return ""
-        return row.hf.replace("roberta.", prefix, 1) if row.hf.startswith("roberta.") else row.hf
+        return name.replace("roberta.", prefix, 1) if name.startswith("roberta.") else name
     return name_of
 
 
-def from_hf(path: str, **config_overrides) -> tuple[RobertaConfig, dict]:
-    """Reads a Hugging Face RoBERTa directory (config.json + model.safetensors or
-    pytorch_model.bin) -> (RobertaConfig, params). Heads found in the file are included
-    (`mlm_head`, `classifier`); unused tensors (e.g. a pooler) are logged by name."""
+def _check_tied(tensors: dict, prefix: str, hf: dict, file: str, cfg_path: str) -> None:
+    """transformers ties lm_head.decoder to the token embeddings (and its bias to lm_head.bias)
+    unless tie_word_embeddings is false; robertax's MLM head always projects with the table."""
+    embed = f"{prefix}embeddings.word_embeddings.weight"
+    pairs = (("lm_head.decoder.weight", embed), ("lm_head.decoder.bias", "lm_head.bias"))
+    for copy, original in pairs:
+        if copy in tensors and original in tensors and not np.array_equal(tensors[copy],
+                                                                          tensors[original]):
+            raise ValueError(
+                f"{file}: {copy} differs from {original} (an untied MLM head; config "
+                f"tie_word_embeddings={hf.get('tie_word_embeddings', True)}); robertax's MLM "
+                "head projects with the token embeddings, so these logits cannot be reproduced")
+    if hf.get("tie_word_embeddings") is False and "lm_head.dense.weight" in tensors \
+            and "lm_head.decoder.weight" not in tensors:
+        raise ValueError(f"{cfg_path}: tie_word_embeddings is false but {file} has no "
+                         "lm_head.decoder.weight: the MLM head's projection is missing")
+
+
+def _labels_from_hf(hf: dict, n: int) -> list[str] | None:
+    """id2label as a list in id order, unless it is transformers' default LABEL_i."""
+    id2label = hf.get("id2label") or {}
+    try:
+        labels = [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(n)]
+    except KeyError:
+        return None
+    return None if labels == [f"LABEL_{i}" for i in range(n)] else [str(x) for x in labels]
+
+
+def read_hf(path: str, **config_overrides) -> tuple[RobertaConfig, dict, dict]:
+    """`from_hf`, plus the metadata robertax keeps beside a model (robertax_config.json):
+    `labels` (config.json's id2label in id order, unless the default LABEL_i) and
+    `multiple_choice` (a RobertaForMultipleChoice checkpoint)."""
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{cfg_path} not found: not a Hugging Face model directory")
     with open(cfg_path) as f:
         hf = json.load(f)
     config = hf_config_to_ours(hf, cfg_path, **config_overrides)
-    tensors = _read_hf_tensors(path)
+    tensors, file = _read_hf_tensors(path)
     # RobertaModel (no head) saves without the "roberta." prefix.
     prefix = "roberta." if any(k.startswith("roberta.") for k in tensors) else ""
+    _check_tied(tensors, prefix, hf, file, cfg_path)
+    meta: dict = {}
+    # RobertaForMultipleChoice: pooler + Linear(D, 1). (RobertaForTokenClassification's
+    # per-token classifier.weight has no pooler; it is logged as unused.)
+    choice = "classifier.weight" in tensors and f"{prefix}pooler.dense.weight" in tensors
     num_labels = None
-    if "classifier.out_proj.weight" in tensors:
-        num_labels = tensors["classifier.out_proj.weight"].shape[0]
-    params = tensors_to_params(tensors, config, _hf_name(prefix), path, num_labels, HF_DERIVED)
+    for name in ("classifier.out_proj.weight", "classifier.weight")[:1 + choice]:
+        if name in tensors:
+            num_labels = int(tensors[name].shape[0])
+    if choice:
+        meta["multiple_choice"] = True
+    elif num_labels is not None:
+        labels = _labels_from_hf(hf, num_labels)
+        if labels:
+            meta["labels"] = labels
+    params = tensors_to_params(tensors, config, _hf_name(prefix, choice), file, num_labels,
+                               HF_DERIVED)
+    return config, params, meta
+
+
+def from_hf(path: str, **config_overrides) -> tuple[RobertaConfig, dict]:
+    """Reads a Hugging Face RoBERTa directory (config.json + model.safetensors or
+    pytorch_model.bin, or their sharded form with an index) -> (RobertaConfig, params). Heads
+    found in the file are included (`mlm_head`, `classifier`, `span`); unused tensors are
+    logged by name. Label names and the kind of head: `read_hf`."""
+    config, params, _ = read_hf(path, **config_overrides)
     return config, params
 
 
-def hf_config(config: RobertaConfig, params: dict, id2label: dict | None = None) -> dict:
+def _multiple_choice(meta: dict) -> bool:
+    """Whether a classifier is a multiple-choice scorer (RACE: one score per choice)."""
+    return bool(meta.get("multiple_choice") or "num_choices" in meta
+                or str(meta.get("task", "")).upper() == "RACE")
+
+
+def hf_config(config: RobertaConfig, params: dict, id2label: dict | None = None, *,
+              meta: dict | None = None) -> dict:
+    """config.json for `params`. `meta` (robertax_config.json's extras) names the labels
+    ("labels") and tells a multiple-choice classifier (RACE) from a regression one."""
+    meta = meta or {}
+    choice = "classifier" in params and _multiple_choice(meta)
     archs = []
     if "mlm_head" in params:
         archs.append("RobertaForMaskedLM")
     if "classifier" in params:
-        archs.append("RobertaForSequenceClassification")
+        archs.append("RobertaForMultipleChoice" if choice else
+                     "RobertaForSequenceClassification")
+    if "span" in params:
+        archs.append("RobertaForQuestionAnswering")
     out = {
         "architectures": archs or ["RobertaModel"], "model_type": "roberta",
         "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
@@ -329,27 +465,40 @@ def hf_config(config: RobertaConfig, params: dict, id2label: dict | None = None)
         "bos_token_id": 0, "eos_token_id": 2, "position_embedding_type": "absolute",
         "tie_word_embeddings": True,
     }
-    if "classifier" in params:
+    if meta.get("task"):
+        out["finetuning_task"] = meta["task"]
+    n = None
+    if "classifier" in params and not choice:
         n = int(np.shape(params["classifier"]["out"]["kernel"])[-1])
+        if id2label is None and meta.get("labels") and len(meta["labels"]) == n:
+            id2label = dict(enumerate(meta["labels"]))
+        if n == 1:
+            out["problem_type"] = "regression"
+    elif "span" in params:
+        n = 2  # RobertaForQuestionAnswering sizes qa_outputs by num_labels
+    if n is not None:
         id2label = id2label or {i: f"LABEL_{i}" for i in range(n)}
         out["id2label"] = {str(k): v for k, v in id2label.items()}
         out["label2id"] = {v: int(k) for k, v in id2label.items()}
-        if n == 1:
-            out["problem_type"] = "regression"
     return out
 
 
-def to_hf(config: RobertaConfig, params: dict, path: str, id2label: dict | None = None) -> None:
-    """Writes a directory that `transformers.RobertaForMaskedLM.from_pretrained(path)` (or
-    `RobertaForSequenceClassification`, for a classifier) loads: config.json + model.safetensors."""
+def to_hf(config: RobertaConfig, params: dict, path: str, id2label: dict | None = None, *,
+          meta: dict | None = None) -> None:
+    """Writes a directory that `transformers.RobertaForMaskedLM.from_pretrained(path)` (or the
+    class for its head: `RobertaForSequenceClassification`, `RobertaForMultipleChoice`,
+    `RobertaForQuestionAnswering`) loads: config.json + model.safetensors. `meta`: see
+    `hf_config`."""
     from safetensors.numpy import save_file
     params = _to_numpy(params)
     os.makedirs(path, exist_ok=True)
     prefix = "roberta." if any(h in params for h in HEADS) else ""
-    tensors = params_to_tensors(params, config, _hf_name(prefix))
+    choice = "classifier" in params and _multiple_choice(meta or {})
+    tensors = params_to_tensors(params, config, _hf_name(prefix, choice),
+                                dest=f"{path} (Hugging Face)")
     save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(hf_config(config, params, id2label), f, indent=2)
+        json.dump(hf_config(config, params, id2label, meta=meta), f, indent=2)
 
 
 def _to_numpy(params) -> dict:
@@ -362,85 +511,119 @@ def _to_numpy(params) -> dict:
 
 def detect_format(path: str) -> str:
     from robertax import checkpoint
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
     if os.path.isfile(path) and path.endswith(".pt"):
         return "fairseq"
     if os.path.exists(os.path.join(path, "model.pt")):
         return "fairseq"
-    if os.path.exists(os.path.join(path, "config.json")) and any(
-            os.path.exists(os.path.join(path, f)) for f in ("model.safetensors",
-                                                            "pytorch_model.bin")):
+    if os.path.exists(os.path.join(path, "config.json")) and hf_weights_file(path):
         return "hf"
     if checkpoint.is_model_dir(path) or checkpoint.is_train_dir(path):
         return "robertax"
     raise ValueError(f"{path}: cannot tell its format (expected a Hugging Face dir with "
-                     "config.json + model.safetensors, a fairseq model.pt, or a robertax model "
-                     "or training dir); pass --src_format")
+                     "config.json + model.safetensors (or pytorch_model.bin, or a sharded "
+                     "*.index.json), a fairseq model.pt, or a robertax model or training dir); "
+                     "pass --src_format")
+
+
+def read_with_meta(path: str, fmt: str | None = None, *, trusted: bool = False,
+                   head: str | None = None) -> tuple[RobertaConfig, dict, dict]:
+    """`read`, plus the metadata that travels with the model (`META_KEYS`: label names, the
+    task, the fairseq head's name, ...)."""
+    fmt = fmt or detect_format(path)
+    if fmt == "hf":
+        return read_hf(path)
+    if fmt == "robertax":
+        from robertax import checkpoint
+        config, params, meta = checkpoint.load_model(path)
+        return config, params, {k: meta[k] for k in META_KEYS if k in meta}
+    if fmt == "fairseq":
+        from robertax import fairseq
+        return fairseq.read_fairseq(path, trusted=trusted, head=head)
+    raise ValueError(f"unknown format {fmt!r}: use hf, fairseq or robertax")
 
 
 def read(path: str, fmt: str | None = None, *, trusted: bool = False,
          head: str | None = None) -> tuple[RobertaConfig, dict]:
     """`trusted` (unrestricted unpickling) and `head` (which classification head) are for
     fairseq's model.pt."""
-    fmt = fmt or detect_format(path)
-    if fmt == "hf":
-        return from_hf(path)
-    if fmt == "robertax":
-        from robertax import checkpoint
-        config, params, _ = checkpoint.load_model(path)
-        return config, params
-    if fmt == "fairseq":
-        from robertax import fairseq
-        return fairseq.from_fairseq(path, trusted=trusted, head=head)
-    raise ValueError(f"unknown format {fmt!r}: use hf, fairseq or robertax")
+    config, params, _ = read_with_meta(path, fmt, trusted=trusted, head=head)
+    return config, params
 
 
 def write(config: RobertaConfig, params: dict, path: str, fmt: str, *, head: str | None = None,
-          dictionary: str | None = None) -> None:
+          dictionary: str | None = None, meta: dict | None = None) -> None:
     """`dictionary`: a fairseq dict.txt that travels with the model (copied beside it), so a
-    later conversion to fairseq finds it; `head` names the fairseq classification head."""
+    later conversion to fairseq finds it; `head` names the fairseq classification head
+    (default: meta's "fairseq_head"); `meta`: what `read_with_meta` returned (label names, ...)."""
+    meta = dict(meta or {})
+    copy = os.path.join(path, "dict.txt")
+    if dictionary and fmt != "fairseq" and os.path.exists(copy) and not filecmp.cmp(
+            dictionary, copy, shallow=False):
+        raise ValueError(f"{copy} already exists and differs from the model's dictionary "
+                         f"{dictionary}; not overwriting it (move it away)")
     if fmt == "hf":
-        to_hf(config, params, path)
+        to_hf(config, params, path, meta=meta)
     elif fmt == "robertax":
         from robertax import checkpoint
-        checkpoint.save_model(path, config, _to_numpy(params))
+        checkpoint.save_model(path, config, _to_numpy(params), meta or None)
     elif fmt == "fairseq":
         from robertax import fairseq
-        fairseq.to_fairseq(config, params, path, head=head, dictionary=dictionary)
+        fairseq.to_fairseq(config, params, path, head=head or meta.get("fairseq_head"),
+                           dictionary=dictionary)
     else:
         raise ValueError(f"unknown format {fmt!r}: use hf, fairseq or robertax")
-    copy = os.path.join(path, "dict.txt")
     if dictionary and fmt != "fairseq" and os.path.abspath(dictionary) != os.path.abspath(copy):
         import shutil
         shutil.copyfile(dictionary, copy)
 
 
 def main(argv=None) -> None:
+    """The CLI's work; bad input raises (see `_cli` for the one-line errors)."""
     import argparse
     parser = argparse.ArgumentParser(prog="python -m robertax.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", required=True)
     parser.add_argument("--dst", required=True)
     parser.add_argument("--src_format", choices=("hf", "fairseq", "robertax"))
-    parser.add_argument("--dst_format", choices=("hf", "fairseq", "robertax"))
+    parser.add_argument("--dst_format", choices=("hf", "fairseq", "robertax"),
+                        help="default: fairseq for a --dst ending in .pt, else robertax (hf "
+                             "when the source is robertax)")
     parser.add_argument("--trust_pickle", action="store_true",
                         help="fairseq: unpickle model.pt without restrictions (runs code the "
                              "file names; only for files you trust)")
     parser.add_argument("--fairseq_head", help="fairseq: the classification head to read "
-                        "(when there are several) / the name to write it under")
+                        "(when there are several) / the name to write it under (default: the "
+                        "name it was read under)")
     args = parser.parse_args(argv)
+    if not os.path.exists(args.src):
+        raise FileNotFoundError(f"--src={args.src} does not exist")
     src_format = args.src_format or detect_format(args.src)
-    dst_format = args.dst_format or ("robertax" if src_format != "robertax" else "hf")
-    config, params = read(args.src, src_format, trusted=args.trust_pickle,
-                          head=args.fairseq_head)
+    dst_format = args.dst_format or ("fairseq" if args.dst.endswith(".pt") else
+                                     "robertax" if src_format != "robertax" else "hf")
+    config, params, meta = read_with_meta(args.src, src_format, trusted=args.trust_pickle,
+                                          head=args.fairseq_head)
     from robertax import fairseq
     write(config, params, args.dst, dst_format, head=args.fairseq_head,
-          dictionary=fairseq.find_dictionary(args.src))
+          dictionary=fairseq.find_dictionary(args.src), meta=meta)
     n = sum(int(np.size(x)) for x in __import__("jax").tree.leaves(params))
-    heads = [h for h in HEADS if h in params]
+    heads = [h for h in params if h != "encoder"]
     print(f"{args.src} ({src_format}) -> {args.dst} ({dst_format}): {config.num_layers} layers, "
           f"hidden {config.hidden_size}, vocab {config.vocab_size}, heads {heads}, "
           f"{n:,} parameters")
 
 
+def _cli(argv=None) -> None:
+    """`main` for the shell: bad input is one line, "error: ...", and exit status 1 (argparse's
+    usage errors: 2), not a traceback."""
+    import pickle
+    try:
+        main(argv)
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise SystemExit(f"error: {msg}") from None
+
+
 if __name__ == "__main__":
-    main()
+    _cli()

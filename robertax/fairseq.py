@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import filecmp
 import hashlib
 import io
 import logging
@@ -336,6 +337,14 @@ def from_fairseq(path: str, *, trusted: bool = False, head: str | None = None,
     """Reads a fairseq RoBERTa checkpoint (a `model.pt`, or a directory holding one) ->
     (RobertaConfig, params) with `mlm_head` and, when the file has one, `classifier` (the
     classification head named `head`; required when there are several)."""
+    config, params, _ = read_fairseq(path, trusted=trusted, head=head, **config_overrides)
+    return config, params
+
+
+def read_fairseq(path: str, *, trusted: bool = False, head: str | None = None,
+                 **config_overrides) -> tuple[RobertaConfig, dict, dict]:
+    """`from_fairseq`, plus metadata: `fairseq_head`, the name of the classification head read
+    (so that writing fairseq again keeps it)."""
     file = checkpoint_file(path)
     ckpt = load_checkpoint(file, trusted)
     tensors = released_names(_to_numpy(ckpt["model"], file), file)
@@ -361,12 +370,12 @@ def from_fairseq(path: str, *, trusted: bool = False, head: str | None = None,
         del tensors[k]
     if other:
         logging.info("%s: dropped the other classification heads' tensors %s", file, other)
-    num_labels = None
+    num_labels, meta = None, {}
     if f"classification_heads.{head}.out_proj.weight" in tensors:
         num_labels = tensors[f"classification_heads.{head}.out_proj.weight"].shape[0]
-        logging.info("%s: classification head %r (%d labels) -> classifier; pass "
-                     "--fairseq_head=%s when writing fairseq to keep its name", file, head,
-                     num_labels, head)
+        meta["fairseq_head"] = head
+        logging.info("%s: classification head %r (%d labels) -> classifier", file, head,
+                     num_labels)
     derived = tuple(k for k in tensors if k == tied or k.endswith((".version", "._float_tensor")))
     params = convert.tensors_to_params(tensors, config, _name_of(head), file, num_labels, derived)
 
@@ -377,7 +386,7 @@ def from_fairseq(path: str, *, trusted: bool = False, head: str | None = None,
         logging.warning("%s implies a vocabulary of %d, the checkpoint's is %d: is it this "
                         "model's dictionary?", dictionary, dictionary_vocab_size(dictionary),
                         config.vocab_size)
-    return config, params
+    return config, params, meta
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -404,8 +413,10 @@ def to_fairseq(config: RobertaConfig, params: dict, path: str, *, head: str | No
                dictionary: str | None = None, dtype=np.float32) -> str:
     """Writes a released-layout fairseq checkpoint: `path` is a directory (gets model.pt and
     dict.txt) or a `.pt` file (dict.txt beside it). The classifier, if any, becomes
-    `classification_heads.<head>`. `dictionary` is copied as dict.txt; without one a placeholder
-    with the right number of entries is written. Returns the model.pt path."""
+    `classification_heads.<head>`. `dictionary` is copied as dict.txt; without one a dict.txt
+    already in the folder is kept when its size fits the model (else this raises, writing
+    nothing), and otherwise a placeholder with the right number of entries is written.
+    Returns the model.pt path."""
     import torch
     if config.pad_token_id != PAD:
         raise ValueError(f"pad_token_id {config.pad_token_id}: fairseq's dictionary puts <pad> "
@@ -418,11 +429,29 @@ def to_fairseq(config: RobertaConfig, params: dict, path: str, *, head: str | No
     if config.gelu_approximate:  # fairseq's head would follow activation_fn, ours keeps erf
         raise ValueError("gelu_approximate=True: fairseq's RoBERTa is written with exact GELU; "
                          "train or convert with gelu_approximate=False")
+    if path.endswith(".pt"):
+        file, folder = path, os.path.dirname(os.path.abspath(path))
+    else:
+        folder = path
+        file = os.path.join(folder, CHECKPOINT_FILE)
+    dict_path = os.path.join(folder, DICT_FILE)
+    # A dict.txt already in the folder is never overwritten: it may be the only copy.
     if dictionary is not None:
         _check_dictionary(dictionary, config.vocab_size)
+        if os.path.exists(dict_path) and os.path.abspath(dictionary) != os.path.abspath(
+                dict_path) and not filecmp.cmp(dictionary, dict_path, shallow=False):
+            raise ValueError(f"{dict_path} already exists and differs from the model's "
+                             f"dictionary {dictionary}; not overwriting it (move it away)")
+    elif os.path.exists(dict_path):
+        try:
+            _check_dictionary(dict_path, config.vocab_size)
+        except ValueError as e:
+            raise ValueError(f"{e}; it is not this model's dictionary, and it is not "
+                             "overwritten: move it away, or write elsewhere") from None
     params = convert._to_numpy(params)  # pylint: disable=protected-access
     head = head or DEFAULT_HEAD
-    flat = convert.params_to_tensors(params, config, _name_of(head), dtype)
+    flat = convert.params_to_tensors(params, config, _name_of(head), dtype,
+                                     dest=f"{file} (fairseq)")
 
     # fairseq adds no token-type row, so a nonzero one (a model trained by robertax) is folded
     # into the position table: every token, padding included, gets exactly one row of each.
@@ -449,11 +478,6 @@ def to_fairseq(config: RobertaConfig, params: dict, path: str, *, head: str | No
     num_labels = int(np.shape(params["classifier"]["out"]["kernel"])[-1]) \
         if "classifier" in params else None
 
-    if path.endswith(".pt"):
-        file, folder = path, os.path.dirname(os.path.abspath(path))
-    else:
-        folder = path
-        file = os.path.join(folder, CHECKPOINT_FILE)
     os.makedirs(folder, exist_ok=True)
     ckpt = {
         "args": fairseq_args(config, num_labels),
@@ -465,10 +489,13 @@ def to_fairseq(config: RobertaConfig, params: dict, path: str, *, head: str | No
         "last_optimizer_state": None,
     }
     torch.save(ckpt, file)
-    dict_path = os.path.join(folder, DICT_FILE)
     if dictionary is not None:
         if os.path.abspath(dictionary) != os.path.abspath(dict_path):
             shutil.copyfile(dictionary, dict_path)
+    elif os.path.exists(dict_path):
+        logging.info("%s: kept the dictionary already there (%d entries: vocabulary %d, as the "
+                     "model's)", dict_path, config.vocab_size - NUM_SPECIALS - 1,
+                     config.vocab_size)
     else:
         write_placeholder_dictionary(dict_path, config.vocab_size)
         logging.warning("%s: the source has no dict.txt, so this is a placeholder of %d "

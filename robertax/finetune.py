@@ -8,7 +8,13 @@ PATH is a robertax model dir, a pretraining workdir, a Hugging Face dir or a fai
 belongs to PATH: `<model dir>/tokenizer`, a pretraining workdir's `<shard dir>/tokenizer`, the
 Hugging Face dir itself (vocab.json + merges.txt) or the fairseq dir (dict.txt + GPT-2 files).
 Its vocabulary must match the checkpoint's. RTE, STS-B and MRPC may start from an MNLI model
-(`config.from_mnli=PATH`: its encoder, a new head).
+(`config.from_mnli=PATH`: its encoder, a new head). A head the checkpoint holds is reused when
+it was trained for this task (head=auto; a head for another task is replaced, with a warning),
+its outputs put in the task's label order where the checkpoint names its labels.
+
+`config.do_train=False` evaluates PATH as it is (a robertax `best/`, a converted Hugging Face
+classifier, ...): it must hold the task's head; dev metrics, prediction files and (with
+predict_test) submission files are written as after training, no model.
 
 One `finetune()` in steps: weights + tokenizer -> task data -> model and sharded state ->
 jitted step -> loop (log, evaluate at each epoch or every K steps, keep the best dev score,
@@ -19,6 +25,11 @@ early stopping) -> best model, test predictions, results. Writes to --workdir:
   tensorboard/    the same, as TensorBoard events
   best/           the best model in the robertax model format, its tokenizer in best/tokenizer
   submission/     GLUE leaderboard files (config.predict_test=True and a test file present)
+  dev predictions of the best model: GLUE dev_predictions.tsv (index, prediction, label; MNLI
+                  also dev_predictions_mismatched.tsv); SQuAD predictions.json (id -> answer,
+                  the official scripts' input) and for v2.0 null_odds.json (id -> no-answer
+                  score, their --na-prob-file); RACE dev_predictions.json (id -> A-D) and with
+                  predict_test test_predictions.json
 
 The per-task parts (data, head, loss, scoring) live in `robertax/tasks/runner.py`.
 """
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -46,108 +58,15 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
-from flax import traverse_util  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from robertax import checkpoint, convert, observe, optim, sharding  # noqa: E402
-from robertax import tokenizer as tokenizer_lib  # noqa: E402
+from robertax import checkpoint, observe, optim, sharding  # noqa: E402
 from robertax.model import RobertaConfig  # noqa: E402
 from robertax.tasks import glue, runner  # noqa: E402
+from robertax.tasks import starting_point as start  # noqa: E402
 
 from robertax.train import PRECISIONS, cli_config, make_dropout_rng  # noqa: E402  (shared)
 INPUT_KEYS = ("input_ids", "attention_mask")
-
-
-# ------------------------------------------------------------------ weights and tokenizer
-
-
-def load_checkpoint(path: str) -> tuple[RobertaConfig, dict, dict, str]:
-    """(model config, numpy params, metadata, format) of any checkpoint robertax reads."""
-    if not path:
-        raise ValueError("config.init_checkpoint is empty: give a robertax model dir, a "
-                         "pretraining workdir or a Hugging Face dir")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config.init_checkpoint={path!r} does not exist")
-    fmt = convert.detect_format(path)
-    if fmt == "robertax":
-        mc, params, meta = checkpoint.load_model(path)
-    else:
-        (mc, params), meta = convert.read(path, fmt), {}
-    return mc, jax.tree.map(np.asarray, nn.unbox(params)), meta, fmt
-
-
-def tokenizer_path(config, source: str, fmt: str) -> str:
-    """Where the tokenizer for `source` lives (config.tokenizer wins)."""
-    if config.tokenizer:
-        return config.tokenizer
-    if fmt in ("hf", "fairseq"):  # HF: vocab.json + merges.txt; fairseq: dict.txt + GPT-2 files
-        return source if os.path.isdir(source) else os.path.dirname(source)
-    if checkpoint.is_model_dir(source):
-        path = os.path.join(source, "tokenizer")
-        if os.path.isdir(path):
-            return path
-        raise FileNotFoundError(f"{source}: a robertax model dir without tokenizer/; set "
-                                "config.tokenizer")
-    if checkpoint.is_train_dir(source):
-        with open(os.path.join(source, "config.json")) as f:
-            run_config = ml_collections.ConfigDict(json.load(f))
-        from robertax.data import pipeline
-        try:
-            shard_dir = pipeline.resolve_shard_dir(run_config)
-        except (FileNotFoundError, ValueError) as e:
-            raise FileNotFoundError(f"{source}/config.json: cannot find the pretraining corpus "
-                                    f"to take its tokenizer from ({e}); set config.tokenizer"
-                                    ) from None
-        return os.path.join(shard_dir, "tokenizer")
-    raise ValueError(f"{source}: cannot tell which tokenizer belongs to this {fmt} checkpoint; "
-                     "set config.tokenizer")
-
-
-def load_tokenizer(config, source: str, fmt: str):
-    path = tokenizer_path(config, source, fmt)
-    try:
-        return tokenizer_lib.load(path), path
-    except (FileNotFoundError, ValueError) as e:
-        raise ValueError(f"tokenizer for {source}: {e} (set config.tokenizer)") from None
-
-
-def check_vocab(mc: RobertaConfig, tok, source: str, tok_path: str) -> None:
-    if tok.vocab_size != mc.vocab_size:
-        raise ValueError(f"vocabulary mismatch: the checkpoint {source} has vocab_size "
-                         f"{mc.vocab_size} but the tokenizer {tok_path} has {tok.vocab_size} "
-                         "tokens; pass the tokenizer the model was trained with (config.tokenizer)")
-
-
-def merge_params(shapes: dict, fresh_heads: dict, loaded: dict, head_names, *,
-                 keep_heads: bool, source: str) -> dict:
-    """The loaded encoder (checked against the model's `shapes`), and each head loaded when
-    allowed and shaped alike, else freshly initialized."""
-    if "encoder" not in loaded:
-        raise KeyError(f"{source}: no 'encoder' parameters (found {sorted(loaded)})")
-    want = traverse_util.flatten_dict(shapes["encoder"], sep="/")
-    have = traverse_util.flatten_dict(loaded["encoder"], sep="/")
-    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    if missing or extra:
-        raise KeyError(f"{source}: encoder parameters differ from the model's: missing "
-                       f"{missing[:5]}, unexpected {extra[:5]}")
-    for k in want:
-        if tuple(want[k].shape) != tuple(np.shape(have[k])):
-            raise ValueError(f"{source}: encoder/{k} has shape {tuple(np.shape(have[k]))}, the "
-                             f"model expects {tuple(want[k].shape)}")
-    out = {"encoder": loaded["encoder"]}
-    shape_of = lambda t: jax.tree.map(np.shape, t)  # noqa: E731
-    for head in head_names:
-        reason = None
-        if not keep_heads:
-            reason = "re-initialized (config.head='fresh' or from_mnli)"
-        elif head not in loaded:
-            reason = "new"
-        elif shape_of(loaded[head]) != shape_of(shapes[head]):
-            reason = (f"re-initialized: the checkpoint's has shapes {shape_of(loaded[head])}, "
-                      f"the task needs {shape_of(shapes[head])}")
-        out[head] = fresh_heads[head] if reason else loaded[head]
-        logging.info("head %r: %s", head, reason or f"loaded from {source}")
-    return out
 
 
 # ---------------------------------------------------------------------------- the steps
@@ -218,7 +137,7 @@ class Prepared:
     mesh: Any
     param_shardings: Any
     params: dict                      # on device, in param_shardings
-    train: dict[str, np.ndarray]
+    train: dict[str, np.ndarray] | None  # None with config.do_train=False
     train_examples: int
     eval_sets: list
 
@@ -233,22 +152,38 @@ def _precision(name: str) -> str:
 
 
 def prepare(config) -> Prepared:
-    """Reads weights, tokenizer and data; builds the model with its parameters on the mesh."""
+    """Reads weights, tokenizer and data; builds the model with its parameters on the mesh.
+
+    Every check that needs no data runs first (task, select_metric, head options), so a typo
+    fails before anything is loaded."""
     config = copy.deepcopy(config)
     if config.head not in ("auto", "fresh"):
         raise ValueError(f"config.head must be 'auto' or 'fresh', got {config.head!r}")
+    if not config.do_train:
+        for name, on in (("config.from_mnli", config.from_mnli),
+                         ("config.head='fresh'", config.head == "fresh"),
+                         ("config.random_init=True", config.random_init)):
+            if on:
+                raise ValueError(f"config.do_train=False evaluates config.init_checkpoint's own "
+                                 f"head, but {name} asks for a new (untrained) one")
+    task = runner.make_task(config)  # reads no data yet
+    metric = config.select_metric or task.metric
+    if metric not in task.metric_names:
+        raise ValueError(f"config.select_metric={config.select_metric!r} is not a metric of "
+                         f"{task.name}; choose one of {task.metric_names}")
     # 1. Weights and tokenizer (an MNLI model's encoder when from_mnli is set).
     if config.from_mnli and config.init_checkpoint and config.init_checkpoint != config.from_mnli:
         raise ValueError(f"config.from_mnli={config.from_mnli!r} and config.init_checkpoint="
                          f"{config.init_checkpoint!r}: give one (from_mnli is the checkpoint)")
     source = os.path.abspath(config.from_mnli or config.init_checkpoint) if (
         config.from_mnli or config.init_checkpoint) else ""
-    mc, loaded, meta, fmt = load_checkpoint(source)
+    mc, loaded, meta, fmt = start.load_checkpoint(source)
     if config.from_mnli and meta.get("task") not in (None, "MNLI"):
         raise ValueError(f"config.from_mnli={config.from_mnli!r} was fine-tuned on "
                          f"{meta.get('task')}, not MNLI")
-    tok, tok_path = load_tokenizer(config, source, fmt)
-    check_vocab(mc, tok, source, tok_path)
+    head_task, head_labels = start.head_origin(meta, fmt, source)
+    tok, tok_path = start.load_tokenizer(config, source, fmt)
+    start.check_vocab(mc, tok, source, tok_path)
     precision = _precision(config.precision)
     mc = dataclasses.replace(mc, dropout_rate=config.dropout,
                              attention_dropout_rate=config.attention_dropout,
@@ -258,13 +193,24 @@ def prepare(config) -> Prepared:
         if config.max_length > mc.max_length:
             logging.warning("config.max_length %d exceeds the model's %d positions; using %d",
                             config.max_length, mc.max_length, mc.max_length)
+            if isinstance(task, runner.RaceTask):
+                # Keep the paper's share of the row for question + option (128 of 512).
+                option = max(1, config.max_option_length * mc.max_length // config.max_length)
+                logging.warning("RACE: config.max_option_length %d -> %d, the same share of the "
+                                "shorter rows", config.max_option_length, option)
+                config.max_option_length = option
             config.max_length = mc.max_length
+    if isinstance(task, runner.RaceTask) and config.max_length < config.max_option_length + 5:
+        raise ValueError(f"config.max_length={config.max_length} must exceed "
+                         f"config.max_option_length={config.max_option_length} by at least 5 "
+                         "(4 special tokens and some passage)")
 
-    # 2. Data.
-    task = runner.make_task(config)
-    train, n_train = task.train_arrays(tok)
-    if n_train == 0:
-        raise ValueError(f"{task.name}: no training examples")
+    # 2. Data (no training set when only evaluating).
+    train, n_train = None, 0
+    if config.do_train:
+        train, n_train = task.train_arrays(tok)
+        if n_train == 0:
+            raise ValueError(f"{task.name}: no training examples")
     eval_sets = task.eval_sets(tok)
     for es in eval_sets:
         if es.examples == 0:
@@ -274,7 +220,8 @@ def prepare(config) -> Prepared:
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_divisible(mesh, config.batch_size, config.microbatches)
     module = task.module(mc)
-    dummy = jnp.ones((1, *train["input_ids"].shape[1:-1], 8), jnp.int32)
+    rows = (train if train is not None else eval_sets[0].arrays)["input_ids"]
+    dummy = jnp.ones((1, *rows.shape[1:-1], 8), jnp.int32)
     rng = jax.random.key(config.seed)
     boxed = jax.eval_shape(lambda r: module.init(r, dummy)["params"], rng)
     param_sh = sharding.logical_shardings(mesh, boxed)
@@ -284,12 +231,30 @@ def prepare(config) -> Prepared:
     fresh_heads = jax.jit(
         lambda r: {h: nn.unbox(module.init(r, dummy)["params"])[h] for h in heads},
         out_shardings={h: param_sh[h] for h in heads})(jax.random.fold_in(rng, 1))
+    keep, why = True, ""
     if config.random_init:  # the no-pretraining baseline: same model and tokenizer, new weights
         loaded = jax.jit(lambda r: nn.unbox(module.init(r, dummy)["params"]))(
             jax.random.fold_in(rng, 3))
-    params = merge_params(nn.unbox(boxed), fresh_heads, loaded, heads, source=source,
-                          keep_heads=config.head == "auto" and not config.from_mnli
-                          and not config.random_init)
+        keep, why = False, "config.random_init"
+    elif config.from_mnli:
+        keep, why = False, "config.from_mnli: MNLI's encoder, a new head"
+    elif config.head == "fresh":
+        keep, why = False, "config.head='fresh'"
+    elif head_task and not start.same_task(head_task, task.name) and any(
+            h in loaded for h in heads):
+        # A head trained for another task's labels means nothing here (SST-2's "1" is not
+        # RTE's "not_entailment"); the paper's transfer (from MNLI) also starts a new head.
+        keep, why = False, (f"the checkpoint's head was fine-tuned on {head_task}, this run "
+                            f"is {task.name}")
+        if config.do_train:
+            logging.warning("%s: %s: starting a new head (config.from_mnli=PATH is the paper's "
+                            "recipe for starting RTE, MRPC or STS-B from an MNLI model)",
+                            source, why)
+    if keep and task.labels and "classifier" in loaded:
+        loaded = {**loaded, "classifier": start.align_labels(loaded["classifier"], head_labels,
+                                                       task.labels, task.name, source)}
+    params = start.merge_params(nn.unbox(boxed), fresh_heads, loaded, heads, source=source,
+                          keep_heads=keep, fresh_reason=why, require_heads=not config.do_train)
     params = jax.device_put(params, param_sh)
     return Prepared(config, task, tok, tok_path, source, mc, module, mesh, param_sh, params,
                     train, n_train, eval_sets)
@@ -351,21 +316,29 @@ def _better(a: float, b: float | None) -> bool:
 
 
 def finetune(config, workdir: str) -> dict:
-    """Fine-tunes and evaluates; returns what results.json holds."""
+    """Fine-tunes and evaluates (or only evaluates: config.do_train=False); returns what
+    results.json holds."""
     workdir = os.path.abspath(workdir)
-    _claim_workdir(workdir, config.overwrite)
+    _check_workdir(workdir, config)  # before reading anything: nothing is removed yet
     t_start = time.perf_counter()
     p = prepare(config)
     config, task = p.config, p.task
+    _clear_workdir(workdir, config.do_train)  # every input is read and checked: now it is safe
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
+    rep = sharding.replicated(p.mesh)
+    eval_bs = -(-config.eval_batch_size // _data_shards(p.mesh)) * _data_shards(p.mesh)
+    metric = config.select_metric or task.metric
+    if not config.do_train:
+        return _evaluate_only(p, workdir, metric, eval_bs, t_start)
 
     # Schedule: the paper's 6% warmup, then linear decay to 0 at the last step.
     steps_per_epoch = -(-len(p.train["input_ids"]) // config.batch_size)
     total = config.max_steps if config.max_steps > 0 else steps_per_epoch * config.num_epochs
     if total <= 0:
         raise ValueError(f"nothing to train: config.num_epochs={config.num_epochs} and "
-                         f"config.max_steps={config.max_steps}")
+                         f"config.max_steps={config.max_steps} (config.do_train=False "
+                         "evaluates the checkpoint without training)")
     optim_config = ml_collections.ConfigDict(dict(
         peak_learning_rate=config.learning_rate, warmup_steps=int(config.warmup_ratio * total),
         total_steps=total, b1=config.b1, b2=config.b2, eps=config.eps,
@@ -375,39 +348,31 @@ def finetune(config, workdir: str) -> dict:
     fp16 = config.precision == "float16"
     state, state_sh = _init_state(p, tx, fp16)
     p.params = None  # the state owns them now
-    rep = sharding.replicated(p.mesh)
     step_fn = jax.jit(
         lambda s, b, r: train_step(s, b, r, module=p.module, task=task, tx=tx, schedule=schedule,
                                    microbatches=config.microbatches, fp16=fp16),
         in_shardings=(state_sh, None, rep), out_shardings=(state_sh, rep), donate_argnums=(0,))
     p_predict = jax.jit(lambda params, b: predict_step(params, b, module=p.module),
                         in_shardings=(state_sh.params, None), out_shardings=rep)
-    eval_bs = -(-config.eval_batch_size // _data_shards(p.mesh)) * _data_shards(p.mesh)
     logging.info("%s: %d train examples (%d rows), %d steps (%d per epoch), lr %g, batch %d",
                  task.name, p.train_examples, len(p.train["input_ids"]), total, steps_per_epoch,
                  config.learning_rate, config.batch_size)
 
     writer = observe.MetricWriter(workdir)
-    metric = config.select_metric or task.metric
-    evaluations, best, best_params, bad_evals = [], None, None, 0
+    evaluations, best, best_params, best_outputs, bad_evals = [], None, None, None, 0
     pending, tput = [], observe.Throughput()
     dropout_rng = make_dropout_rng(config, seed=config.seed)  # rbg by default (config)
 
     def evaluate(step: int, epoch: float):
-        nonlocal best, best_params, bad_evals
-        row = {}
-        for es in p.eval_sets:
-            row.update(es.score(predict(p_predict, state.params, p.mesh, es.arrays, eval_bs)))
-        if metric not in row:
-            raise KeyError(f"config.select_metric={metric!r} is not among the metrics "
-                           f"{sorted(row)} of {task.name}")
+        nonlocal best, best_params, best_outputs, bad_evals
+        row, outputs = _evaluate(p, p_predict, state.params, eval_bs, metric)
         evaluations.append({"step": step, "epoch": epoch, **row})
         writer.write(step, {"epoch": epoch, **{f"eval_{k}": v for k, v in row.items()}})
         logging.info("step %d (epoch %.2f): %s", step, epoch,
                      ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
         if _better(row[metric], None if best is None else best[metric]):
             best, bad_evals = {"step": step, "epoch": epoch, **row}, 0
-            best_params = jax.device_get(state.params)
+            best_params, best_outputs = jax.device_get(state.params), outputs
         else:
             bad_evals += 1
 
@@ -441,8 +406,9 @@ def finetune(config, workdir: str) -> dict:
                 break
         epoch += 1
     bar.close()
+    writer.close()
 
-    # Best model, test-set predictions, results.
+    # Best model, its dev predictions, test-set predictions, results.
     mc32 = dataclasses.replace(p.model_config, dtype=jnp.float32)
     extra = {"task": task.name, "metric": metric, "metrics": best, "source": p.source,
              **task.extra}
@@ -451,9 +417,8 @@ def finetune(config, workdir: str) -> dict:
         checkpoint.save_model(best_dir, mc32, best_params, extra)
         p.tokenizer.save(os.path.join(best_dir, "tokenizer"))
     results = {k: v for k, v in best.items() if k not in ("step", "epoch")}
-    if config.predict_test:
-        device_best = jax.device_put(best_params, state_sh.params)
-        results.update(_predict_test(p, p_predict, device_best, eval_bs, workdir))
+    device_best = jax.device_put(best_params, state_sh.params) if config.predict_test else None
+    results.update(_write_predictions(p, p_predict, device_best, best_outputs, eval_bs, workdir))
     results.update({"task": task.name, "metric": metric, "step": best["step"],
                     "epoch": best["epoch"], "total_steps": total, "steps_run": step,
                     "train_examples": p.train_examples,
@@ -461,32 +426,98 @@ def finetune(config, workdir: str) -> dict:
                     "init_checkpoint": p.source, "tokenizer": p.tokenizer_path,
                     "seconds": round(time.perf_counter() - t_start, 1),
                     "evaluations": evaluations})
-    writer.close()
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+    _write_results(workdir, results)
     logging.warning("%s: best %s %.4f at step %d -> %s", task.name, metric, best[metric],
                     best["step"], os.path.join(workdir, "results.json"))
     return results
+
+
+def _evaluate(p: Prepared, p_predict, params, eval_bs: int, metric: str) -> tuple[dict, list]:
+    """Dev metrics of `params` over every dev set, and the model's outputs on each."""
+    row, outputs = {}, []
+    for es in p.eval_sets:
+        outputs.append(predict(p_predict, params, p.mesh, es.arrays, eval_bs))
+        row.update(es.score(outputs[-1]))
+    if metric not in row:  # e.g. SQuAD v2.0's NoAns_f1 on a dev subset without such questions
+        raise KeyError(f"config.select_metric={metric!r} is not among the metrics "
+                       f"{sorted(row)} of {p.task.name}")
+    return row, outputs
+
+
+def _evaluate_only(p: Prepared, workdir: str, metric: str, eval_bs: int, t_start) -> dict:
+    """config.do_train=False: the checkpoint's dev metrics and prediction files, as training
+    writes them for its best model (no best/, no training logs)."""
+    rep = sharding.replicated(p.mesh)
+    p_predict = jax.jit(lambda params, b: predict_step(params, b, module=p.module),
+                        in_shardings=(p.param_shardings, None), out_shardings=rep)
+    row, outputs = _evaluate(p, p_predict, p.params, eval_bs, metric)
+    results = dict(row)
+    results.update(_write_predictions(p, p_predict, p.params, outputs, eval_bs, workdir))
+    results.update({"task": p.task.name, "metric": metric, "do_train": False, "step": 0,
+                    "epoch": 0.0, "total_steps": 0, "steps_run": 0, "train_examples": 0,
+                    "eval_examples": {es.name or "dev": es.examples for es in p.eval_sets},
+                    "init_checkpoint": p.source, "tokenizer": p.tokenizer_path,
+                    "seconds": round(time.perf_counter() - t_start, 1),
+                    "evaluations": [{"step": 0, "epoch": 0.0, **row}]})
+    _write_results(workdir, results)
+    logging.warning("%s (evaluation only): %s %.4f -> %s", p.task.name, metric, row[metric],
+                    os.path.join(workdir, "results.json"))
+    return results
+
+
+def _write_results(workdir: str, results: dict) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
 
 
 def _data_shards(mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def _claim_workdir(workdir: str, overwrite: bool) -> None:
-    """A fine-tuning run starts clean: its own outputs from an earlier run are removed, and a
-    finished run (results.json) is only replaced with config.overwrite=True."""
+# What a fine-tuning run writes in its workdir (globs), removed before a new run writes its own.
+OUTPUTS = ("results.json", "metrics.jsonl", "tensorboard", "best", "submission",
+           "predictions.json", "null_odds.json", "dev_predictions*", "test_predictions.json")
+# Evaluation only writes no model and no training logs, so it leaves those of a run in place
+# (evaluating DIR/best into DIR then refreshes DIR's results and prediction files).
+EVAL_ONLY_OUTPUTS = tuple(x for x in OUTPUTS if x not in ("metrics.jsonl", "tensorboard", "best"))
+
+
+def _outputs(workdir: str, do_train: bool) -> list[str]:
+    return sorted(p for pattern in (OUTPUTS if do_train else EVAL_ONLY_OUTPUTS)
+                  for p in glob.glob(os.path.join(glob.escape(workdir), pattern)))
+
+
+def _inside(path: str, root: str) -> bool:
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _check_workdir(workdir: str, config) -> None:
+    """Refuses, before anything is read, a run that would replace a finished one without
+    config.overwrite=True, or that would delete its own inputs when it clears old outputs."""
     results = os.path.join(workdir, "results.json")
-    if os.path.exists(results) and not overwrite:
+    if os.path.exists(results) and not config.overwrite:
         raise FileExistsError(f"{results} exists: this workdir holds a finished run (set "
                               "config.overwrite=True to replace it)")
+    for key in ("init_checkpoint", "from_mnli", "tokenizer"):
+        path = config[key]
+        if not path:
+            continue
+        for out in _outputs(workdir, config.do_train):
+            if _inside(path, out):
+                raise ValueError(f"config.{key}={path!r} lies inside {out}, which this run "
+                                 f"would delete before writing its own outputs; use another "
+                                 f"--workdir (or copy the checkpoint out of {workdir} first)")
+
+
+def _clear_workdir(workdir: str, do_train: bool) -> None:
+    """A fine-tuning run starts clean: its own outputs from an earlier run are removed."""
     if jax.process_index() == 0:
-        for name in ("results.json", "metrics.jsonl", "tensorboard", "best", "submission"):
-            path = os.path.join(workdir, name)
+        for path in _outputs(workdir, do_train):
             if os.path.isdir(path):
                 shutil.rmtree(path)
-            elif os.path.exists(path):
+            else:
                 os.remove(path)
     os.makedirs(workdir, exist_ok=True)
 
@@ -507,23 +538,38 @@ def _log_train(writer, pending, tput, step, epoch, fp16, bar) -> None:
     bar.set_postfix(loss=f"{row['loss']:.4f}")
 
 
-def _predict_test(p: Prepared, p_predict, params, eval_bs: int, workdir: str) -> dict:
-    """GLUE leaderboard files under workdir/submission; RACE test accuracy."""
-    out = {}
-    if isinstance(p.task, runner.RaceTask):
+def _write_predictions(p: Prepared, p_predict, params, dev_outputs: list, eval_bs: int,
+                       workdir: str) -> dict:
+    """Dev prediction files from the outputs of the model being reported (`dev_outputs`, one
+    per dev set); with config.predict_test, GLUE leaderboard files under workdir/submission
+    and RACE's test accuracy and predictions (`params` on the mesh). Returns the entries that
+    go to results.json."""
+    files, out = {}, {}
+    for es, outputs in zip(p.eval_sets, dev_outputs):
+        if es.files is not None:
+            files.update(es.files(outputs))
+    if p.config.predict_test and isinstance(p.task, runner.RaceTask):
         es = p.task.test_eval_set(p.tokenizer)
         if es is not None:
-            out.update(es.score(predict(p_predict, params, p.mesh, es.arrays, eval_bs)))
-        return out
-    for task, split, examples, arrays in p.task.test_sets(p.tokenizer):
-        pred = np.asarray(predict(p_predict, params, p.mesh, arrays, eval_bs))
-        if task is not p.task.task:  # AX with the MNLI head: map ids through label strings
-            ids = pred.argmax(-1)
-            pred = np.array([task.labels.index(p.task.task.labels[i]) for i in ids])
-        path = glue.write_submission(task, split, pred, os.path.join(workdir, "submission"),
-                                     indices=[ex.idx for ex in examples])
-        logging.info("%s %s: %d predictions -> %s", task.name, split, len(examples), path)
-        out.setdefault("submission", []).append(os.path.relpath(path, workdir))
+            outputs = predict(p_predict, params, p.mesh, es.arrays, eval_bs)
+            out.update(es.score(outputs))
+            out["test_examples"] = es.examples  # config.max_eval_examples applies to test too
+            files.update(es.files(outputs))
+    elif p.config.predict_test:
+        for task, split, examples, arrays in p.task.test_sets(p.tokenizer):
+            pred = np.asarray(predict(p_predict, params, p.mesh, arrays, eval_bs))
+            if task is not p.task.task:  # AX with the MNLI head: map ids through label strings
+                ids = pred.argmax(-1)
+                pred = np.array([task.labels.index(p.task.task.labels[i]) for i in ids])
+            path = glue.write_submission(task, split, pred, os.path.join(workdir, "submission"),
+                                         indices=[ex.idx for ex in examples])
+            logging.info("%s %s: %d predictions -> %s", task.name, split, len(examples), path)
+            out.setdefault("submission", []).append(os.path.relpath(path, workdir))
+    if jax.process_index() == 0:
+        for name, text in files.items():
+            with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
+                f.write(text)
+    out["predictions"] = sorted(files)
     return out
 
 
@@ -534,8 +580,9 @@ def main(argv):
     results = finetune(config, workdir)
     metrics = {k: v for k, v in results.items()
                if isinstance(v, float) and k not in ("epoch", "seconds")}
-    print(f"{results['task']} (best of {len(results['evaluations'])} evaluation(s), step "
-          f"{results['step']}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+    how = ("evaluation only" if results.get("do_train") is False else
+           f"best of {len(results['evaluations'])} evaluation(s), step {results['step']}")
+    print(f"{results['task']} ({how}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
           flush=True)
 
 

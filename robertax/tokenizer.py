@@ -8,10 +8,11 @@ Both kinds share one interface and RoBERTa's special-token layout, `<s>`=0 `<pad
     tok.encode("A", pair="B")                # <s> A </s></s> B </s>
 
 `load` accepts a directory saved by robertax (`robertax_tokenizer.json` names the kind), a
-Hugging Face directory (`vocab.json` + `merges.txt`), a fairseq/GPT-2 directory (`encoder.json`
-+ `vocab.bpe` + `dict.txt`: GPT-2 ids are mapped through `dict.txt` as fairseq's Dictionary does)
-or a sentencepiece `.model` (file or directory). The byte-level BPE runs on Hugging Face
-`tokenizers` (Rust). Training: `train_byte_bpe`, `train_sentencepiece`, and the CLI
+Hugging Face directory (`vocab.json` + `merges.txt`, or transformers 5's `tokenizer.json`), a
+fairseq/GPT-2 directory (`encoder.json` + `vocab.bpe` + `dict.txt`: GPT-2 ids are mapped
+through `dict.txt` as fairseq's Dictionary does) or a sentencepiece `.model` (file or
+directory). The byte-level BPE runs on Hugging Face `tokenizers` (Rust). Training:
+`train_byte_bpe`, `train_sentencepiece`, and the CLI
 `python -m robertax.tokenizer train --kind=byte_bpe --input='corpus/*.txt' --vocab_size=50265 --output=DIR`.
 """
 
@@ -90,26 +91,32 @@ class ByteBPETokenizer(_Base):
 
     `vocab` maps byte-level token strings to robertax ids (specials included); ids need not be
     dense (RoBERTa reserves 50261-50263 for fairseq's madeupwords), `vocab_size` is max id + 1.
+    `mask_lstrip`: whether "<mask>" in a text absorbs the space before it (roberta-base's
+    published tokenizer; transformers 5's RobertaTokenizer default does not). `source` names
+    the files in messages.
     """
 
     kind = "byte_bpe"
 
-    def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]]):
+    def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]], *,
+                 mask_lstrip: bool = True, source: str = "vocab/merges"):
         from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
         for i, tok in enumerate(SPECIALS):
             if vocab.get(tok) != i:
-                raise ValueError(f"vocab must map {tok!r} to {i} (RoBERTa's layout), got {vocab.get(tok)!r}")
+                raise ValueError(f"{source}: the vocabulary must map {tok!r} to {i} (RoBERTa's "
+                                 f"layout), got {vocab.get(tok)!r}")
         if MASK not in vocab:
-            raise ValueError(f"vocab has no {MASK!r} token")
+            raise ValueError(f"{source}: the vocabulary has no {MASK!r} token")
         self.vocab = dict(vocab)
         self.merges = [tuple(m) for m in merges]
         self.mask_id = vocab[MASK]
+        self.mask_lstrip = bool(mask_lstrip)
         self.vocab_size = max(vocab.values()) + 1
         try:
             model = models.BPE(vocab=self.vocab, merges=self.merges, fuse_unk=False)
         except Exception as e:  # tokenizers names the bad merge; say which files it came from
-            raise ValueError(f"inconsistent vocab/merges: {e}") from e
+            raise ValueError(f"{source}: inconsistent vocab/merges: {e}") from e
         tok = Tokenizer(model)
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -120,10 +127,13 @@ class ByteBPETokenizer(_Base):
         # `<mask>` absorbs the space before it (lstrip), as in roberta-base's published tokenizer:
         # "A, <mask> AllenNLP" -> [..., 6, 50264, ...].
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS]
-                               + [AddedToken(MASK, lstrip=True, special=True, normalized=False)])
+                               + [AddedToken(MASK, lstrip=self.mask_lstrip, special=True,
+                                             normalized=False)])
         self._tok = tok
         self._literal_tok = None
-        payload = json.dumps([self.kind, sorted(self.vocab.items(), key=lambda kv: kv[1]), self.merges],
+        # (the default mask_lstrip leaves the fingerprints of earlier saves as they were)
+        payload = json.dumps([self.kind, sorted(self.vocab.items(), key=lambda kv: kv[1]), self.merges]
+                             + ([] if self.mask_lstrip else [{"mask_lstrip": False}]),
                              ensure_ascii=False)
         self.fingerprint = hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -177,7 +187,8 @@ class ByteBPETokenizer(_Base):
             json.dump(dict(sorted(self.vocab.items(), key=lambda kv: kv[1])), f, ensure_ascii=False)
         with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges))
-        _write_config(directory, self._config())
+        _write_config(directory, {**self._config(),
+                                  **({} if self.mask_lstrip else {"mask_lstrip": False})})
 
 
 class SentencePieceTokenizer(_Base):
@@ -206,6 +217,7 @@ class SentencePieceTokenizer(_Base):
         self._by_string = {t: i for i, t in enumerate(SPECIALS)} | {MASK: self.mask_id}
         # Does the model prepend "\u2581" to every text it encodes (add_dummy_prefix)?
         self._dummy_prefix = self._sp.normalize("x").startswith("\u2581")
+        self._sp_continued = None if self._dummy_prefix else self._sp
 
     def continuation(self, text: str) -> str:
         """What to encode for a sentence after the first of its line (see `_Base.continuation`).
@@ -221,6 +233,21 @@ class SentencePieceTokenizer(_Base):
         A model without the dummy prefix gets the text as it is.
         """
         return text[1:] if self._dummy_prefix and text.startswith(" ") else text
+
+    def _continued(self):
+        """The processor for text that follows a special token inside one text ("a <mask> b"):
+        the text goes on there, so it is encoded as a `continuation`, without the dummy prefix.
+        A space before the word is the text's own and gives "\u2581b", exactly the pieces
+        `continuation(" b")` gives; no space ("<mask>b") gives no word start, and a lone space
+        between two special tokens stays a "\u2581" (the text keeps all its characters)."""
+        if self._sp_continued is None:
+            import sentencepiece as spm
+            from sentencepiece import sentencepiece_model_pb2
+            proto = sentencepiece_model_pb2.ModelProto()
+            proto.ParseFromString(self._proto)
+            proto.normalizer_spec.add_dummy_prefix = False
+            self._sp_continued = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        return self._sp_continued
 
     def _segments(self, text: str, literal: bool):
         """(start, end, special_id or None) runs of `text`."""
@@ -250,7 +277,8 @@ class SentencePieceTokenizer(_Base):
                 offsets.append((start + (text[start] == " "), end))
                 continue
             piece = text[start:end]
-            proto = self._sp.encode(piece, return_type="proto")
+            sp = self._continued() if ids else self._sp  # after a special token: continued
+            proto = sp.encode(piece, return_type="proto")
             # sentencepiece reports byte offsets into the utf-8 input; map them to characters.
             # A byte-fallback piece covers the whole character its bytes belong to, as in byte BPE.
             char_of_byte = [c for c, ch in enumerate(piece) for _ in range(len(ch.encode("utf-8")))]
@@ -266,18 +294,24 @@ class SentencePieceTokenizer(_Base):
         return ids, offsets
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        out, run = [], []
+        # Text after <mask>/<pad>/<unk> was encoded continued (no dummy prefix); after <s> and
+        # </s> a text (or a pair's second text) starts, as `encode` frames them.
+        out, run, continued = [], [], False
+
+        def flush():
+            if run:
+                out.append((self._continued() if continued else self._sp).decode(run))
+                run.clear()
+
         for i in (int(i) for i in ids):
             if i in self.special_ids:
-                if run:
-                    out.append(self._sp.decode(run))
-                    run = []
+                flush()
+                continued = i not in (self.bos_id, self.eos_id)
                 if not skip_special_tokens:
                     out.append(MASK if i == self.mask_id else SPECIALS[i])
             else:
                 run.append(i)
-        if run:
-            out.append(self._sp.decode(run))
+        flush()
         return "".join(out)
 
     def id_to_token(self, i: int) -> str | None:
@@ -328,13 +362,64 @@ def _read_json(path: str) -> dict:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
-def load_hf(directory: str) -> ByteBPETokenizer:
+def load_hf(directory: str, *, mask_lstrip: bool = True) -> ByteBPETokenizer:
     """A Hugging Face RoBERTa directory: vocab.json (RoBERTa ids) + merges.txt."""
     vocab = _read_json(os.path.join(directory, "vocab.json"))
     if vocab.get("<s>") != 0:
         raise ValueError(f"{directory}/vocab.json does not put <s> at 0: GPT-2's vocab.json? "
                          "Use encoder.json + vocab.bpe + dict.txt (fairseq's layout) for GPT-2 files")
-    return ByteBPETokenizer(vocab, _read_merges(os.path.join(directory, "merges.txt")))
+    return ByteBPETokenizer(vocab, _read_merges(os.path.join(directory, "merges.txt")),
+                            mask_lstrip=mask_lstrip,
+                            source=f"{os.path.join(directory, 'vocab.json')} + merges.txt")
+
+
+def load_tokenizer_json(directory: str) -> ByteBPETokenizer:
+    """A Hugging Face `tokenizer.json` (what transformers 5 saves, without vocab.json and
+    merges.txt) holding a RoBERTa byte-level BPE: its BPE vocab and merges, its added special
+    tokens at RoBERTa's ids, and whether `<mask>` strips the space before it. Anything else a
+    tokenizer.json can describe (a normalizer, other pre-tokenizers, extra added tokens) would
+    encode differently, so it is refused by name."""
+    path = os.path.join(directory, "tokenizer.json")
+    spec = _read_json(path)
+    model = spec.get("model") or {}
+    pre = spec.get("pre_tokenizer") or {}
+    problems = []
+    if model.get("type") != "BPE":
+        problems.append(f"model.type is {model.get('type')!r}, not 'BPE'")
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") \
+            or model.get("dropout"):
+        problems.append("model has a subword prefix/suffix or dropout")
+    if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") \
+            or not pre.get("use_regex", True):
+        problems.append(f"pre_tokenizer is {pre!r}, not ByteLevel(add_prefix_space=false) "
+                        "(GPT-2/RoBERTa's)")
+    if spec.get("normalizer") is not None:
+        problems.append(f"it has a normalizer {spec['normalizer']!r} (RoBERTa has none)")
+    vocab = dict(model.get("vocab") or {})
+    mask_lstrip = True
+    for added in spec.get("added_tokens") or []:
+        content, i = added.get("content"), added.get("id")
+        if content not in (*SPECIALS, MASK):
+            problems.append(f"added token {content!r} (id {i}) is not one of RoBERTa's specials")
+            continue
+        if vocab.setdefault(content, i) != i:
+            problems.append(f"added token {content!r} has id {i}, the BPE vocab says "
+                            f"{vocab[content]}")
+        if added.get("rstrip") or added.get("single_word") or (added.get("lstrip")
+                                                                and content != MASK):
+            problems.append(f"added token {content!r} strips or matches differently "
+                            "(rstrip/single_word/lstrip)")
+        if content == MASK:
+            mask_lstrip = bool(added.get("lstrip"))
+    if problems:
+        raise ValueError(f"{path}: not a RoBERTa byte-level BPE robertax can reproduce: "
+                         + "; ".join(problems))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in model.get("merges") or []]
+    bad = [m for m in merges if len(m) != 2]
+    if bad:
+        raise ValueError(f"{path}: model.merges holds {bad[0]!r}, not a pair of tokens")
+    return ByteBPETokenizer(vocab, merges, mask_lstrip=mask_lstrip, source=path)
 
 
 def load_fairseq(directory: str) -> ByteBPETokenizer:
@@ -367,7 +452,9 @@ def load_fairseq(directory: str) -> ByteBPETokenizer:
     if missing:
         raise ValueError(f"{dict_path} lacks {missing} of encoder.json's {len(by_gpt2_id)} GPT-2 tokens")
     vocab[MASK] = next_id
-    return ByteBPETokenizer(vocab, _read_merges(os.path.join(directory, "vocab.bpe")))
+    return ByteBPETokenizer(vocab, _read_merges(os.path.join(directory, "vocab.bpe")),
+                            source=f"{os.path.join(directory, 'encoder.json')} + dict.txt + "
+                                   "vocab.bpe")
 
 
 def load_sentencepiece(path: str) -> SentencePieceTokenizer:
@@ -388,7 +475,7 @@ def load(path: str) -> ByteBPETokenizer | SentencePieceTokenizer:
     if has(CONFIG_FILE):
         config = _read_json(os.path.join(path, CONFIG_FILE))
         kind = config.get("kind")
-        tok = (load_hf(path) if kind == "byte_bpe" else
+        tok = (load_hf(path, mask_lstrip=config.get("mask_lstrip", True)) if kind == "byte_bpe" else
                load_sentencepiece(os.path.join(path, SPM_FILE)) if kind == "sentencepiece" else None)
         if tok is None:
             raise ValueError(f"{path}/{CONFIG_FILE}: unknown kind {kind!r} (byte_bpe or sentencepiece)")
@@ -398,14 +485,16 @@ def load(path: str) -> ByteBPETokenizer | SentencePieceTokenizer:
         return tok
     if has("vocab.json", "merges.txt"):
         return load_hf(path)
+    if has("tokenizer.json"):  # transformers 5 saves only this (and tokenizer_config.json)
+        return load_tokenizer_json(path)
     if has("encoder.json", "vocab.bpe", "dict.txt"):
         return load_fairseq(path)
     models = sorted(glob.glob(os.path.join(path, "*.model")))
     if len(models) == 1:
         return load_sentencepiece(models[0])
     raise ValueError(f"{path}: no tokenizer found. Expected {CONFIG_FILE}, or vocab.json + merges.txt "
-                     f"(Hugging Face), or encoder.json + vocab.bpe + dict.txt (fairseq), or one *.model "
-                     f"(sentencepiece); found {sorted(os.listdir(path))[:10]}")
+                     f"or tokenizer.json (Hugging Face), or encoder.json + vocab.bpe + dict.txt "
+                     f"(fairseq), or one *.model (sentencepiece); found {sorted(os.listdir(path))[:10]}")
 
 
 # ----------------------------------------------------------------------------------- training
@@ -456,6 +545,10 @@ def train_byte_bpe(files_or_iterator, vocab_size: int, out_dir: str | None = Non
     vocab[MASK] = max(vocab.values()) + 1
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     result = ByteBPETokenizer(vocab, merges)
+    if result.vocab_size < vocab_size:
+        logging.warning("byte-level BPE: asked for vocab_size %d, the text gave only %d (no pair "
+                        "left that occurs min_frequency=%d times): train on more text, or lower "
+                        "min_frequency", vocab_size, result.vocab_size, min_frequency)
     if out_dir:
         result.save(out_dir)
     return result
@@ -475,6 +568,28 @@ def train_sentencepiece(files_or_iterator, vocab_size: int = 30000, out_dir: str
 
     model = io.BytesIO()
     spm.set_random_generator_seed(0)  # sentence sampling is the only randomness: fix it
+    try:
+        _train_spm(spm, model, files_or_iterator, vocab_size, byte_fallback, character_coverage,
+                   max_sentence_length, input_sentence_size, fmt, text_key)
+    except RuntimeError as e:  # sentencepiece's checks; say them in this function's terms
+        # sentencepiece learns vocab_size - 1 pieces (<mask> is added), so its numbers are ours - 1
+        high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)",
+                         str(e))
+        if high:
+            raise ValueError(f"vocab_size {vocab_size} is too large for this text: sentencepiece "
+                             f"can learn at most {int(high[2])} pieces from it, so the largest "
+                             f"vocab_size that works is {int(high[2]) + 1} (the pieces + <mask>)"
+                             ) from None
+        raise ValueError(f"sentencepiece training failed (vocab_size {vocab_size}, i.e. "
+                         f"{vocab_size - 1} pieces + <mask>): {e}") from None
+    result = SentencePieceTokenizer(model.getvalue())
+    if out_dir:
+        result.save(out_dir)
+    return result
+
+
+def _train_spm(spm, model, files_or_iterator, vocab_size, byte_fallback, character_coverage,
+               max_sentence_length, input_sentence_size, fmt, text_key) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=_training_lines(files_or_iterator, fmt, text_key, max_sentence_length),
         model_writer=model,
@@ -484,10 +599,6 @@ def train_sentencepiece(files_or_iterator, vocab_size: int = 30000, out_dir: str
         eos_piece=SPECIALS[2], unk_piece=SPECIALS[3], max_sentence_length=max_sentence_length,
         input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
         num_threads=os.cpu_count() or 1, minloglevel=2)
-    result = SentencePieceTokenizer(model.getvalue())
-    if out_dir:
-        result.save(out_dir)
-    return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -510,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _run(args)
     except (OSError, ValueError, KeyError) as e:  # bad input: the message says what and where
-        raise SystemExit(f"error: {e}") from e
+        raise SystemExit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
 
 
 def _run(args) -> None:

@@ -5,14 +5,16 @@ import logging
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from robertax import checkpoint, convert
-from test_model import CONFIGS, hf_config, scale_up
+from robertax import checkpoint, convert, model as M
+from test_model import CONFIGS, hf_config, max_diff_real, padded_batch, scale_up
 
 
 @pytest.fixture()
@@ -83,3 +85,181 @@ def test_extra_tensors_are_listed(hf_dir, caplog):
 def test_unknown_directory_is_refused(tmp_path):
     with pytest.raises(ValueError, match="cannot tell its format"):
         convert.detect_format(str(tmp_path))
+
+
+# --- heads, labels and refusals --------------------------------------------------------------
+
+SMALL = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=64, max_position_embeddings=34)
+
+
+def hf_out(model, ids, mask, **kw):
+    with torch.no_grad():
+        return model(torch.tensor(ids), attention_mask=torch.tensor(mask), **kw)
+
+
+def test_untied_mlm_head_is_refused(tmp_path):
+    torch.manual_seed(0)
+    hf = scale_up(transformers.RobertaForMaskedLM(hf_config(**SMALL, tie_word_embeddings=False)),
+                  seed=2)
+    hf.save_pretrained(tmp_path / "untied")
+    with pytest.raises(ValueError, match=r"untied/model\.safetensors: lm_head\.decoder\.weight "
+                                         r"differs from roberta\.embeddings\.word_embeddings"):
+        convert.from_hf(str(tmp_path / "untied"))
+    # A tied model with the copies written out converts; a differing decoder bias does not.
+    tied = scale_up(transformers.RobertaForMaskedLM(hf_config(**SMALL)), seed=2)
+    tied.save_pretrained(tmp_path / "tied")
+    t = load_file(tmp_path / "tied" / "model.safetensors")
+    t["lm_head.decoder.weight"] = t["roberta.embeddings.word_embeddings.weight"].copy()
+    t["lm_head.decoder.bias"] = t["lm_head.bias"].copy()
+    save_file(t, tmp_path / "tied" / "model.safetensors")
+    assert "mlm_head" in convert.from_hf(str(tmp_path / "tied"))[1]
+    t["lm_head.decoder.bias"] = t["lm_head.bias"] + 1.0
+    save_file(t, tmp_path / "tied" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"lm_head\.decoder\.bias differs from lm_head\.bias"):
+        convert.from_hf(str(tmp_path / "tied"))
+
+
+@pytest.mark.parametrize("key", ["is_decoder", "add_cross_attention"])
+def test_decoder_configs_are_refused(hf_dir, key):
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    cfg[key] = True
+    (hf_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=rf"config\.json: {key} is true"):
+        convert.from_hf(str(hf_dir))
+
+
+def test_sharded_checkpoints_are_read(tmp_path):
+    torch.manual_seed(0)
+    hf = scale_up(transformers.RobertaForMaskedLM(hf_config(**SMALL)), seed=3)
+    hf.save_pretrained(tmp_path / "st", max_shard_size="20KB")
+    index = json.loads((tmp_path / "st" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and not (tmp_path / "st" / "model.safetensors").exists()
+    assert convert.detect_format(str(tmp_path / "st")) == "hf"
+    config, params = convert.from_hf(str(tmp_path / "st"))
+    ids, mask = padded_batch(config.vocab_size, seed=3)
+    want = hf_out(hf, ids, mask).logits.numpy()
+    got = np.asarray(M.RobertaForMaskedLM(config).apply({"params": params}, jnp.asarray(ids)))
+    assert np.abs(want[mask]).max() > 2.0 and max_diff_real(got, want, mask) < 1e-5
+
+    # The PyTorch variant: pytorch_model.bin.index.json + pytorch_model-0000i-of-0000n.bin.
+    (tmp_path / "pt").mkdir()
+    (tmp_path / "pt" / "config.json").write_text((tmp_path / "st" / "config.json").read_text())
+    state = {k: v for k, v in hf.state_dict().items() if k != "lm_head.decoder.weight"}
+    names = sorted(state)
+    weight_map = {}
+    for i, part in enumerate((names[::2], names[1::2])):
+        file = f"pytorch_model-0000{i + 1}-of-00002.bin"
+        torch.save({k: state[k].clone() for k in part}, tmp_path / "pt" / file)
+        weight_map.update({k: file for k in part})
+    (tmp_path / "pt" / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert convert.detect_format(str(tmp_path / "pt")) == "hf"
+    _, again = convert.from_hf(str(tmp_path / "pt"))
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(x, y)
+    (tmp_path / "pt" / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"pytorch_model\.bin\.index\.json lists shard "
+                                                r"pytorch_model-00002-of-00002\.bin, which is "
+                                                r"missing"):
+        convert.from_hf(str(tmp_path / "pt"))
+
+
+def test_question_answering_head_both_ways(tmp_path, caplog):
+    torch.manual_seed(0)
+    hf = scale_up(transformers.RobertaForQuestionAnswering(hf_config(**SMALL)), seed=4)
+    hf.save_pretrained(tmp_path / "hf")
+    config, params = convert.from_hf(str(tmp_path / "hf"))
+    assert params["span"]["kernel"].shape == (32, 2)
+    ids, mask = padded_batch(config.vocab_size, seed=4)
+    want = hf_out(hf, ids, mask)
+    got = M.RobertaForQuestionAnswering(config).apply({"params": params}, jnp.asarray(ids),
+                                                      jnp.asarray(mask))
+    start, end = want.start_logits.numpy(), want.end_logits.numpy()
+    assert np.abs(start - end)[mask].max() > 1.0  # swapping start and end would show
+    assert max_diff_real(got.start_logits, start, mask) < 1e-5
+    assert max_diff_real(got.end_logits, end, mask) < 1e-5
+
+    # Back to HF, with SQuAD v2.0's answerable classifier, which HF has no place for.
+    params["answerable"] = {"dense": {"kernel": np.ones((32, 32), np.float32)}}
+    with caplog.at_level(logging.WARNING):
+        convert.to_hf(config, params, str(tmp_path / "back"))
+    assert "['answerable']" in caplog.text and "not written" in caplog.text
+    cfg = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert cfg["architectures"] == ["RobertaForQuestionAnswering"]
+    back, info = transformers.RobertaForQuestionAnswering.from_pretrained(
+        str(tmp_path / "back"), output_loading_info=True)
+    assert not info["missing_keys"]
+    again = hf_out(back.eval(), ids, mask)
+    assert max_diff_real(again.start_logits.numpy(), start, mask) < 1e-5
+    assert max_diff_real(again.end_logits.numpy(), end, mask) < 1e-5
+
+
+def test_race_scorer_is_multiple_choice_both_ways(tmp_path):
+    """RACE's one-output scorer is HF's RobertaForMultipleChoice (pooler + Linear(D, 1)), not a
+    regression model."""
+    torch.manual_seed(0)
+    hf = scale_up(transformers.RobertaForMultipleChoice(hf_config(**SMALL)), seed=5)
+    hf.save_pretrained(tmp_path / "hf")
+    config, params, meta = convert.read_hf(str(tmp_path / "hf"))
+    assert meta == {"multiple_choice": True}
+    ids, mask = padded_batch(config.vocab_size, seed=5, B=3)
+    ids, mask = ids[None].repeat(2, 0), mask[None].repeat(2, 0)  # [2 questions, 3 choices, L]
+    ids[1, :, 1] = 7
+    want = hf_out(hf, ids, mask).logits.numpy()
+    got = M.RobertaForMultipleChoice(config).apply({"params": params}, jnp.asarray(ids),
+                                                   jnp.asarray(mask))
+    assert np.ptp(want, axis=1).min() > 0.01 and np.abs(np.asarray(got) - want).max() < 1e-5
+
+    # As fine-tuning saves RACE's best model (no "multiple_choice" key: its task says it).
+    checkpoint.save_model(str(tmp_path / "best"), config, params,
+                          {"task": "RACE", "num_choices": 4, "metric": "accuracy"})
+    convert.main([f"--src={tmp_path / 'best'}", f"--dst={tmp_path / 'back'}"])
+    cfg = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert cfg["architectures"] == ["RobertaForMultipleChoice"]
+    assert "problem_type" not in cfg and cfg["finetuning_task"] == "RACE"
+    back, info = transformers.RobertaForMultipleChoice.from_pretrained(
+        str(tmp_path / "back"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert np.abs(hf_out(back.eval(), ids, mask).logits.numpy() - want).max() < 1e-5
+
+
+def test_label_names_travel_both_ways(tmp_path):
+    torch.manual_seed(0)
+    labels = {0: "negative", 1: "positive"}
+    hf = scale_up(transformers.RobertaForSequenceClassification(
+        hf_config(**SMALL, id2label=labels, label2id={v: k for k, v in labels.items()})), seed=6)
+    hf.save_pretrained(tmp_path / "hf")
+    convert.main([f"--src={tmp_path / 'hf'}", f"--dst={tmp_path / 'ours'}"])
+    meta = json.loads((tmp_path / "ours" / checkpoint.CONFIG_FILE).read_text())
+    assert meta["labels"] == ["negative", "positive"]  # the key and format fine-tuning writes
+    convert.main([f"--src={tmp_path / 'ours'}", f"--dst={tmp_path / 'back'}"])
+    back = transformers.RobertaForSequenceClassification.from_pretrained(str(tmp_path / "back"))
+    assert back.config.id2label == labels and back.config.label2id == {"negative": 0,
+                                                                       "positive": 1}
+    # A fine-tuned best/ dir: its "labels" name the classes of the exported model.
+    config, params = convert.from_hf(str(tmp_path / "hf"))
+    checkpoint.save_model(str(tmp_path / "best"), config, params,
+                          {"task": "MNLI", "labels": ["x", "y"], "num_labels": 2})
+    convert.main([f"--src={tmp_path / 'best'}", f"--dst={tmp_path / 'mnli'}"])
+    cfg = json.loads((tmp_path / "mnli" / "config.json").read_text())
+    assert cfg["id2label"] == {"0": "x", "1": "y"} and cfg["finetuning_task"] == "MNLI"
+    # transformers' default names are not stored
+    hf = transformers.RobertaForSequenceClassification(hf_config(**SMALL))
+    hf.save_pretrained(tmp_path / "plain")
+    assert convert.read_hf(str(tmp_path / "plain"))[2] == {}
+
+
+def test_cli_errors_and_dst_format(hf_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        convert.main([f"--src={tmp_path / 'nope'}", f"--dst={tmp_path / 'out'}"])
+    repo = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    res = subprocess.run([sys.executable, "-m", "robertax.convert", f"--src={tmp_path / 'nope'}",
+                          f"--dst={tmp_path / 'out'}"], cwd=repo, capture_output=True, text=True)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == f"error: --src={tmp_path / 'nope'} does not exist"
+    # --dst=*.pt without --dst_format writes fairseq
+    convert.main([f"--src={hf_dir}", f"--dst={tmp_path / 'out.pt'}"])
+    assert (tmp_path / "out.pt").is_file() and (tmp_path / "dict.txt").is_file()
+    assert convert.detect_format(str(tmp_path / "out.pt")) == "fairseq"

@@ -232,6 +232,50 @@ def test_hf_to_fairseq_without_dict_writes_placeholder_and_folds_token_types(tmp
     np.testing.assert_allclose(got[mask], want[mask], rtol=1e-6, atol=5e-5)
 
 
+def test_existing_dictionary_is_never_overwritten(models, tmp_path, caplog):
+    folder = fairseq_dir(tmp_path, models, "released")
+    config, params = fairseq.from_fairseq(str(folder))
+    out = tmp_path / "out"
+    out.mkdir()
+    write_dict(out / "dict.txt", SIZES["vocab_size"])  # the model's real dictionary
+    real = (out / "dict.txt").read_bytes()
+    with caplog.at_level(logging.INFO):
+        fairseq.to_fairseq(config, params, str(out))  # no source dictionary
+    assert (out / "dict.txt").read_bytes() == real and "kept the dictionary" in caplog.text
+    assert "placeholder" not in caplog.text and (out / "model.pt").is_file()
+    # One that does not fit the model is not this model's: refused, nothing written.
+    (tmp_path / "other").mkdir()
+    write_dict(tmp_path / "other" / "dict.txt", 100)
+    other = (tmp_path / "other" / "dict.txt").read_bytes()
+    with pytest.raises(ValueError, match=r"other/dict\.txt has 95 entries.*model's is 203.*not "
+                                         r"overwritten"):
+        fairseq.to_fairseq(config, params, str(tmp_path / "other"))
+    assert (tmp_path / "other" / "dict.txt").read_bytes() == other
+    assert not (tmp_path / "other" / "model.pt").exists()
+    # Nor is it replaced by a different dictionary travelling with the model.
+    (tmp_path / "third.txt").write_text("".join(f"{9000 + i} 1\n"
+                                                for i in range(SIZES["vocab_size"] - 5)))
+    with pytest.raises(ValueError, match=r"out/dict\.txt already exists and differs"):
+        fairseq.to_fairseq(config, params, str(out), dictionary=str(tmp_path / "third.txt"))
+    with pytest.raises(ValueError, match=r"out/dict\.txt already exists and differs"):
+        convert.write(config, params, str(out), "hf", dictionary=str(tmp_path / "third.txt"))
+    assert (out / "dict.txt").read_bytes() == real and not (out / "config.json").exists()
+
+
+def test_fairseq_to_fairseq_keeps_the_head_name(models, tmp_path):
+    """No --fairseq_head and no --dst_format: a .pt destination is fairseq, and the head keeps
+    its name (mnli), directly and through a robertax dir."""
+    folder = fairseq_dir(tmp_path, models, "released")
+    convert.main([f"--src={folder}", f"--dst={tmp_path / 'direct' / 'model.pt'}"])
+    assert_same_tensors(load_plain(folder / "model.pt")["model"],
+                        load_plain(tmp_path / "direct" / "model.pt")["model"])
+    convert.main([f"--src={folder}", f"--dst={tmp_path / 'ours'}"])
+    convert.main([f"--src={tmp_path / 'ours'}", f"--dst={tmp_path / 'back'}",
+                  "--dst_format=fairseq"])
+    names = load_plain(tmp_path / "back" / "model.pt")["model"]
+    assert "classification_heads.mnli.out_proj.weight" in names
+
+
 def test_several_heads_need_a_choice_and_bad_args_are_named(models, tmp_path):
     mlm, cls = models
     state = fairseq_state(mlm.state_dict(), cls.state_dict(), 2, "released")

@@ -1,7 +1,10 @@
 """Fine-tuning end to end: every GLUE task, SQuAD v1.1/v2.0 and RACE run through
 `robertax.finetune` with a tiny pretrained model and write results.json with the right metric
-names; a converted Hugging Face classifier's first step has transformers' loss and gradients;
-bad input fails naming what is wrong; the sweep tool aggregates seeds by the median."""
+names and prediction files that reproduce it; evaluation only (do_train=False) of a fine-tuned
+model gives its training run's numbers; a converted Hugging Face classifier's first step has
+transformers' loss and gradients and its label names put its outputs in the task's order; bad
+input fails naming what is wrong, before a previous run's outputs are touched; the sweep tool
+aggregates seeds by the median and reruns a finished cell whose settings changed."""
 
 import importlib
 import json
@@ -15,7 +18,7 @@ import numpy as np
 import pytest
 
 from robertax import checkpoint, convert, finetune, observe
-from robertax.tasks import glue
+from robertax.tasks import glue, runner, squad
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -126,6 +129,16 @@ def test_glue_task_end_to_end(name, pretrained, glue_dir, tmp_path):
         lines = (tmp_path / "submission" / task.submission["test"]).read_text().splitlines()
         assert lines[0] == "index\tprediction"
         assert len(lines) - 1 == len(glue.read_tsv(task, glue_dir, "test"))
+    # The best model's dev predictions, with the gold labels: they give back its metrics.
+    rows = [r.split("\t") for r in (tmp_path / "dev_predictions.tsv").read_text().splitlines()]
+    assert rows[0] == ["index", "prediction", "label"] and len(rows) - 1 == 16
+    dev = glue.read_tsv(task, glue_dir, task.dev_splits[0])[:16]
+    assert [int(r[0]) for r in rows[1:]] == [ex.idx for ex in dev]
+    if not task.is_regression:
+        pred = [task.labels.index(r[1]) for r in rows[1:]]
+        assert [task.labels.index(r[2]) for r in rows[1:]] == [ex.label for ex in dev]
+        m = glue.compute_metrics(task, pred, [ex.label for ex in dev])
+        assert m == pytest.approx({k: results[k] for k in task.metrics})
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +174,83 @@ def test_rte_from_mnli_keeps_the_encoder_and_renews_the_head(mnli_run, glue_dir)
         finetune.prepare(c)
 
 
+def test_evaluate_only_gives_the_training_runs_numbers_and_files(mnli_run, glue_dir, tmp_path):
+    """do_train=False on a fine-tuned best/: the same dev metrics, prediction and submission
+    files as the run that trained it, and no model or training logs of its own."""
+    workdir, trained = mnli_run
+    results = run("mnli", str(workdir / "best"), tmp_path, data_dir=str(glue_dir),
+                  predict_test=True, do_train=False)
+    assert (results["do_train"], results["steps_run"], results["train_examples"]) == (False, 0, 0)
+    on_disk = json.load(open(tmp_path / "results.json"))
+    for name in ("accuracy", "accuracy_mismatched"):
+        assert on_disk[name] == results[name] == trained[name]
+    assert results["eval_examples"] == trained["eval_examples"]
+    for name in ("dev_predictions.tsv", "dev_predictions_mismatched.tsv", "submission/MNLI-m.tsv",
+                 "submission/MNLI-mm.tsv", "submission/AX.tsv"):
+        assert (tmp_path / name).read_text() == (workdir / name).read_text(), name
+    assert not any(os.path.exists(tmp_path / n) for n in ("best", "metrics.jsonl", "tensorboard"))
+
+
+def test_evaluate_only_needs_the_tasks_own_head(pretrained, mnli_run, glue_dir, tmp_path):
+    best = str(mnli_run[0] / "best")
+    cases = [(pretrained, {}, "has no 'classifier' head"),  # a pretraining run: no head at all
+             (best, {}, "fine-tuned on MNLI, this run is RTE"),
+             ("", {"from_mnli": best}, "from_mnli asks for a new"),
+             (best, {"head": "fresh"}, "head='fresh' asks for a new")]
+    for init, kw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            run("rte", init, tmp_path, data_dir=str(glue_dir), do_train=False, **kw)
+    assert not os.listdir(tmp_path)  # refused before writing anything
+
+
+def _hf_copy(src, dst, **config):
+    """The Hugging Face dir `src` with config.json fields changed (weights linked, not copied)."""
+    dst.mkdir()
+    for name in os.listdir(src):
+        if name != "config.json":
+            os.symlink(src / name, dst / name)
+    cfg = {**json.load(open(src / "config.json")), **config}
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_hf_label_names_put_the_head_in_the_tasks_order(hf_classifier, glue_dir, tmp_path):
+    """An RTE classifier whose config.json lists its classes in the other order: its outputs
+    are permuted, so the labels written are those transformers' model predicts, by name."""
+    import torch
+    path, hf = hf_classifier
+    id2label = {"0": "NOT_ENTAILMENT", "1": "ENTAILMENT"}  # RTE's order is entailment first
+    model = _hf_copy(path, tmp_path / "hf_rte", id2label=id2label,
+                     label2id={v: int(k) for k, v in id2label.items()})
+    c = config_for("rte", str(model), data_dir=str(glue_dir), do_train=False)
+    p = finetune.prepare(c)
+    w = hf.classifier.out_proj.weight.detach().numpy()  # [labels, D]
+    np.testing.assert_array_equal(np.asarray(p.params["classifier"]["out"]["kernel"]), w[::-1].T)
+
+    finetune.finetune(c, str(tmp_path / "eval"))
+    arrays = p.eval_sets[0].arrays
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor(arrays["input_ids"], dtype=torch.long),
+                    attention_mask=torch.tensor(arrays["attention_mask"], dtype=torch.long)).logits
+    theirs = [id2label[str(i)].lower() for i in logits.argmax(-1).tolist()]
+    rows = (tmp_path / "eval" / "dev_predictions.tsv").read_text().splitlines()[1:]
+    assert [r.split("\t")[1] for r in rows] == theirs
+
+
+def test_a_head_for_another_task_is_replaced_with_a_warning(hf_classifier, glue_dir, tmp_path,
+                                                            caplog):
+    path, hf = hf_classifier
+    w = hf.classifier.out_proj.weight.detach().numpy().T
+    model = _hf_copy(path, tmp_path / "hf_sst2", finetuning_task="sst2")
+    p = finetune.prepare(config_for("rte", str(model), data_dir=str(glue_dir)))
+    [warning] = [r for r in caplog.records if "fine-tuned on sst2" in r.getMessage()]
+    assert warning.levelname == "WARNING" and "this run is RTE" in warning.getMessage()
+    assert not np.allclose(np.asarray(p.params["classifier"]["out"]["kernel"]), w)
+    # On its own task (any spelling) the head is kept.
+    p = finetune.prepare(config_for("sst2", str(model), data_dir=str(glue_dir)))
+    np.testing.assert_array_equal(np.asarray(p.params["classifier"]["out"]["kernel"]), w)
+
+
 def test_random_init_is_the_same_model_with_new_weights(pretrained, glue_dir):
     """The no-pretraining baseline of tools/pretrain_helps.py."""
     _, ckpt, _ = checkpoint.load_model(pretrained)
@@ -177,6 +267,12 @@ def test_squad_v1_end_to_end(pretrained, test_data, tmp_path):
     check_outputs(tmp_path, results, ("exact_match", "f1"))
     assert results["metric"] == "f1" and results["eval_examples"] == {"dev": 12}
     assert "HasAns_f1" not in results
+    # predictions.json is the official script's input: scoring it gives results.json's numbers.
+    predictions = json.load(open(tmp_path / "predictions.json"))
+    gold = squad.as_official(squad.read_json(dev)[:12])
+    assert len(predictions) == 12 and not os.path.exists(tmp_path / "null_odds.json")
+    assert squad.evaluate(gold, predictions, "1.1") == {
+        k: results[k] for k in ("exact_match", "f1")}
 
 
 def test_squad_v2_end_to_end_with_the_answerable_head(pretrained, test_data, tmp_path):
@@ -186,14 +282,38 @@ def test_squad_v2_end_to_end_with_the_answerable_head(pretrained, test_data, tmp
     check_outputs(tmp_path, results, ("exact_match", "f1", "HasAns_f1", "NoAns_f1"))
     _, params, _ = checkpoint.load_model(str(tmp_path / "best"))
     assert {"encoder", "span", "answerable"} <= set(params)
+    on_disk = json.load(open(tmp_path / "results.json"))
+    assert (on_disk["total"], on_disk["HasAns_total"] + on_disk["NoAns_total"]) == (12, 12)
+    assert all(type(on_disk[k]) is int for k in ("total", "HasAns_total", "NoAns_total"))
+    predictions = json.load(open(tmp_path / "predictions.json"))
+    gold = squad.as_official(squad.read_json(dev)[:12], "2.0")
+    scored = squad.evaluate(gold, predictions, "2.0")
+    assert scored == {k: on_disk[k] for k in scored}
+    # null_odds.json: the no-answer score per question; "" exactly where it passes the threshold.
+    null = json.load(open(tmp_path / "null_odds.json"))
+    assert set(null) == set(predictions)
+    assert all(predictions[q] == "" for q in null if null[q] > 0.0)
+    assert all(null[q] <= 0.0 for q in null if predictions[q])
 
 
-def test_race_end_to_end(pretrained, test_data, tmp_path):
+def test_race_end_to_end(pretrained, test_data, tmp_path, caplog):
+    # The paper's 512 / 128 on a model of 128 positions: both shrink (to 128 / 32), no error.
     results = run("race", pretrained, tmp_path, data_dir=str(test_data / "race" / "RACE"),
-                  max_length=128, max_option_length=32, batch_size=8, eval_batch_size=8)
+                  max_length=512, max_option_length=128, batch_size=8, eval_batch_size=8,
+                  max_eval_examples=10)
     check_outputs(tmp_path, results, ("accuracy", "accuracy_high", "accuracy_middle",
                                       "test_accuracy"))  # the dev set has both levels
-    assert results["eval_examples"] == {"dev": 16}
+    assert "max_option_length 128 -> 32" in caplog.text
+    stored = json.load(open(tmp_path / "config.json"))
+    assert (stored["max_length"], stored["max_option_length"]) == (128, 32)
+    # The test accuracy is over the first max_eval_examples test questions, and says so.
+    assert results["eval_examples"] == {"dev": 10} and results["test_examples"] == 10
+    test_pred = json.load(open(tmp_path / "test_predictions.json"))
+    dev_pred = json.load(open(tmp_path / "dev_predictions.json"))
+    assert len(test_pred) == len(dev_pred) == 10 and set(test_pred.values()) <= set("ABCD")
+    gold = {ex.id: "ABCD"[ex.label] for ex in runner.subset(
+        runner.race.read_dir(test_data / "race" / "RACE", "test"), 10, None)}
+    assert np.mean([test_pred[q] == a for q, a in gold.items()]) == results["test_accuracy"]
 
 
 def test_early_stopping_keeps_the_best_evaluation(pretrained, glue_dir, tmp_path):
@@ -286,6 +406,38 @@ def test_bad_inputs_name_what_is_wrong(pretrained, tmp_path):
         run("sst2", pretrained, tmp_path)
 
 
+def test_a_select_metric_typo_fails_before_anything_is_read(glue_dir, tmp_path):
+    # The checkpoint does not even exist: the metric is checked first, not after an epoch.
+    with pytest.raises(ValueError, match=r"select_metric='acc' is not a metric of MRPC; "
+                                         r"choose one of \['f1', 'accuracy'\]"):
+        run("mrpc", str(tmp_path / "nowhere"), tmp_path / "w", data_dir=str(glue_dir),
+            select_metric="acc")
+    assert not os.path.exists(tmp_path / "w")
+    assert "accuracy_mismatched" in runner.make_task(config_for("mnli", "")).metric_names
+    assert "NoAns_f1" in runner.make_task(config_for("squad_v2", "")).metric_names
+
+
+def test_nothing_to_train_points_to_evaluation_only(pretrained, glue_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"nothing to train.*do_train=False"):
+        run("sst2", pretrained, tmp_path, data_dir=str(glue_dir), max_steps=0, num_epochs=0)
+
+
+def test_overwrite_touches_nothing_until_the_inputs_are_read(pretrained, glue_dir, tmp_path):
+    old = tmp_path / "run"
+    (old / "best").mkdir(parents=True)
+    for name in ("results.json", "best/robertax_config.json", "dev_predictions.tsv"):
+        (old / name).write_text("{}")
+    before = sorted(str(p.relative_to(old)) for p in old.rglob("*"))
+    # Starting from this workdir's own best/ with overwrite would delete it: refused.
+    with pytest.raises(ValueError, match=r"init_checkpoint=.*best' lies inside .*best, which "
+                                         r"this run would delete"):
+        run("sst2", str(old / "best"), old, data_dir=str(glue_dir), overwrite=True)
+    # A bad data_dir fails while the previous run's outputs are all still there.
+    with pytest.raises(FileNotFoundError, match="SST-2/train.tsv"):
+        run("sst2", pretrained, old, data_dir=str(tmp_path / "nowhere"), overwrite=True)
+    assert sorted(str(p.relative_to(old)) for p in old.rglob("*")) == before
+
+
 # ------------------------------------------------------------------------------- sweep
 
 
@@ -296,18 +448,30 @@ def test_sweep_reports_median_over_seeds_and_best_setting(pretrained, glue_dir, 
     assert [s["median"]["accuracy"] for s in summary["settings"]] == [0.6, 0.7]
     assert (summary["best"]["learning_rate"], summary["best"]["batch_size"]) == (2e-5, 16)
 
-    args = glue_sweep.parse_args([
+    argv = [
         "--config", os.path.join(REPO, "configs/finetune/rte.py"), "--workdir", str(tmp_path),
         "--init_checkpoint", pretrained, "--learning_rates=1e-4", "--batch_sizes=8",
         "--seeds=2", "--max_steps=1", "--max_train_examples=16", "--max_eval_examples=8",
         f"--set=data_dir={glue_dir}", "--set=max_length=64", "--set=eval_every=-1",
-        "--in_process"])
-    summary = glue_sweep.sweep(args)
+        "--in_process"]
+    summary = glue_sweep.sweep(glue_sweep.parse_args(argv))
     [setting] = summary["settings"]
     assert setting["seeds"] == 2 and len(setting["scores"]["accuracy"]) == 2
     assert setting["median"]["accuracy"] == float(np.median(setting["scores"]["accuracy"]))
     assert json.load(open(tmp_path / "sweep.json"))["metric"] == "accuracy"
     assert os.path.exists(tmp_path / "lr0.0001_bs8" / "seed1" / "results.json")
+
+    # The same workdir with other settings: the finished cell is run again, not reused ...
+    seed0 = tmp_path / "lr0.0001_bs8" / "seed0" / "results.json"
+    assert json.load(open(seed0))["train_examples"] == 16
+    argv = [a.replace("--max_train_examples=16", "--max_train_examples=24").replace(
+        "--seeds=2", "--seeds=1") for a in argv]
+    glue_sweep.sweep(glue_sweep.parse_args(argv))
+    assert json.load(open(seed0))["train_examples"] == 24
+    # ... and with the same settings again it is reused.
+    mtime = os.stat(seed0).st_mtime_ns
+    summary = glue_sweep.sweep(glue_sweep.parse_args(argv))
+    assert os.stat(seed0).st_mtime_ns == mtime and summary["settings"][0]["seeds"] == 1
 
 
 def test_cli_writes_results(pretrained, glue_dir, tmp_path):

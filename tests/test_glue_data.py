@@ -127,6 +127,12 @@ def test_read_mnli_qqp_cola_test_layouts(tmp_path):
     ("CoLA", "gj04\t1\t\tFine.\ngj04\t2\t\tBad label.\n", r"dev.tsv:2: unknown CoLA label '2'"),
     ("CoLA", "gj04\t1\tFine.\n", r"dev.tsv:1: expected 4 tab-separated columns, found 3"),
     ("STS-B", "index\tsentence1\tsentence2\tscore\n0\ta\tb\thigh\n", r"dev.tsv:2: STS-B score 'high'"),
+    # Scores off the 0-5 scale would otherwise surface only as a diverging loss, steps later.
+    ("STS-B", "index\tsentence1\tsentence2\tscore\n0\ta\tb\t2.5\n1\ta\tb\tnan\n",
+     r"dev.tsv:3: STS-B score nan is not a finite number in \[0, 5\]"),
+    ("STS-B", "index\tsentence1\tsentence2\tscore\n0\ta\tb\t7.5\n", r"dev.tsv:2: .* 7.5 is not"),
+    ("STS-B", "index\tsentence1\tsentence2\tscore\n0\ta\tb\t-0.1\n", r"dev.tsv:2: .* -0.1 is"),
+    ("STS-B", "index\tsentence1\tsentence2\tscore\n0\ta\tb\tinf\n", r"dev.tsv:2: .* inf is not"),
     ("SST-2", "text\tlabel\nfine\t1\n", r"dev.tsv:1: header lacks column"),
 ])
 def test_malformed_rows_name_file_and_line(tmp_path, task, text, message):
@@ -269,3 +275,19 @@ def test_write_submission_files(tmp_path, test_data):
     assert path.name == "MRPC.tsv" and len(lines) == 1 + 1725 and lines[-1] == "1724\t1"
     with pytest.raises(ValueError, match="class ids"):
         glue.write_submission("RTE", "test", [2], tmp_path)
+
+
+def test_dev_predictions_carry_the_gold_label():
+    text = glue.format_predictions("RTE", np.array([[2.0, 1.0], [0.0, 3.0]]), [7, 8], [0, 0])
+    assert text.splitlines() == ["index\tprediction\tlabel", "7\tentailment\tentailment",
+                                 "8\tnot_entailment\tentailment"]
+    stsb = glue.format_predictions("STS-B", np.array([[5.5], [1.0]]), None, [4.8, 0.0])
+    assert stsb.splitlines()[1:] == ["0\t5.000\t4.800", "1\t1.000\t0.000"]
+    with pytest.raises(ValueError, match="2 predictions for 1 labels"):
+        glue.format_predictions("RTE", [0, 1], None, [0])
+
+
+def test_stsb_scores_on_the_real_files_are_in_range(test_data):
+    scores = [ex.label for split in ("train", "validation")
+              for ex in glue.read_tsv("STS-B", test_data / "glue", split)]
+    assert len(scores) == 5749 + 1500 and min(scores) == 0.0 and max(scores) == 5.0

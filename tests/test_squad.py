@@ -344,6 +344,23 @@ def test_decode_recovers_spans_and_applies_the_null_threshold():
     assert squad.decode(s, e, f, max_answer_length=1)["long"] != "w25 w26"
 
 
+def test_leading_spaces_of_questions_are_dropped(test_data):
+    # Ten dev-v1.1 questions start with spaces; byte-level BPE would encode them differently
+    # (" Where" is "ĠWhere", a space more a token more). Hugging Face's run_qa.py strips them;
+    # so does featurize.
+    tok = pytest.importorskip("robertax.tokenizer").load(str(test_data / "bpe" / "roberta-base_hf"))
+    examples = squad.read_json(test_data / "squad" / "dev-v1.1.json")
+    spaced = [ex for ex in examples if ex.question != ex.question.lstrip()]
+    assert len(spaced) == 10
+    ex = spaced[0]
+    clean = squad.Example(ex.id, ex.title, ex.context, ex.question.lstrip(), ex.answers,
+                          ex.answer_starts)
+    assert tok.encode_plain(ex.question) != tok.encode_plain(clean.question)
+    a, b = (squad.featurize([e], tok, max_length=384) for e in (ex, clean))
+    np.testing.assert_array_equal(a.input_ids, b.input_ids)
+    np.testing.assert_array_equal(a.start_positions, b.start_positions)
+
+
 def test_oracle_logits_reproduce_gold_with_the_real_tokenizer(test_data):
     tokenizer = pytest.importorskip("robertax.tokenizer")
     tok = tokenizer.load(str(test_data / "bpe" / "roberta-base_hf"))

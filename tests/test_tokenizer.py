@@ -2,6 +2,7 @@
 layouts, round trips, offsets, saving/loading, and training both kinds."""
 
 import json
+import logging
 import os
 import pathlib
 import subprocess
@@ -210,3 +211,96 @@ def test_cli_train_and_encode(shakespeare, tmp_path):
     tok = tokenizer_lib.load(str(out))
     assert tok.vocab_size == 600
     assert json.loads(run("encode", f"--tokenizer={out}", "To be, or not to be")) == tok.encode("To be, or not to be")
+
+
+def test_sentencepiece_text_after_special_tokens_continues(shakespeare):
+    """Text after a special token is a continuation: " now" -> "\u2581now" (no lone "\u2581"),
+    "now" right after "<mask>" -> no word start; the ids decode back to the text."""
+    tok = tokenizer_lib.train_sentencepiece(shakespeare, 1000)
+    pieces = lambda ids: [tok.id_to_token(i) for i in ids]  # noqa: E731
+    head = tok.encode_plain("hear me")
+    spaced = tok.encode_plain("hear me <mask> now")
+    assert spaced == head + [tok.mask_id] + tok.encode_plain(tok.continuation(" now"))
+    assert "\u2581" not in pieces(spaced) and pieces(spaced)[-1] == "\u2581now"
+    assert tok.decode(spaced) == "hear me<mask> now"  # <mask> takes the space before it
+    glued = tok.encode_plain("hear me <mask>now")
+    assert glued[: len(head) + 1] == head + [tok.mask_id]
+    assert not pieces(glued)[len(head) + 1].startswith("\u2581")
+    assert tok.decode(glued) == "hear me<mask>now"
+    text = "<mask> the king, <unk> <pad> now"  # a lone space between specials is kept
+    ids, offsets = tok.encode_with_offsets(text)
+    assert pieces(ids)[:2] == ["<mask>", "\u2581the"] and "\u2581" in pieces(ids)
+    assert tok.decode(ids) == text
+    assert [text[a:b] for a, b in offsets][-1] == "now"
+    assert tok.decode(tok.encode("the king", pair="now"), skip_special_tokens=True) == "the kingnow"
+
+
+def test_sentencepiece_vocab_size_too_large_says_the_largest(shakespeare, tmp_path):
+    small = tmp_path / "small.txt"
+    lines = pathlib.Path(shakespeare).read_text(encoding="utf-8").splitlines()[:200]
+    small.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"error: vocab_size 5000 is too large for this text.*"
+                                         r"largest vocab_size that works is \d+") as e:
+        tokenizer_lib.main(["train", "--kind=sentencepiece", f"--input={small}",
+                            "--vocab_size=5000", f"--output={tmp_path / 'out'}"])
+    largest = int(str(e.value).rsplit("works is ", 1)[1].split()[0])
+    assert tokenizer_lib.train_sentencepiece(str(small), largest).vocab_size == largest
+    with pytest.raises(ValueError, match=rf"largest vocab_size that works is {largest}\b"):
+        tokenizer_lib.train_sentencepiece(str(small), largest + 1)
+
+
+def test_byte_bpe_short_of_the_vocab_size_warns(caplog):
+    with caplog.at_level(logging.WARNING):
+        tok = tokenizer_lib.train_byte_bpe(iter(["To be, or not to be: that is the question."] * 3),
+                                           5000)
+    assert tok.vocab_size < 5000
+    assert f"asked for vocab_size 5000, the text gave only {tok.vocab_size}" in caplog.text
+
+
+@pytest.mark.parametrize("mask_lstrip", [False, True])
+def test_transformers_5_tokenizer_json(bpe_dir, tok, tmp_path, mask_lstrip):
+    """transformers 5 saves tokenizer.json (+ tokenizer_config.json) only: the same ids."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import AddedToken
+    d = bpe_dir / "roberta-base_hf"
+    vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
+    merges = [tuple(line.split(" ")) for line in
+              (d / "merges.txt").read_text(encoding="utf-8").splitlines()[1:] if line]
+    # transformers 5's default <mask> keeps the space before it; roberta-base's strips it.
+    mask = AddedToken("<mask>", lstrip=mask_lstrip, rstrip=False, special=True, normalized=False)
+    theirs = transformers.RobertaTokenizerFast(vocab=vocab, merges=merges, mask_token=mask)
+    theirs.save_pretrained(str(tmp_path))
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).unlink(missing_ok=True)
+    assert (tmp_path / "tokenizer.json").exists()
+    ours = tokenizer_lib.load(str(tmp_path))
+    assert ours.kind == "byte_bpe" and ours.mask_lstrip == mask_lstrip
+    assert ours.special_tokens == tok.special_tokens == {
+        "bos": theirs.bos_token_id, "pad": theirs.pad_token_id, "eos": theirs.eos_token_id,
+        "unk": theirs.unk_token_id, "mask": theirs.mask_token_id}
+    assert (ours.fingerprint == tok.fingerprint) == mask_lstrip  # same files, same <mask> rule
+    texts = HANDWRITTEN + ["hello <mask> world", "<mask>", "a <mask><mask> b", " <mask> x"]
+    assert [ours.encode(t) for t in texts] == theirs(texts)["input_ids"]
+    pairs = [ours.encode(a, pair=b) for a, b in zip(texts, texts[1:])]
+    assert pairs == theirs(texts[:-1], texts[1:])["input_ids"]
+    ours.save(str(tmp_path / "saved"))  # and the <mask> rule survives robertax's own save
+    again = tokenizer_lib.load(str(tmp_path / "saved"))
+    assert again.fingerprint == ours.fingerprint
+    assert again.encode(" <mask> x") == ours.encode(" <mask> x")
+
+
+def test_tokenizer_json_that_differs_is_refused_and_bad_merges_name_the_files(tmp_path, bpe_dir):
+    spec = {"model": {"type": "BPE", "vocab": {"<s>": 0}, "merges": []},
+            "pre_tokenizer": {"type": "Metaspace"}, "normalizer": {"type": "NFKC"},
+            "added_tokens": []}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"tokenizer\.json: not a RoBERTa byte-level BPE.*"
+                                         r"pre_tokenizer.*Metaspace.*normalizer"):
+        tokenizer_lib.load(str(tmp_path))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "vocab.json").write_text((bpe_dir / "roberta-base_hf" / "vocab.json").read_text())
+    (bad / "merges.txt").write_text("#version: 0.2\n\u0101 \u0101\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{bad}/vocab\.json \+ merges\.txt: inconsistent "
+                                         r"vocab/merges.*out of vocabulary"):
+        tokenizer_lib.load(str(bad))

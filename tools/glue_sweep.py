@@ -6,7 +6,9 @@ and Table 10: LR {1e-5, 2e-5, 3e-5} x batch {16, 32}, median of 5 seeds).
         --workdir=/tmp/rte_sweep [--set=data_dir=glue_data]
 
 Every run is `python -m robertax.finetune` in its own workdir (DIR/lr{LR}_bs{B}/seed{S}); a run
-whose results.json exists is reused, so an interrupted sweep resumes. Shrink it at will:
+whose results.json exists is reused when it was made with the same settings (the full config,
+kept beside it in sweep_run.json), so an interrupted sweep resumes; with other settings (e.g. a
+new --max_train_examples) it runs again. Shrink it at will:
     --learning_rates=2e-5 --batch_sizes=16 --seeds=2 --max_steps=20 --max_train_examples=256
 `--in_process` runs the grid in this process (no subprocesses: quicker at toy scale, no
 parallelism); `--jobs=N` runs N subprocesses at once (e.g. one per GPU, set by the caller).
@@ -83,27 +85,63 @@ def overrides(args, lr: float, batch: int, seed: int) -> list[str]:
     return out + list(args.set or [])
 
 
+RECORD = "sweep_run.json"  # beside a run's results.json: the settings that produced it
+_UNRECORDED = ("progress", "overwrite")  # change no result
+
+
+def settings(args, sets: list[str]) -> dict:
+    """The full config one run gets (the config file with the overrides applied), as JSON."""
+    config = load_config(args.config)
+    for s in sets:
+        set_override(config, s)
+    values = json.loads(config.to_json_best_effort())
+    return {k: v for k, v in values.items() if k not in _UNRECORDED}
+
+
+def _stale(workdir: str, want: dict) -> str | None:
+    """Why the finished run in `workdir` cannot stand for `want` (None: it can)."""
+    path = os.path.join(workdir, RECORD)
+    if not os.path.exists(path):
+        return f"no {RECORD} says which settings produced it"
+    with open(path) as f:
+        have = json.load(f)
+    diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    if diff:
+        return "different settings: " + ", ".join(
+            f"{k} {have.get(k)!r} -> {want.get(k)!r}" for k in diff[:6])
+    return None
+
+
 def run_one(args, lr: float, batch: int, seed: int) -> dict:
-    """One grid point; its results.json (reused when present)."""
+    """One grid point; its results.json (reused when it was made with the same settings)."""
     workdir = run_dir(args.workdir, lr, batch, seed)
     results = os.path.join(workdir, "results.json")
-    if not os.path.exists(results):
-        sets = overrides(args, lr, batch, seed)
-        if args.in_process:
-            from robertax import finetune
-            config = load_config(args.config)
-            for s in sets:
-                set_override(config, s)
-            finetune.finetune(config, workdir)
-        else:
-            os.makedirs(workdir, exist_ok=True)
-            cmd = [sys.executable, "-m", "robertax.finetune", f"--config={args.config}",
-                   f"--workdir={workdir}", *[f"--config.{s}" for s in sets]]
-            with open(os.path.join(workdir, "log.txt"), "w") as log:
-                done = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-            if done.returncode != 0:
-                raise RuntimeError(f"run lr={lr:g} batch={batch} seed={seed} failed "
-                                   f"(exit {done.returncode}); see {workdir}/log.txt")
+    sets = overrides(args, lr, batch, seed)
+    want = settings(args, sets)
+    if os.path.exists(results):
+        why = _stale(workdir, want)
+        if why is None:
+            with open(results) as f:
+                return json.load(f)
+        print(f"rerunning {workdir}: its results.json has {why}", flush=True)
+        sets.append("overwrite=True")
+    if args.in_process:
+        from robertax import finetune
+        config = load_config(args.config)
+        for s in sets:
+            set_override(config, s)
+        finetune.finetune(config, workdir)
+    else:
+        os.makedirs(workdir, exist_ok=True)
+        cmd = [sys.executable, "-m", "robertax.finetune", f"--config={args.config}",
+               f"--workdir={workdir}", *[f"--config.{s}" for s in sets]]
+        with open(os.path.join(workdir, "log.txt"), "w") as log:
+            done = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise RuntimeError(f"run lr={lr:g} batch={batch} seed={seed} failed "
+                               f"(exit {done.returncode}); see {workdir}/log.txt")
+    with open(os.path.join(workdir, RECORD), "w") as f:  # only once the run has finished
+        json.dump(want, f, indent=2)
     with open(results) as f:
         return json.load(f)
 

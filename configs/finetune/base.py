@@ -26,6 +26,8 @@ def get_config():
     c.head = "auto"                 # "auto": reuse a checkpoint head of the right shape; "fresh"
     c.random_init = False           # ablation: the checkpoint's model and tokenizer, random
                                     # weights (fine-tuning without pretraining)
+    c.do_train = True               # False: evaluate init_checkpoint as it is (it must hold
+                                    # this task's head): dev metrics + prediction files only
 
     # --- optimization (Table 10) ---
     c.learning_rate = 1e-5          # Table 10: GLUE {1e-5, 2e-5, 3e-5}
@@ -74,7 +76,8 @@ def get_config():
     c.seed = 0                      # head init, dropout and example order (GLUE: 5 seeds, Sec. 5)
     c.log_every = 50
     c.progress = True               # tqdm bar
-    c.overwrite = False             # replace a finished run in the same workdir
+    c.overwrite = False             # replace a finished run in the same workdir (its outputs
+                                    # are removed once the new run's inputs are all read)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                # data parallel over every device

@@ -1,6 +1,9 @@
 """RACE fine-tuning (Section 5, Table 10): each (passage, question, option) encoded separately,
 the <s> vector -> linear -> softmax over the four options. Metrics: accuracy (selects),
-accuracy_middle, accuracy_high; with predict_test also test_accuracy*, the numbers of Table 7.
+accuracy_middle, accuracy_high; with predict_test also test_accuracy*, the numbers of Table 7
+(over the first max_eval_examples test questions when that is set: results.json's
+test_examples). Writes dev_predictions.json / test_predictions.json (question id -> A-D).
+On a model with fewer positions max_length shrinks to fit and max_option_length with it.
 
     python -m robertax.finetune --config=configs/finetune/race.py \
         --config.init_checkpoint=PATH --config.data_dir=RACE --workdir=/tmp/race

@@ -3,6 +3,8 @@
     python -m robertax.finetune --config=configs/finetune/squad_v1.py \
         --config.init_checkpoint=PATH --config.data_dir=squad --workdir=/tmp/squad_v1
 (`squad/` holds train-v1.1.json and dev-v1.1.json; or set config.train_file / eval_file.)
+The best model's dev answers go to predictions.json, the input of the official
+evaluate-v1.1.py. Scoring a fine-tuned model without training: --config.do_train=False.
 """
 
 from configs.finetune import base

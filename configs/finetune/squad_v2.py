@@ -1,6 +1,7 @@
 """SQuAD v2.0 fine-tuning (Section 5, Table 10): span prediction plus a binary "answerable"
 classifier trained jointly (the two losses summed). Metrics: exact_match, f1 (selects;
-percent), HasAns_*, NoAns_*.
+percent), HasAns_*, NoAns_*. Writes predictions.json (id -> answer, "" for none) and
+null_odds.json (id -> no-answer score) for the official evaluate-v2.0.py (--na-prob-file).
 
     python -m robertax.finetune --config=configs/finetune/squad_v2.py \
         --config.init_checkpoint=PATH --config.data_dir=squad --workdir=/tmp/squad_v2

@@ -49,6 +49,7 @@ class Task:
     columns: tuple[str, ...] | None = None      # names for header-less train/dev files (CoLA)
     index_column: str = "index"        # id column of the test files
     folder: str | None = None          # folder name when it differs from `name`
+    score_range: tuple[float, float] | None = None  # regression: the scale's bounds (STS-B 0-5)
 
     @property
     def is_regression(self) -> bool:
@@ -77,7 +78,8 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("MRPC", "#1 String", "#2 String", "Quality", _BINARY, ("f1", "accuracy"),
          _STANDARD_FILES, {"test": "MRPC.tsv"}, "mrpc", ("sentence1", "sentence2"), _BINARY),
     Task("STS-B", "sentence1", "sentence2", "score", None, ("pearson", "spearman"),
-         _STANDARD_FILES, {"test": "STS-B.tsv"}, "stsb", ("sentence1", "sentence2")),
+         _STANDARD_FILES, {"test": "STS-B.tsv"}, "stsb", ("sentence1", "sentence2"),
+         score_range=(0.0, 5.0)),
     Task("QQP", "question1", "question2", "is_duplicate", _BINARY, ("accuracy", "f1"),
          _STANDARD_FILES, {"test": "QQP.tsv"}, "qqp", ("question1", "question2"), _BINARY,
          index_column="id"),
@@ -192,14 +194,25 @@ def _parse_label(task: Task, value: str, path, line: int) -> int | float:
     value = value.strip()
     if task.is_regression:
         try:
-            return float(value)
+            score = float(value)
         except ValueError:
             raise ValueError(f"{path}:{line}: {task.name} score {value!r} is not a number") from None
+        _check_score(task, score, f"{path}:{line}")
+        return score
     try:
         return task.labels.index(value)
     except ValueError:
         raise ValueError(f"{path}:{line}: unknown {task.name} label {value!r}; "
                          f"expected one of {list(task.labels)}") from None
+
+
+def _check_score(task: Task, score: float, where: str) -> None:
+    """A regression label must be finite and on the task's scale: a stray `nan` or `7.5` would
+    otherwise only show up as a diverging loss many steps later."""
+    lo, hi = task.score_range or (-np.inf, np.inf)
+    if not (np.isfinite(score) and lo <= score <= hi):
+        raise ValueError(f"{where}: {task.name} score {score!r} is not a finite number in "
+                         f"[{lo:g}, {hi:g}]")
 
 
 def read_tfds(task: str | Task, split: str, data_dir: str | None = None) -> list[Example]:
@@ -222,7 +235,9 @@ def read_tfds(task: str | Task, split: str, data_dir: str | None = None) -> list
         raw = record["label"]
         label = None
         if task.is_regression:
-            label = float(raw)
+            if not split.startswith("test"):  # TFDS test splits carry -1: unlabelled
+                label = float(raw)
+                _check_score(task, label, f"{name} {split} record {i}")
         elif int(raw) >= 0:
             if int(raw) >= len(task.tfds_labels):
                 raise ValueError(f"{name} {split} record {i}: label {int(raw)} out of range")
@@ -338,22 +353,50 @@ def write_submission(task: str | Task, split: str, predictions, output_dir: str 
     if split not in task.submission:
         raise ValueError(f"{task.name} has no test split {split!r}; it has "
                          f"{', '.join(task.submission)}")
-    p = _as_predictions(task, predictions)
-    indices = range(len(p)) if indices is None else list(indices)
-    if len(indices) != len(p):
-        raise ValueError(f"{len(p)} predictions for {len(indices)} indices")
-    if task.is_regression:
-        values = [f"{v:.3f}" for v in np.clip(p.astype(np.float64), 0.0, 5.0)]
-    else:
-        p = p.astype(np.int64)
-        if p.size and (p.min() < 0 or p.max() >= len(task.labels)):
-            raise ValueError(f"{task.name} class ids must lie in [0, {len(task.labels)}); "
-                             f"got {p.min()}..{p.max()}")
-        values = [task.labels[c] for c in p]
-    path = Path(output_dir) / task.submission[split]
+    return write_predictions(task, predictions, Path(output_dir) / task.submission[split],
+                             indices)
+
+
+def write_predictions(task: str | Task, predictions, path: str | os.PathLike,
+                      indices: Sequence[int] | None = None, labels=None) -> Path:
+    """`format_predictions` written to `path` (its folder made when missing)."""
+    path = Path(path)
+    text = format_predictions(task, predictions, indices, labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write("index\tprediction\n")
-        for i, v in zip(indices, values):
-            f.write(f"{int(i)}\t{v}\n")
+        f.write(text)
     return path
+
+
+def format_predictions(task: str | Task, predictions, indices: Sequence[int] | None = None,
+                       labels=None) -> str:
+    """`index<TAB>prediction` rows under that header (GLUE's submission layout); with `labels`
+    (class ids or scores, e.g. of a dev set) a third column `label` holds the gold answer the
+    same way. Predictions are ids or logits [N, C] (scores [N] or [N, 1]); STS-B scores are
+    clipped to the task's 0-5 scale and written with three decimals."""
+    task = get_task(task)
+    values = _label_strings(task, _as_predictions(task, predictions), clip=True)
+    indices = range(len(values)) if indices is None else list(indices)
+    if len(indices) != len(values):
+        raise ValueError(f"{len(values)} predictions for {len(indices)} indices")
+    gold = None
+    if labels is not None:
+        gold = _label_strings(task, np.asarray(labels), clip=False)
+        if len(gold) != len(values):
+            raise ValueError(f"{len(values)} predictions for {len(gold)} labels")
+    lines = ["index\tprediction" + ("\tlabel" if gold is not None else "")]
+    for row, (i, v) in enumerate(zip(indices, values)):
+        lines.append(f"{int(i)}\t{v}" + (f"\t{gold[row]}" if gold is not None else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _label_strings(task: Task, p: np.ndarray, clip: bool) -> list[str]:
+    """Class ids -> the label strings GLUE expects ("entailment", "0", ...); scores -> "%.3f"."""
+    if task.is_regression:
+        p = p.astype(np.float64)
+        return [f"{v:.3f}" for v in (np.clip(p, *task.score_range) if clip else p)]
+    p = p.astype(np.int64)
+    if p.size and (p.min() < 0 or p.max() >= len(task.labels)):
+        raise ValueError(f"{task.name} class ids must lie in [0, {len(task.labels)}); "
+                         f"got {p.min()}..{p.max()}")
+    return [task.labels[c] for c in p]

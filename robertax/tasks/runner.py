@@ -7,6 +7,9 @@ One class per task family. Each turns the run config into:
   * `eval_sets(tokenizer)`         dev sets to score: `EvalSet(arrays, score)`, where
                                    `score(outputs)` maps the model's outputs on `arrays` to
                                    metrics by DESIGN.md's names (prefixed/suffixed per set)
+                                   and `files(outputs)` to prediction files {name: text}
+  * `metric_names`                 what `score` may return that can select the best model
+                                   (checked against config.select_metric before training)
   * `loss_sums(outputs, batch)`    {term: summed loss}; `loss_counts(batch)` {term: count}.
                                    The training loss is the sum over terms of sum / count, the
                                    counts taken over the whole batch, so microbatches add up.
@@ -18,12 +21,15 @@ batch with weight-0 rows so one compiled shape serves every step.
 Metric names in results.json: GLUE as `glue.compute_metrics` (accuracy, f1, mcc, pearson,
 spearman; fractions 0-1), MNLI's mismatched dev set with the suffix `_mismatched`
 (`accuracy_mismatched`); SQuAD as `squad.evaluate` (exact_match, f1 in percent, v2.0 also
-HasAns_*/NoAns_*); RACE `accuracy` plus `accuracy_middle` / `accuracy_high`.
+HasAns_*/NoAns_* and the question counts *total, ints); RACE `accuracy` plus
+`accuracy_middle` / `accuracy_high`, the test split's as `test_accuracy*` with `test_examples`
+(the number of test questions scored: config.max_eval_examples applies to it too).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any, Callable
@@ -44,6 +50,7 @@ class EvalSet:
     arrays: dict[str, np.ndarray]              # model inputs with `weight`
     score: Callable[[Any], dict[str, float]]   # outputs (numpy pytree, N first) -> metrics
     examples: int = -1                         # questions scored (SQuAD: fewer than rows)
+    files: Callable[[Any], dict[str, str]] | None = None  # outputs -> {file name: contents}
 
     def __post_init__(self):
         if self.examples < 0:
@@ -96,7 +103,14 @@ class GlueTask:
         self.num_labels = 1 if self.task.is_regression else len(self.task.labels)
         self.metric = self.task.metrics[0]  # MRPC: f1, QQP: accuracy, STS-B: pearson, ...
         self.head_names = ("classifier",)
+        self.labels = self.task.labels  # class order of the head's outputs (None: regression)
         self.extra = {"labels": list(self.task.labels or []), "num_labels": self.num_labels}
+
+    @property
+    def metric_names(self) -> list[str]:
+        splits = self.task.dev_splits  # MNLI: matched, then mismatched
+        suffixes = ["_mismatched" if s.endswith("_mismatched") else "" for s in splits]
+        return [m + x for x in suffixes for m in self.task.metrics]
 
     def module(self, mc):
         return model_lib.RobertaForSequenceClassification(mc, num_labels=self.num_labels)
@@ -127,8 +141,16 @@ class GlueTask:
             examples = subset(self._read(split), self.config.max_eval_examples, None)
             arrays = self._featurize(examples, tokenizer)
             suffix = "_mismatched" if split.endswith("_mismatched") else ""
-            sets.append(EvalSet(suffix, arrays, self._scorer(arrays["labels"], suffix)))
+            sets.append(EvalSet(suffix, arrays, self._scorer(arrays["labels"], suffix),
+                                files=self._writer(examples, arrays["labels"], suffix)))
         return sets
+
+    def _writer(self, examples, labels, suffix):
+        def files(outputs):  # index, predicted label, gold label: for error analysis
+            name = f"dev_predictions{suffix}.tsv"
+            return {name: glue.format_predictions(self.task, np.asarray(outputs),
+                                                  [ex.idx for ex in examples], labels)}
+        return files
 
     def _scorer(self, labels, suffix):
         def score(outputs):
@@ -181,7 +203,15 @@ class SquadTask:
         self.v2 = self.version == "2.0"
         self.metric = "f1"
         self.head_names = ("span", "answerable") if self.v2 else ("span",)
+        self.labels = None
         self.extra = {"squad_version": self.version}
+
+    @property
+    def metric_names(self) -> list[str]:
+        names = ["exact_match", "f1"]
+        if self.v2:
+            names += [f"{p}_{m}" for p in ("HasAns", "NoAns") for m in ("exact", "f1")]
+        return names
 
     def module(self, mc):
         return model_lib.RobertaForQuestionAnswering(mc, answerable_head=self.v2)
@@ -218,26 +248,47 @@ class SquadTask:
         gold = squad.as_official(examples, self.version)
         arrays = _with_weight({"input_ids": features.input_ids,
                                "attention_mask": features.attention_mask})
-        return [EvalSet("", arrays, lambda out: self.score(out, features, gold), len(examples))]
+        return [EvalSet("", arrays, lambda out: self.score(out, features, gold), len(examples),
+                        files=lambda out: self.files(out, features))]
 
-    def score(self, outputs, features, gold) -> dict[str, float]:
+    def answers(self, outputs, features) -> tuple[dict[str, str], dict[str, float] | None]:
+        """(question id -> answer text, "" for no answer; v2.0 question id -> no-answer score,
+        else None). The score is min over windows of logit(no) - logit(yes) of the answerable
+        classifier; the answer is "" where it exceeds config.null_threshold."""
         c = self.config
         # Best spans by BERT's n-best search; v2.0's no-answer decision comes from the
         # answerable classifier below, so spans are decoded with v1.1's rules.
         texts = squad.decode(outputs.start_logits, outputs.end_logits, features,
                              n_best=c.n_best, max_answer_length=c.max_answer_length,
                              version="1.1")
-        if self.v2:
-            # A window is "answerable" when it holds the answer; a question is, when any of its
-            # windows is: no-answer score = min over windows of logit(no) - logit(yes).
-            a = np.asarray(outputs.answerable_logits, np.float64)
-            margin = a[:, 0] - a[:, 1]
-            null = np.full(len(features.example_ids), np.inf)
-            np.minimum.at(null, features.example_index, margin)
-            for e, qid in enumerate(features.example_ids):
-                if null[e] > c.null_threshold:
-                    texts[qid] = ""
-        return {k: float(v) for k, v in squad.evaluate(gold, texts, self.version).items()}
+        if not self.v2:
+            return texts, None
+        # A window is "answerable" when it holds the answer; a question is, when any of its
+        # windows is: no-answer score = min over windows of logit(no) - logit(yes).
+        a = np.asarray(outputs.answerable_logits, np.float64)
+        margin = a[:, 0] - a[:, 1]
+        null = np.full(len(features.example_ids), np.inf)
+        np.minimum.at(null, features.example_index, margin)
+        for e, qid in enumerate(features.example_ids):
+            if null[e] > c.null_threshold:
+                texts[qid] = ""
+        return texts, {qid: float(null[e]) for e, qid in enumerate(features.example_ids)}
+
+    def score(self, outputs, features, gold) -> dict[str, float | int]:
+        texts, _ = self.answers(outputs, features)
+        # Scores as floats, question counts (v2.0's *total) as ints, as the official script.
+        return {k: v if isinstance(v, int) else float(v)
+                for k, v in squad.evaluate(gold, texts, self.version).items()}
+
+    def files(self, outputs, features) -> dict[str, str]:
+        """predictions.json (the official scripts' input); v2.0 also null_odds.json, the
+        official v2.0 script's --na-prob-file (its --na-prob-thresh=config.null_threshold
+        reproduces these answers; it also reports the best threshold)."""
+        texts, null = self.answers(outputs, features)
+        out = {"predictions.json": json.dumps(texts, indent=2, ensure_ascii=False)}
+        if null is not None:
+            out["null_odds.json"] = json.dumps(null, indent=2)
+        return out
 
     def loss_sums(self, out: model_lib.SpanOutput, batch):
         w = batch["weight"]
@@ -272,7 +323,9 @@ class RaceTask:
         self.name = "RACE"
         self.metric = "accuracy"
         self.head_names = ("classifier",)
+        self.labels = None
         self.extra = {"num_choices": race.NUM_CHOICES}
+        self.metric_names = ["accuracy"] + [f"accuracy_{level}" for level in race.LEVELS]
 
     def module(self, mc):
         return model_lib.RobertaForMultipleChoice(mc)
@@ -308,7 +361,13 @@ class RaceTask:
                 if (level == name).any():
                     m[f"{prefix}accuracy_{name}"] = float(right[level == name].mean())
             return m
-        return EvalSet("", arrays, score)
+
+        def files(outputs):  # question id -> predicted option letter
+            pred = np.asarray(outputs).argmax(-1)
+            name = f"{prefix or 'dev_'}predictions.json"
+            return {name: json.dumps({ex.id: "ABCD"[int(p)] for ex, p in zip(examples, pred)},
+                                     indent=2)}
+        return EvalSet("", arrays, score, files=files)
 
     def eval_sets(self, tokenizer):
         return [self._set("dev", tokenizer)]

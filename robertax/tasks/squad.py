@@ -273,7 +273,7 @@ def featurize(examples: Sequence[Example], tokenizer, max_length: int = 384,
               doc_stride: int = 128, max_query_length: int = 64) -> Features:
     """Encode examples as `<s> question </s></s> context-window </s>`, padded to max_length.
 
-    The question keeps its first `max_query_length` tokens. The context is cut into
+    The question, without leading whitespace, keeps its first `max_query_length` tokens. The context is cut into
     windows of at most `max_length - len(question) - 4` tokens, each starting
     `doc_stride` tokens after the previous one (BERT's doc_stride: the step between
     windows, not their overlap). Training uses the first gold answer. A gold answer that
@@ -287,7 +287,9 @@ def featurize(examples: Sequence[Example], tokenizer, max_length: int = 384,
             ids, offs = tokenizer.encode_with_offsets(ex.context)
             encoded[ex.context] = (list(ids), np.asarray(offs, np.int32).reshape(-1, 2))
         ctx_ids, ctx_offs = encoded[ex.context]
-        query = list(tokenizer.encode_plain(ex.question))[:max_query_length]
+        # Some questions start with spaces (ten in dev-v1.1): a byte-level BPE would spend a
+        # token on them, so they are dropped, as Hugging Face's run_qa.py does.
+        query = list(tokenizer.encode_plain(ex.question.lstrip()))[:max_query_length]
         size = max_length - len(query) - 4
         if size < 1:
             raise ValueError(f"max_length {max_length} leaves no room for context after a "

@@ -1,0 +1,187 @@
+"""What a fine-tuning run starts from: the checkpoint (any format robertax reads), the
+tokenizer that belongs to it, and which of its heads the task keeps.
+
+A head is kept (config.head="auto") when it was trained for this task and has the task's
+shapes, its output units put in the task's label order where the checkpoint names its labels;
+otherwise the task gets a fresh head, and the log says why. `finetune.prepare` calls these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import traverse_util
+
+from robertax import checkpoint, convert
+from robertax import tokenizer as tokenizer_lib
+from robertax.model import RobertaConfig
+from robertax.tasks import glue
+
+
+def load_checkpoint(path: str) -> tuple[RobertaConfig, dict, dict, str]:
+    """(model config, numpy params, metadata, format) of any checkpoint robertax reads."""
+    if not path:
+        raise ValueError("config.init_checkpoint is empty: give a robertax model dir, a "
+                         "pretraining workdir or a Hugging Face dir")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.init_checkpoint={path!r} does not exist")
+    fmt = convert.detect_format(path)
+    if fmt == "robertax":
+        mc, params, meta = checkpoint.load_model(path)
+    else:
+        mc, params, meta = convert.read_with_meta(path, fmt)  # label names, fairseq head
+    return mc, jax.tree.map(np.asarray, nn.unbox(params)), meta, fmt
+
+
+def tokenizer_path(config, source: str, fmt: str) -> str:
+    """Where the tokenizer for `source` lives (config.tokenizer wins)."""
+    if config.tokenizer:
+        return config.tokenizer
+    if fmt in ("hf", "fairseq"):  # HF: vocab.json + merges.txt; fairseq: dict.txt + GPT-2 files
+        return source if os.path.isdir(source) else os.path.dirname(source)
+    if checkpoint.is_model_dir(source):
+        path = os.path.join(source, "tokenizer")
+        if os.path.isdir(path):
+            return path
+        raise FileNotFoundError(f"{source}: a robertax model dir without tokenizer/; set "
+                                "config.tokenizer")
+    if checkpoint.is_train_dir(source):
+        with open(os.path.join(source, "config.json")) as f:
+            run_config = ml_collections.ConfigDict(json.load(f))
+        from robertax.data import pipeline
+        try:
+            shard_dir = pipeline.resolve_shard_dir(run_config)
+        except (FileNotFoundError, ValueError) as e:
+            raise FileNotFoundError(f"{source}/config.json: cannot find the pretraining corpus "
+                                    f"to take its tokenizer from ({e}); set config.tokenizer"
+                                    ) from None
+        return os.path.join(shard_dir, "tokenizer")
+    raise ValueError(f"{source}: cannot tell which tokenizer belongs to this {fmt} checkpoint; "
+                     "set config.tokenizer")
+
+
+def load_tokenizer(config, source: str, fmt: str):
+    path = tokenizer_path(config, source, fmt)
+    try:
+        return tokenizer_lib.load(path), path
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"tokenizer for {source}: {e} (set config.tokenizer)") from None
+
+
+def check_vocab(mc: RobertaConfig, tok, source: str, tok_path: str) -> None:
+    if tok.vocab_size != mc.vocab_size:
+        raise ValueError(f"vocabulary mismatch: the checkpoint {source} has vocab_size "
+                         f"{mc.vocab_size} but the tokenizer {tok_path} has {tok.vocab_size} "
+                         "tokens; pass the tokenizer the model was trained with (config.tokenizer)")
+
+
+def merge_params(shapes: dict, fresh_heads: dict, loaded: dict, head_names, *,
+                 keep_heads: bool, source: str, fresh_reason: str = "config.head='fresh'",
+                 require_heads: bool = False) -> dict:
+    """The loaded encoder (checked against the model's `shapes`), and each head loaded when
+    allowed (`keep_heads`, else `fresh_reason` says why not) and shaped alike, else freshly
+    initialized; with `require_heads` a head that cannot be loaded is an error."""
+    if "encoder" not in loaded:
+        raise KeyError(f"{source}: no 'encoder' parameters (found {sorted(loaded)})")
+    want = traverse_util.flatten_dict(shapes["encoder"], sep="/")
+    have = traverse_util.flatten_dict(loaded["encoder"], sep="/")
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or extra:
+        raise KeyError(f"{source}: encoder parameters differ from the model's: missing "
+                       f"{missing[:5]}, unexpected {extra[:5]}")
+    for k in want:
+        if tuple(want[k].shape) != tuple(np.shape(have[k])):
+            raise ValueError(f"{source}: encoder/{k} has shape {tuple(np.shape(have[k]))}, the "
+                             f"model expects {tuple(want[k].shape)}")
+    out = {"encoder": loaded["encoder"]}
+    shape_of = lambda t: jax.tree.map(np.shape, t)  # noqa: E731
+    for head in head_names:
+        reason = None  # why the checkpoint's head is not used
+        if head not in loaded:
+            reason = f"the checkpoint has no {head!r} head"
+        elif not keep_heads:
+            reason = fresh_reason
+        elif shape_of(loaded[head]) != shape_of(shapes[head]):
+            reason = (f"the checkpoint's has shapes {shape_of(loaded[head])}, the task needs "
+                      f"{shape_of(shapes[head])}")
+        if reason and require_heads:
+            raise ValueError(f"config.do_train=False evaluates {source} as it is, but its "
+                             f"{head!r} head cannot be used: {reason}. An untrained head "
+                             "scores nothing: fine-tune first, or pass a model fine-tuned on "
+                             "this task")
+        out[head] = fresh_heads[head] if reason else loaded[head]
+        logging.info("head %r: %s", head, f"new ({reason})" if reason else f"loaded from {source}")
+    return out
+
+
+def head_origin(meta: dict, fmt: str, source: str) -> tuple[str | None, list[str] | None]:
+    """(task, label names in class order) the checkpoint's head was fine-tuned for, where its
+    files say: robertax metadata ("task", "labels"), Hugging Face config.json
+    ("finetuning_task", "id2label")."""
+    task, labels, where = meta.get("task"), meta.get("labels"), source
+    if fmt == "hf":
+        where = os.path.join(source, "config.json")
+        with open(where) as f:
+            hf = json.load(f)
+        task, labels = hf.get("finetuning_task"), hf.get("id2label")
+    if isinstance(labels, dict):  # {class id: name}
+        try:
+            ids = sorted(int(k) for k in labels)
+        except ValueError:
+            raise ValueError(f"{where}: label ids must be integers, got {sorted(labels)}") from None
+        if ids != list(range(len(ids))):
+            raise ValueError(f"{where}: label ids must be 0..{len(ids) - 1}, got {ids}")
+        labels = [labels.get(str(i), labels.get(i)) for i in ids]
+    return (str(task) if task else None), ([str(x) for x in labels] if labels else None)
+
+
+def _task_key(name: str) -> str:
+    """A task name in one spelling: "sst2" -> "SST-2", "SQuAD-v2.0"/"squad_v2" -> "squad2"."""
+    try:
+        return glue.get_task(name).name
+    except ValueError:
+        key = str(name).strip().lower()
+        m = re.fullmatch(r"squad[-_ ]?v?(\d)?(\.\d)?", key)
+        return f"squad{m[1] or ''}" if m else key
+
+
+def same_task(a: str, b: str) -> bool:
+    """Whether two names mean one task ("squad" with no version matches either)."""
+    ka, kb = sorted((_task_key(a), _task_key(b)), key=len)
+    return ka == kb or (ka == "squad" and kb.startswith("squad"))
+
+
+_GENERIC_LABEL = re.compile(r"LABEL_\d+$")
+
+
+def align_labels(head: dict, have: list[str] | None, want, task_name: str, source: str) -> dict:
+    """The classification head with its outputs in the task's label order.
+
+    `have` are the checkpoint's label names by class id (e.g. roberta-large-mnli's
+    CONTRADICTION, NEUTRAL, ENTAILMENT), `want` the task's. Names matching the task's (any
+    case) in another order permute the output units; generic names (LABEL_0, ...) or none
+    leave them as they are; other names are used as they stand, with a warning."""
+    if not have or len(have) != len(want) or all(_GENERIC_LABEL.match(x) for x in have):
+        return head
+    lower, target = [x.lower() for x in have], [w.lower() for w in want]
+    if sorted(lower) != sorted(target) or len(set(lower)) != len(lower):
+        logging.warning("%s: the head's labels %s are not %s's %s; using its classes in their "
+                        "order (class i = %r, ...). Set config.head='fresh' for a new head",
+                        source, have, task_name, list(want), want[0])
+        return head
+    perm = [lower.index(t) for t in target]
+    if perm == list(range(len(perm))):
+        return head
+    logging.warning("%s: the head's classes are %s; reordered to %s's order %s", source, have,
+                    task_name, list(want))
+    out = dict(head)
+    out["out"] = {**head["out"], "kernel": np.asarray(head["out"]["kernel"])[..., perm],
+                  "bias": np.asarray(head["out"]["bias"])[perm]}
+    return out
