@@ -8,6 +8,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -47,3 +48,41 @@ def test_report_takes_medians_over_seeds(monkeypatch, tmp_path, test_data):
     assert 0.4 < sub["majority"] < 0.6
     assert sub["holds"] == {"enwiki": True}
     assert os.path.exists(tmp_path / "summary.json")
+
+
+def test_finished_steps_are_reused_only_for_the_same_command(monkeypatch, tmp_path):
+    """A fine-tuning run of other settings runs again; a pretraining workdir made by another
+    command is refused rather than resumed with a second recipe."""
+    ran = []
+
+    def sh(cmd, log):  # stands for the command: writes what it would leave behind
+        ran.append(cmd)
+        workdir = next(c.split("=", 1)[1] for c in cmd if c.startswith("--workdir="))
+        os.makedirs(workdir, exist_ok=True)
+        if "robertax.finetune" in cmd:
+            with open(os.path.join(workdir, "results.json"), "w") as f:
+                f.write('{"accuracy": 0.5}')
+        else:
+            steps = next(c.split("=")[1] for c in cmd if "total_steps" in c)
+            os.makedirs(os.path.join(workdir, "checkpoints", steps))
+
+    monkeypatch.setattr(pretrain_helps, "sh", sh)
+    monkeypatch.setattr(pretrain_helps, "corpus_flags", lambda args, corpus: [])
+    args = pretrain_helps.argparse.Namespace(workdir=str(tmp_path), glue_dir="glue", epochs=10,
+                                             batch_size=16, finetune_flag=None,
+                                             pretrain_lr=1e-3, train_flag=None)
+    for epochs in (10, 10, 3):
+        args.epochs = epochs
+        assert pretrain_helps.finetune(args, "/init", "x", 100, 1e-3, 0, False) == {
+            "accuracy": 0.5}
+    assert [c for cmd in ran for c in cmd if "num_epochs" in c] == [
+        "--config.num_epochs=10", "--config.num_epochs=3"]  # the second call reused the first
+
+    ran.clear()
+    for _ in range(2):
+        pretrain_helps.pretrain(args, "enwiki:100", 100)
+    assert len(ran) == 1
+    args.pretrain_lr = 3e-3
+    with pytest.raises(SystemExit, match=r"another command(.|\n)*peak_learning_rate=0\.003"):
+        pretrain_helps.pretrain(args, "enwiki:100", 100)
+    assert len(ran) == 1

@@ -26,7 +26,9 @@ with every seed's accuracy beside it.
 The tiny model needs larger learning rates than the paper's 1e-5..3e-5, in pretraining too.
 
 Every step runs as the command a user would type (printed as it runs; logs in WORKDIR);
-finished steps are reused when the tool runs again. Writes WORKDIR/summary.json.
+finished steps are reused when the tool runs again with the same command (each step's
+command.json records it: a fine-tuning run of other settings runs again, a pretraining workdir
+of other settings is refused). Writes WORKDIR/summary.json.
 """
 
 from __future__ import annotations
@@ -114,16 +116,42 @@ def corpus_flags(args, corpus: str) -> list[str]:
     return [f"--config.data.corpus={shards}", f"--config.model.vocab_size={args.vocab_size}"]
 
 
+COMMAND = "command.json"  # in each run's workdir: the command that made it
+
+
+def recorded_command(workdir: str) -> list[str] | None:
+    path = os.path.join(workdir, COMMAND)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def record_command(workdir: str, cmd: list[str]) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, COMMAND), "w") as f:
+        json.dump(cmd, f, indent=1)
+
+
 def pretrain(args, corpus: str, steps: int) -> str:
+    """The pretraining workdir, trained here unless it already holds this command's run. A
+    workdir made by another command is refused: resuming it would mix two recipes."""
     workdir = os.path.join(args.workdir, f"pretrain_{_name(corpus)}")
+    cmd = [sys.executable, "-m", "robertax.train", f"--workdir={workdir}",
+           *corpus_flags(args, corpus), f"--config.optim.total_steps={steps}",
+           f"--config.optim.warmup_steps={max(1, steps // 10)}",
+           f"--config.optim.peak_learning_rate={args.pretrain_lr}",
+           f"--config.checkpoint_every={steps}", f"--config.eval_every={max(1, steps // 6)}",
+           "--config.eval_batches=16", *(args.train_flag or [])]
+    have = recorded_command(workdir)
+    if have is not None and have[1:] != cmd[1:]:  # (the interpreter's path may differ)
+        raise SystemExit(f"{workdir} was pretrained by another command:\n  {shlex.join(have)}\n"
+                         f"this one is\n  {shlex.join(cmd)}\nuse another --workdir")
     if not os.path.isdir(os.path.join(workdir, "checkpoints", str(steps))):
-        sh([sys.executable, "-m", "robertax.train", f"--workdir={workdir}",
-            *corpus_flags(args, corpus), f"--config.optim.total_steps={steps}",
-            f"--config.optim.warmup_steps={max(1, steps // 10)}",
-            f"--config.optim.peak_learning_rate={args.pretrain_lr}",
-            f"--config.checkpoint_every={steps}", f"--config.eval_every={max(1, steps // 6)}",
-            "--config.eval_batches=16", *(args.train_flag or [])],
-           os.path.join(args.workdir, f"pretrain_{_name(corpus)}.log"))
+        record_command(workdir, cmd)
+        sh(cmd, os.path.join(args.workdir, f"pretrain_{_name(corpus)}.log"))
+    elif have is None:
+        print(f"reusing {workdir} (made before commands were recorded)", flush=True)
     return workdir
 
 
@@ -142,15 +170,20 @@ def finetune(args, init: str, name: str, n: int, lr: float, seed: int,
     run = run_name(name, n, lr, seed)
     workdir = os.path.join(args.workdir, run)
     results = os.path.join(workdir, "results.json")
-    if not os.path.exists(results):
-        sh([sys.executable, "-m", "robertax.finetune", "--config=configs/finetune/sst2.py",
-            f"--workdir={workdir}", f"--config.init_checkpoint={init}",
-            f"--config.data_dir={args.glue_dir}", f"--config.max_train_examples={n}",
-            f"--config.num_epochs={args.epochs}", f"--config.learning_rate={lr}",
-            f"--config.batch_size={args.batch_size}", f"--config.seed={seed}",
-            f"--config.random_init={random_init}", "--config.progress=False",
-            "--config.overwrite=True", *(args.finetune_flag or [])],
-           os.path.join(args.workdir, f"{run}.log"))
+    cmd = [sys.executable, "-m", "robertax.finetune", "--config=configs/finetune/sst2.py",
+           f"--workdir={workdir}", f"--config.init_checkpoint={init}",
+           f"--config.data_dir={args.glue_dir}", f"--config.max_train_examples={n}",
+           f"--config.num_epochs={args.epochs}", f"--config.learning_rate={lr}",
+           f"--config.batch_size={args.batch_size}", f"--config.seed={seed}",
+           f"--config.random_init={random_init}", "--config.progress=False",
+           "--config.overwrite=True", *(args.finetune_flag or [])]
+    have = recorded_command(workdir)
+    if not os.path.exists(results) or have is None or have[1:] != cmd[1:]:
+        if os.path.exists(results):  # a finished run of other settings: run this one instead
+            print(f"rerunning {workdir}: " + ("no record of its command" if have is None else
+                                               "it was made by another command"), flush=True)
+        sh(cmd, os.path.join(args.workdir, f"{run}.log"))
+        record_command(workdir, cmd)  # only once it has finished
     with open(results) as f:
         return json.load(f)
 

@@ -273,10 +273,10 @@ def featurize(examples: Sequence[Example], tokenizer, max_length: int = 384,
               doc_stride: int = 128, max_query_length: int = 64) -> Features:
     """Encode examples as `<s> question </s></s> context-window </s>`, padded to max_length.
 
-    The question, without leading whitespace, keeps its first `max_query_length` tokens. The context is cut into
-    windows of at most `max_length - len(question) - 4` tokens, each starting
-    `doc_stride` tokens after the previous one (BERT's doc_stride: the step between
-    windows, not their overlap). Training uses the first gold answer. A gold answer that
+    The question, without leading whitespace, keeps its first `max_query_length` tokens.
+    The context is cut into windows of at most `max_length - len(question) - 4` tokens,
+    each starting `doc_stride` tokens after the previous one (BERT's doc_stride: the step
+    between windows, not their overlap). Training uses the first gold answer. A gold answer that
     is not at its `answer_start` in the context raises ValueError.
     """
     bos, eos, pad_id = tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id
