@@ -87,7 +87,7 @@ def get_config():
     c.dropout_rng = "threefry"    # "threefry" | "rbg": rbg draws dropout masks far faster on GPU/TPU
     c.log_every = 100
     c.eval_every = 2000
-    c.eval_batches = 50
+    c.eval_batches = 50           # held-out batches of batch_size rows (microbatches at a time)
     c.checkpoint_every = 2000
     c.keep_checkpoints = 3
     return c

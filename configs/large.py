@@ -6,8 +6,10 @@ At CPU scale, through the same code path:
 
     python -m robertax.train --config=configs/large.py --workdir=/tmp/large_small \
         --config.model.num_layers=2 --config.model.hidden_size=64 --config.model.num_heads=4 \
-        --config.model.intermediate_size=128 --config.batch_size=8 --config.microbatches=2 \
-        --config.data.max_length=128 --config.optim.total_steps=20 --config.precision=float32
+        --config.model.intermediate_size=128 --config.model.vocab_size=8192 \
+        --config.batch_size=8 --config.microbatches=2 --config.data.max_length=128 \
+        --config.optim.total_steps=20 --config.optim.warmup_steps=2 --config.log_every=5 \
+        --config.precision=float32
 """
 
 from configs import base

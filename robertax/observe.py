@@ -38,6 +38,20 @@ class MetricWriter:
                 self._tb.add_scalar(k, v, step)
         self._tb.flush()
 
+    def drop_after(self, step: int) -> int:
+        """Removes metrics.jsonl rows past `step`: a run resumed from that step's checkpoint
+        writes them again (a killed run logged steps its last checkpoint does not hold).
+        Returns how many were dropped. (TensorBoard keeps its events; it shows the later ones.)"""
+        if not self.enabled or not os.path.exists(self.path):
+            return 0
+        with open(self.path) as f:
+            lines = [line for line in f if line.strip()]
+        keep = [line for line in lines if json.loads(line)["step"] <= step]
+        if len(keep) < len(lines):
+            with open(self.path, "w") as f:
+                f.writelines(keep)
+        return len(lines) - len(keep)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

@@ -11,6 +11,7 @@ step -> loop (log, eval, checkpoint) -> summary. Writes to --workdir: `config.js
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -125,7 +126,8 @@ def check_corpus(config, shard_dir: str) -> dict:
 
 
 def evaluate(config, eval_fn, params, mesh, shard_dir) -> dict | None:
-    """Held-out MLM loss over up to `eval_batches` batches of the valid split."""
+    """Held-out MLM loss over up to `eval_batches` batches of `batch_size` rows of the valid
+    split, run `microbatches` pieces at a time (so the held-out rows do not depend on it)."""
     from robertax.data import pipeline
     batch_size = config.batch_size // config.microbatches
     try:
@@ -137,7 +139,7 @@ def evaluate(config, eval_fn, params, mesh, shard_dir) -> dict | None:
         return None
     totals = None
     for i, batch in enumerate(it):
-        if i >= config.eval_batches:
+        if i >= config.eval_batches * config.microbatches:
             break
         sums = eval_fn(params, sharding.host_batch_to_global(mesh, step_lib.device_batch(batch)))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -151,6 +153,53 @@ def evaluate(config, eval_fn, params, mesh, shard_dir) -> dict | None:
     if "nsp_nll" in totals:
         row["eval_nsp_accuracy"] = float(totals["nsp_correct"] / totals["nsp_count"])
     return row
+
+
+# Settings a run may change when it resumes: how it runs and reports, not what it computes
+# (gradient accumulation and the mesh give the same steps; the model keys are speed knobs).
+RESUME_MAY_CHANGE = (
+    "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
+    "microbatches", "mesh.", "data.num_workers", "data.shard_dir", "model.attention",
+    "model.remat", "model.scan_unroll", "model.layer_norm_vjp", "model.attention_vjp",
+    "model.cpu_matmul")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume(config, workdir: str) -> None:
+    """A run resumed from a checkpoint must be the run that wrote it: settings that change
+    what it computes (model, data, optimizer and schedule, batch size, precision, seeds) must
+    equal those in workdir/config.json. Keys that config.json lacks (added to robertax since)
+    are not compared."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = _flat(json.load(f))
+    now = _flat(json.loads(config.to_json_best_effort()))
+    changed = sorted(k for k in saved.keys() & now.keys() if saved[k] != now[k]
+                     and not any(k == m or (m.endswith(".") and k.startswith(m))
+                                 for m in RESUME_MAY_CHANGE))
+    if not changed:
+        return
+    lines = [f"  {k}: {saved[k]!r} -> {now[k]!r}" for k in changed]
+    hint = ""
+    if "optim.total_steps" in changed:
+        hint = ("\noptim.total_steps sets where the linear decay ends, so raising it on resume "
+                "restarts the learning rate partway up its schedule (the paper's longer runs, "
+                "Table 4, are runs of their own).")
+    raise ValueError(
+        f"{workdir} holds a run with other settings; resuming it with these would mix two "
+        "runs:\n" + "\n".join(lines) + hint + f"\nUse a new --workdir, or, to continue this "
+        f"run anyway, edit {path} (the run's record) to the new values.")
 
 
 class _Preemption:
@@ -175,9 +224,14 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     sharding.maybe_initialize_distributed()
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    resuming = os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
+    if resuming:
+        check_resume(config, workdir)
+    if config.optim.total_steps < config.optim.warmup_steps:
+        logging.warning("optim.total_steps %d < optim.warmup_steps %d: the learning rate never "
+                        "reaches its peak %g nor decays", config.optim.total_steps,
+                        config.optim.warmup_steps, config.optim.peak_learning_rate)
 
     # 1. Mesh.
     mesh = sharding.make_mesh(config.mesh)
@@ -198,13 +252,18 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
     dropout_rng = make_dropout_rng(config)
 
     # 4. Resume from the latest checkpoint, if any (state and data position).
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                   keep=config.keep_checkpoints)
+    ckpt = checkpoint.Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
     start = ckpt.latest_step()
     if start is not None:
         state = ckpt.restore(run.abstract_state, train_iter)
         logging.info("resumed from step %d", start)
     start = int(jax.device_get(state.step))
+    if jax.process_index() == 0:  # the run's record, once it is known to be this run
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    if start >= config.optim.total_steps:
+        print(f"{workdir} already finished: step {start} of {config.optim.total_steps}",
+              flush=True)
     fp16 = config.precision == "float16"
 
     flops = perf.flops_per_token(mc.num_layers, mc.hidden_size, config.data.max_length,
@@ -213,6 +272,10 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
                                  mc.intermediate_size)
     peak = perf.device_peak_flops()
     writer = observe.MetricWriter(workdir)
+    dropped = writer.drop_after(start)
+    if dropped:
+        logging.warning("metrics.jsonl: dropped %d row(s) past step %d, the checkpoint this run "
+                        "resumes from (the interrupted run logged them)", dropped, start)
     preempt = _Preemption()
     total = config.optim.total_steps
     first = last = eval_first = eval_last = None
@@ -234,7 +297,8 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
         tput.add(ntok, config.batch_size)
         tokens_seen += ntok
         bar.update(1)
-        if step % config.log_every == 0 or step == total:
+        stop = preempt.requested or step == stop_at
+        if step % config.log_every == 0 or step == total or stop:  # stop: the partial window
             rows = jax.device_get(pending)
             pending = []
             for i, r in enumerate(rows):
@@ -264,7 +328,6 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
                 eval_first, eval_last = eval_first or row, row
                 writer.write(step, row)
                 logging.info("step %d: eval loss %.4f", step, row["eval_loss"])
-        stop = preempt.requested or step == stop_at
         if step % config.checkpoint_every == 0 or step == total or stop:
             ckpt.save(step, state, train_iter, force=True)
         if stop:

@@ -318,8 +318,9 @@ def test_inspect_prints_and_dumps(corpus, tmp_path):
     assert "[" in proc.stdout and "-><mask>]" in proc.stdout
     dump = np.load(out)
     assert set(dump.files) == {"input_ids", "original_ids", "mlm_mask", "example_ids", "epoch",
-                               "nsp_labels"}
+                               "nsp_labels", "nsp_weights"}
     assert dump["input_ids"].shape == (16, 128) and dump["nsp_labels"].shape == (16, 1)
+    assert (dump["nsp_weights"] == 1).all()  # segment_pair: one input (one NSP slot) a row
     assert dump["epoch"].tolist() == [0] * 8 + [1] * 8
     changed = dump["input_ids"] != dump["original_ids"]
     assert not (changed & ~dump["mlm_mask"]).any()

@@ -39,6 +39,54 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert split == full  # bitwise on the CPU
 
 
+def test_resume_with_other_settings_is_refused(tmp_path):
+    """A checkpointed run resumes only with the settings that made it (its config.json), except
+    those that change how it runs, not what it computes (logging, microbatches, the mesh)."""
+    wd = str(tmp_path / "run")
+    train.train(config(6), wd, stop_at=2)
+    record = open(os.path.join(wd, "config.json")).read()
+    with pytest.raises(ValueError, match=r"batch_size: 16 -> 8(.|\n)*new --workdir"):
+        train.train(config(6, batch_size=8), wd)
+    longer = config(6)
+    longer.optim.total_steps = 9
+    with pytest.raises(ValueError, match=r"optim.total_steps: 6 -> 9(.|\n)*linear decay"):
+        train.train(longer, wd)
+    assert open(os.path.join(wd, "config.json")).read() == record  # the record is kept
+    train.train(config(6, log_every=2, microbatches=2), wd)  # how it runs may change
+    assert [r["step"] for r in observe.read_metrics(wd) if "loss" in r] == [1, 2, 4, 6]
+
+
+def test_interrupted_runs_log_each_step_once(tmp_path):
+    """A stop logs its partial window; a run killed after its last checkpoint logged steps that
+    the resumed run logs again, so those rows are dropped first (each step once, same values)."""
+    wd = str(tmp_path / "run")
+    c = config(6, log_every=4, checkpoint_every=2)
+    train.train(c, wd, stop_at=3)
+    assert [r["step"] for r in observe.read_metrics(wd) if "loss" in r] == [3]  # steps 1-3
+    train.train(c, wd)
+    before = [r for r in observe.read_metrics(wd) if "loss" in r]
+    assert [r["step"] for r in before] == [3, 4, 6]
+    # As if killed after logging step 6 but before its checkpoint: resume from step 4.
+    import shutil
+    shutil.rmtree(os.path.join(wd, "checkpoints", "6"))
+    train.train(c, wd)
+    after = [r for r in observe.read_metrics(wd) if "loss" in r]
+    assert [r["step"] for r in after] == [3, 4, 6]
+    assert after[-1]["loss"] == before[-1]["loss"]  # steps 5-6 again, bit for bit
+
+
+def test_eval_rows_do_not_depend_on_microbatches(tmp_path):
+    """eval_batches counts batches of batch_size rows, whatever the gradient accumulation."""
+    losses = []
+    for micro in (1, 2):
+        c = config(2, microbatches=micro, eval_every=2)
+        c.model.dropout_rate = c.model.attention_dropout_rate = 0.0
+        wd = str(tmp_path / f"m{micro}")
+        train.train(c, wd)
+        losses.append([r["eval_loss"] for r in observe.read_metrics(wd) if "eval_loss" in r])
+    assert len(losses[0]) == 1 and losses[0][0] == pytest.approx(losses[1][0], abs=1e-4)
+
+
 def test_main_job_loss_falls_and_writes_outputs(tmp_path, capsys):
     c = config(60)
     c.log_every = 10

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import sys
 import sysconfig
 import time
@@ -134,6 +135,13 @@ def ensure_builtin(cache_dir: str, vocab_size: int = 8192) -> str:
         corpus_path = os.path.join(out_dir, "corpus.txt")
         counts = write_corpus(corpus_path)
         tok = tokenizer_lib.train_byte_bpe(corpus_path, vocab_size)
+        if tok.vocab_size < vocab_size:  # the corpus is too small for the vocabulary asked
+            shutil.rmtree(out_dir)
+            raise ValueError(
+                f"the built-in corpus holds too little text for a BPE of {vocab_size} units "
+                f"(config.model.vocab_size): it gave {tok.vocab_size}. Use "
+                "--config.model.vocab_size=8192 (the tiny config's), or your own corpus "
+                "(config.data.corpus) and tokenizer (config.data.tokenizer)")
         # 2% of ~700 documents: ~14 held-out documents, enough for a stable eval loss at toy scale.
         preprocess_lib.preprocess(corpus_path, tok, out_dir, valid_fraction=0.02, seed=0,
                                   overwrite=True, metadata={"builtin": _key(vocab_size), "corpus": counts})

@@ -7,7 +7,8 @@ Takes the first `num_batches` batches of each of `epochs` epochs of the pipeline
 describes (host 0 of 1), prints a few decoded rows per batch with the masked positions shown as
 `[original->shown]` (`[original]` when chosen but left unchanged), and with `--output` saves, over
 all dumped rows: input_ids, original_ids, mlm_mask (bool, the positions the loss is computed on),
-example_ids, epoch, and for the NSP formats nsp_labels ([rows, K]; packed rows list K inputs).
+example_ids, epoch, and for the NSP formats nsp_labels ([rows, K]; packed rows list K inputs)
+with nsp_weights (1 where slot k holds an input: count IsNext among those, the rest are 0).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def main(argv):
           f"batch={config.batch_size}x{config.data.max_length}")
     dump = {k: [] for k in ("input_ids", "original_ids", "mlm_mask", "example_ids", "epoch")}
     if nsp:
-        dump["nsp_labels"] = []
+        dump["nsp_labels"], dump["nsp_weights"] = [], []
     for b, (epoch, batch) in enumerate(batches):
         chosen = mlm_mask(batch)
         real = batch["original_ids"] != render.pad

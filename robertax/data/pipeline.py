@@ -94,10 +94,10 @@ def resolve_shard_dir(config) -> str:
         path = _preprocess_text(d, cache_root)
     else:
         raise FileNotFoundError(
-            f"config.data.corpus={d.corpus!r} is neither 'builtin' nor a preprocessed shard "
-            f"directory (no {shards.MANIFEST}), and config.data.shard_dir={d.shard_dir!r} holds "
-            "none either: run `python -m robertax.preprocess` and point config.data.corpus at "
-            "its output")
+            f"config.data.corpus={d.corpus!r} is neither 'builtin', nor text files (the glob "
+            f"matches no file), nor a preprocessed shard directory (no {shards.MANIFEST}), and "
+            f"config.data.shard_dir={d.shard_dir!r} holds none either: give text globs, or run "
+            "`python -m robertax.preprocess` and point config.data.corpus at its output")
     vocab = shards.read_manifest(path)["vocab_size"]
     if vocab > config.model.vocab_size:
         raise ValueError(f"{path}/{shards.MANIFEST}: vocab_size {vocab} exceeds "
@@ -117,7 +117,12 @@ def _config_fingerprint(data_config) -> str | None:
     if not tok or tok == "builtin":
         return None  # the built-in corpus ships with its own tokenizer
     from robertax import tokenizer  # pylint: disable=import-outside-toplevel
-    return tokenizer.load(tok).fingerprint
+    try:
+        return tokenizer.load(tok).fingerprint
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"config.data.tokenizer={tok!r}: {e} (give the tokenizer directory the "
+                         "shards were made with; a shard directory keeps a copy in tokenizer/)"
+                         ) from None
 
 
 def _word_starts(shard_dir: str) -> np.ndarray:
