@@ -17,15 +17,23 @@ import jax
 
 
 class MetricWriter:
-    def __init__(self, workdir: str, enabled: bool | None = None):
+    """metrics.jsonl + TensorBoard events in `workdir`. `resumed_at`: the step a resumed run
+    starts from; rows and events an interrupted run wrote past it are dropped (it writes them
+    again), from metrics.jsonl here and by TensorBoard's purge_step."""
+
+    def __init__(self, workdir: str, enabled: bool | None = None, resumed_at: int = 0):
         # Only the first host writes in a multi-host run.
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
+        self.dropped = 0
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
+            if resumed_at:
+                self.dropped = self._drop_after(resumed_at)
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                     purge_step=resumed_at + 1 if resumed_at else None)
 
     def write(self, step: int, row: dict) -> None:
         if not self.enabled:
@@ -38,11 +46,10 @@ class MetricWriter:
                 self._tb.add_scalar(k, v, step)
         self._tb.flush()
 
-    def drop_after(self, step: int) -> int:
-        """Removes metrics.jsonl rows past `step`: a run resumed from that step's checkpoint
-        writes them again (a killed run logged steps its last checkpoint does not hold).
-        Returns how many were dropped. (TensorBoard keeps its events; it shows the later ones.)"""
-        if not self.enabled or not os.path.exists(self.path):
+    def _drop_after(self, step: int) -> int:
+        """Removes metrics.jsonl rows past `step` (a killed run logged steps its last checkpoint
+        does not hold); returns how many."""
+        if not os.path.exists(self.path):
             return 0
         with open(self.path) as f:
             lines = [line for line in f if line.strip()]

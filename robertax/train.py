@@ -271,11 +271,10 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
                                  config.data.max_predictions / config.data.max_length,
                                  mc.intermediate_size)
     peak = perf.device_peak_flops()
-    writer = observe.MetricWriter(workdir)
-    dropped = writer.drop_after(start)
-    if dropped:
+    writer = observe.MetricWriter(workdir, resumed_at=start)
+    if writer.dropped:
         logging.warning("metrics.jsonl: dropped %d row(s) past step %d, the checkpoint this run "
-                        "resumes from (the interrupted run logged them)", dropped, start)
+                        "resumes from (the interrupted run logged them)", writer.dropped, start)
     preempt = _Preemption()
     total = config.optim.total_steps
     first = last = eval_first = eval_last = None

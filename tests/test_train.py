@@ -73,6 +73,25 @@ def test_interrupted_runs_log_each_step_once(tmp_path):
     after = [r for r in observe.read_metrics(wd) if "loss" in r]
     assert [r["step"] for r in after] == [3, 4, 6]
     assert after[-1]["loss"] == before[-1]["loss"]  # steps 5-6 again, bit for bit
+    # TensorBoard drops its own copies by the purge marker: a SessionLog START at step 5.
+    starts = [e.step for e in tensorboard_events(os.path.join(wd, "tensorboard"))
+              if e.HasField("session_log") and e.session_log.status == e.session_log.START]
+    assert 5 in starts
+
+
+def tensorboard_events(directory):
+    """Every event in a TensorBoard directory's files (TFRecord: length, crc, data, crc)."""
+    import glob
+    import struct
+    from tensorboardX.proto import event_pb2
+    for path in sorted(glob.glob(os.path.join(directory, "events.*"))):
+        data, i = open(path, "rb").read(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[i + 12:i + 12 + n])
+            yield event
+            i += 12 + n + 4
 
 
 def test_eval_rows_do_not_depend_on_microbatches(tmp_path):
