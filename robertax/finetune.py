@@ -57,15 +57,15 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from robertax import checkpoint, observe, optim, sharding  # noqa: E402
 from robertax.model import RobertaConfig  # noqa: E402
 from robertax.tasks import glue, runner  # noqa: E402
 from robertax.tasks import starting_point as start  # noqa: E402
 
-from robertax.train import PRECISIONS, cli_config, make_dropout_rng  # noqa: E402  (shared)
+from robertax.train import (  # noqa: E402  (shared)
+    PRECISIONS, cli_config, make_dropout_rng, run_cli)
 INPUT_KEYS = ("input_ids", "attention_mask")
 
 
@@ -589,7 +589,5 @@ def main(argv):
 if __name__ == "__main__":
     # Flags are defined only when run as a program (as robertax.train does), so importing this
     # module defines none.
-    config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "finetune", "sst2.py"),
-                                    "Fine-tuning config file.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Output directory (default: workdir/finetune/<config>).")
-    app.run(main)
+    run_cli(main, os.path.join(_REPO, "configs", "finetune", "sst2.py"),
+            "Fine-tuning config file.", "Output directory (default: workdir/finetune/<config>).")

@@ -354,6 +354,53 @@ def cli_config() -> tuple[ml_collections.ConfigDict, str]:
     return flags.FLAGS.config, os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
 
 
+def _unknown_key_message(default_config: str, error: Exception) -> str:
+    """The error for a --config.KEY=VALUE override whose key the config lacks: which flag, and
+    the config's nearest keys (ml_collections says only "'lr'" for a top-level key)."""
+    import difflib
+    import importlib.util
+    path = default_config
+    for arg in sys.argv[1:]:
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1].split(":")[0]
+    try:
+        spec = importlib.util.spec_from_file_location("_robertax_cli_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        keys = list(_flat(json.loads(module.get_config().to_json_best_effort())))
+    except Exception:  # pylint: disable=broad-except  (the hint is optional)
+        keys = []
+    bad = []
+    for arg in sys.argv[1:]:
+        if arg.startswith("--config.") and "=" in arg:
+            key = arg[len("--config."):].split("=", 1)[0]
+            if keys and key not in keys:
+                near = difflib.get_close_matches(key, keys, n=2, cutoff=0.6)
+                bad.append(f"--config.{key}" + (f" (did you mean {', '.join(near)}?)"
+                                                 if near else ""))
+    if bad:
+        return f"error: {path} has no key " + "; ".join(bad)
+    return f"error: a --config override failed: {error}"
+
+
+def run_cli(main_fn, default_config: str, about: str, workdir_help: str) -> None:
+    """Defines --config (a config file, overridable per key) and --workdir, and runs `main_fn`
+    under absl. An override naming a key the config lacks is one line, not a traceback."""
+    try:
+        config_flags.DEFINE_config_file("config", default_config, about, lock_config=True)
+    except (AttributeError, KeyError) as e:  # ml_collections applies overrides here
+        raise SystemExit(_unknown_key_message(default_config, e)) from None
+    flags.DEFINE_string("workdir", None, workdir_help)
+
+    def parse(argv):
+        try:
+            return app.parse_flags_with_usage(argv)
+        except (AttributeError, KeyError) as e:  # with --config=FILE, overrides apply here
+            raise SystemExit(_unknown_key_message(default_config, e)) from None
+
+    app.run(main_fn, flags_parser=parse)
+
+
 def main(argv):
     del argv
     config, name = cli_config()
@@ -362,7 +409,5 @@ def main(argv):
 
 if __name__ == "__main__":
     # Flags are defined only when run as a program, so other tools can import this module.
-    config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "tiny.py"),
-                                    "Training config file.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Output directory (default: workdir/<config name>).")
-    app.run(main)
+    run_cli(main, os.path.join(_REPO, "configs", "tiny.py"), "Training config file.",
+            "Output directory (default: workdir/<config name>).")

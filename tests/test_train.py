@@ -170,3 +170,22 @@ def test_text_corpus_is_preprocessed_and_trains(tmp_path, test_data, monkeypatch
     assert result["steps"] == 3 and math.isfinite(result["last"]["loss"])
     made = os.listdir(tmp_path / "cache")
     assert len(made) == 1 and made[0].startswith("corpus-")
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["--config.optim.peak_lr=1"], "configs/tiny.py has no key --config.optim.peak_lr (did you "
+                                   "mean optim.peak_learning_rate"),
+    (["--config=configs/base.py", "--config.batch_sise=3"],
+     "configs/base.py has no key --config.batch_sise (did you mean batch_size?)"),
+])
+def test_cli_names_an_unknown_config_key(args, hint):
+    """A mistyped override is one line naming the flag and the nearest keys, not a traceback
+    ending in ml_collections' "AttributeError: 'lr'"."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-m", "robertax.train", *args], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert hint in done.stderr and "Traceback" not in done.stderr
