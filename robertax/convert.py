@@ -118,9 +118,10 @@ HEADS = ("mlm_head", "classifier", "span")
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
               "pytorch_model.bin.index.json")
 # robertax_config.json keys that describe the model's head and travel with it between formats
-# ("task", "labels", "num_labels", "num_choices", "squad_version" are fine-tuning's own).
+# ("task", "labels", "num_labels", "num_choices", "squad_version" are fine-tuning's own;
+# "finetuning_task" is a Hugging Face config.json's, kept as written there).
 META_KEYS = ("task", "labels", "num_labels", "num_choices", "squad_version", "fairseq_head",
-             "multiple_choice")
+             "multiple_choice", "finetuning_task")
 
 
 # --- layout transforms: (torch tensor, config) -> ours, and back ---------------------------
@@ -379,20 +380,31 @@ def _check_tied(tensors: dict, prefix: str, hf: dict, file: str, cfg_path: str) 
                          "lm_head.decoder.weight: the MLM head's projection is missing")
 
 
-def _labels_from_hf(hf: dict, n: int) -> list[str] | None:
-    """id2label as a list in id order, unless it is transformers' default LABEL_i."""
-    id2label = hf.get("id2label") or {}
-    try:
-        labels = [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(n)]
-    except KeyError:
+def _labels_from_hf(hf: dict, n: int, where: str) -> list[str] | None:
+    """config.json's id2label as a list in id order, or None where it is absent or
+    transformers' default LABEL_i. Its ids must be the classifier's outputs, 0..n-1."""
+    id2label = hf.get("id2label")
+    if not id2label:
         return None
-    return None if labels == [f"LABEL_{i}" for i in range(n)] else [str(x) for x in labels]
+    if not isinstance(id2label, dict):
+        raise ValueError(f"{where}: id2label must map class ids to names, got {id2label!r}")
+    try:
+        ids = sorted(int(k) for k in id2label)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: id2label's ids must be integers, got "
+                         f"{sorted(map(str, id2label))}") from None
+    if ids != list(range(n)):
+        raise ValueError(f"{where}: id2label's ids must be 0..{n - 1}, one per output of the "
+                         f"classifier, got {ids}")
+    labels = [str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in range(n)]
+    return None if labels == [f"LABEL_{i}" for i in range(n)] else labels
 
 
 def read_hf(path: str, **config_overrides) -> tuple[RobertaConfig, dict, dict]:
     """`from_hf`, plus the metadata robertax keeps beside a model (robertax_config.json):
-    `labels` (config.json's id2label in id order, unless the default LABEL_i) and
-    `multiple_choice` (a RobertaForMultipleChoice checkpoint)."""
+    `labels` (config.json's id2label in id order, unless the default LABEL_i),
+    `finetuning_task` (config.json's, as written there) and `multiple_choice` (a
+    RobertaForMultipleChoice checkpoint)."""
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{cfg_path} not found: not a Hugging Face model directory")
@@ -404,6 +416,8 @@ def read_hf(path: str, **config_overrides) -> tuple[RobertaConfig, dict, dict]:
     prefix = "roberta." if any(k.startswith("roberta.") for k in tensors) else ""
     _check_tied(tensors, prefix, hf, file, cfg_path)
     meta: dict = {}
+    if hf.get("finetuning_task"):
+        meta["finetuning_task"] = str(hf["finetuning_task"])
     # RobertaForMultipleChoice: pooler + Linear(D, 1). (RobertaForTokenClassification's
     # per-token classifier.weight has no pooler; it is logged as unused.)
     choice = "classifier.weight" in tensors and f"{prefix}pooler.dense.weight" in tensors
@@ -414,7 +428,7 @@ def read_hf(path: str, **config_overrides) -> tuple[RobertaConfig, dict, dict]:
     if choice:
         meta["multiple_choice"] = True
     elif num_labels is not None:
-        labels = _labels_from_hf(hf, num_labels)
+        labels = _labels_from_hf(hf, num_labels, cfg_path)
         if labels:
             meta["labels"] = labels
     params = tensors_to_params(tensors, config, _hf_name(prefix, choice), file, num_labels,
@@ -465,8 +479,8 @@ def hf_config(config: RobertaConfig, params: dict, id2label: dict | None = None,
         "bos_token_id": 0, "eos_token_id": 2, "position_embedding_type": "absolute",
         "tie_word_embeddings": True,
     }
-    if meta.get("task"):
-        out["finetuning_task"] = meta["task"]
+    if meta.get("task") or meta.get("finetuning_task"):
+        out["finetuning_task"] = meta.get("task") or meta["finetuning_task"]
     n = None
     if "classifier" in params and not choice:
         n = int(np.shape(params["classifier"]["out"]["kernel"])[-1])

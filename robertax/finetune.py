@@ -178,10 +178,10 @@ def prepare(config) -> Prepared:
     source = os.path.abspath(config.from_mnli or config.init_checkpoint) if (
         config.from_mnli or config.init_checkpoint) else ""
     mc, loaded, meta, fmt = start.load_checkpoint(source)
-    if config.from_mnli and meta.get("task") not in (None, "MNLI"):
+    head_task, head_labels = start.head_origin(meta)
+    if config.from_mnli and head_task and not start.same_task(head_task, "MNLI"):
         raise ValueError(f"config.from_mnli={config.from_mnli!r} was fine-tuned on "
-                         f"{meta.get('task')}, not MNLI")
-    head_task, head_labels = start.head_origin(meta, fmt, source)
+                         f"{head_task}, not MNLI")
     tok, tok_path = start.load_tokenizer(config, source, fmt)
     start.check_vocab(mc, tok, source, tok_path)
     precision = _precision(config.precision)

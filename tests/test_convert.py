@@ -249,6 +249,22 @@ def test_label_names_travel_both_ways(tmp_path):
     hf = transformers.RobertaForSequenceClassification(hf_config(**SMALL))
     hf.save_pretrained(tmp_path / "plain")
     assert convert.read_hf(str(tmp_path / "plain"))[2] == {}
+    # config.json's finetuning_task travels as written; ids that are not the classifier's
+    # outputs 0..n-1 are refused, naming the file.
+    cfg_path = tmp_path / "plain" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "finetuning_task": "mnli"}))
+    convert.main([f"--src={tmp_path / 'plain'}", f"--dst={tmp_path / 'plain_ours'}"])
+    meta = json.loads((tmp_path / "plain_ours" / checkpoint.CONFIG_FILE).read_text())
+    assert meta["finetuning_task"] == "mnli" and "task" not in meta
+    convert.main([f"--src={tmp_path / 'plain_ours'}", f"--dst={tmp_path / 'plain_back'}"])
+    assert json.loads((tmp_path / "plain_back" / "config.json").read_text())[
+        "finetuning_task"] == "mnli"
+    for id2label, message in (({"0": "a", "2": "b"}, r"must be 0\.\.1.*got \[0, 2\]"),
+                              ({"zero": "a", "one": "b"}, "must be integers")):
+        cfg_path.write_text(json.dumps({**cfg, "id2label": id2label}))
+        with pytest.raises(ValueError, match=str(cfg_path) + ".*" + message):
+            convert.read_hf(str(tmp_path / "plain"))
 
 
 def test_cli_errors_and_dst_format(hf_dir, tmp_path):

@@ -249,6 +249,14 @@ def test_a_head_for_another_task_is_replaced_with_a_warning(hf_classifier, glue_
     # On its own task (any spelling) the head is kept.
     p = finetune.prepare(config_for("sst2", str(model), data_dir=str(glue_dir)))
     np.testing.assert_array_equal(np.asarray(p.params["classifier"]["out"]["kernel"]), w)
+    # The task survives conversion to robertax, and from_mnli refuses it.
+    ours = tmp_path / "ours_sst2"
+    convert.main([f"--src={model}", f"--dst={ours}"])
+    caplog.clear()
+    finetune.prepare(config_for("rte", str(ours), data_dir=str(glue_dir), tokenizer=str(model)))
+    assert any("fine-tuned on sst2" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="was fine-tuned on sst2, not MNLI"):
+        finetune.prepare(config_for("rte", "", data_dir=str(glue_dir), from_mnli=str(model)))
 
 
 def test_random_init_is_the_same_model_with_new_weights(pretrained, glue_dir):

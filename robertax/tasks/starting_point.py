@@ -121,24 +121,11 @@ def merge_params(shapes: dict, fresh_heads: dict, loaded: dict, head_names, *,
     return out
 
 
-def head_origin(meta: dict, fmt: str, source: str) -> tuple[str | None, list[str] | None]:
+def head_origin(meta: dict) -> tuple[str | None, list[str] | None]:
     """(task, label names in class order) the checkpoint's head was fine-tuned for, where its
-    files say: robertax metadata ("task", "labels"), Hugging Face config.json
-    ("finetuning_task", "id2label")."""
-    task, labels, where = meta.get("task"), meta.get("labels"), source
-    if fmt == "hf":
-        where = os.path.join(source, "config.json")
-        with open(where) as f:
-            hf = json.load(f)
-        task, labels = hf.get("finetuning_task"), hf.get("id2label")
-    if isinstance(labels, dict):  # {class id: name}
-        try:
-            ids = sorted(int(k) for k in labels)
-        except ValueError:
-            raise ValueError(f"{where}: label ids must be integers, got {sorted(labels)}") from None
-        if ids != list(range(len(ids))):
-            raise ValueError(f"{where}: label ids must be 0..{len(ids) - 1}, got {ids}")
-        labels = [labels.get(str(i), labels.get(i)) for i in ids]
+    metadata says: robertax's "task" and "labels", or a Hugging Face config.json's
+    "finetuning_task" and id2label as `convert.read_hf` returned them."""
+    task, labels = meta.get("task") or meta.get("finetuning_task"), meta.get("labels")
     return (str(task) if task else None), ([str(x) for x in labels] if labels else None)
 
 
