@@ -541,6 +541,61 @@ def detect_format(path: str) -> str:
                      "pass --src_format")
 
 
+def tokenizer_dir(source: str, fmt: str) -> str:
+    """Where the tokenizer of a checkpoint lives: beside a Hugging Face or fairseq model
+    (vocab.json + merges.txt or tokenizer.json; encoder.json + vocab.bpe + dict.txt), in a
+    robertax model dir's tokenizer/, or with a pretraining run's corpus shards."""
+    from robertax import checkpoint
+    if fmt in ("hf", "fairseq"):
+        return source if os.path.isdir(source) else os.path.dirname(source)
+    if checkpoint.is_model_dir(source):
+        path = os.path.join(source, "tokenizer")
+        if os.path.isdir(path):
+            return path
+        raise FileNotFoundError(f"{source}: a robertax model dir without tokenizer/")
+    if checkpoint.is_train_dir(source):
+        import ml_collections
+        from robertax.data import pipeline
+        with open(os.path.join(source, "config.json")) as f:
+            run_config = ml_collections.ConfigDict(json.load(f))
+        try:
+            return os.path.join(pipeline.resolve_shard_dir(run_config), "tokenizer")
+        except (FileNotFoundError, ValueError) as e:
+            raise FileNotFoundError(f"{source}/config.json: cannot find the pretraining corpus "
+                                    f"to take its tokenizer from ({e})") from None
+    raise ValueError(f"{source}: cannot tell which tokenizer belongs to this {fmt} checkpoint")
+
+
+def _tokenizer_plan(src: str, src_fmt: str, dst: str, dst_fmt: str):
+    """(tokenizer, where to save it) for the CLI, or (None, why not). Refuses, before anything
+    is written, a different tokenizer already at the destination."""
+    from robertax import tokenizer as tokenizer_lib
+    try:
+        tok = tokenizer_lib.load(tokenizer_dir(src, src_fmt))
+    except (FileNotFoundError, ValueError) as e:
+        return None, f"no tokenizer found for the source ({e})"
+    if dst_fmt == "fairseq":
+        return None, ("fairseq keeps GPT-2's encoder.json and vocab.bpe beside dict.txt; "
+                      "copy those from the original release")
+    if dst_fmt == "hf" and not isinstance(tok, tokenizer_lib.ByteBPETokenizer):
+        return None, (f"a {type(tok).__name__} has no place in a Hugging Face RoBERTa dir "
+                      "(transformers' RobertaTokenizer is byte-level BPE)")
+    out = os.path.join(dst, "tokenizer") if dst_fmt == "robertax" else dst
+    names = ("vocab.json", "merges.txt", "tokenizer.json", tokenizer_lib.SPM_FILE,
+             tokenizer_lib.CONFIG_FILE)
+    if any(os.path.exists(os.path.join(out, n)) for n in names):
+        try:
+            there = tokenizer_lib.load(out)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"{out} holds tokenizer files that do not load ({e}); not "
+                             "overwriting them (move them away)") from None
+        if there.fingerprint != tok.fingerprint:
+            raise ValueError(f"{out} already holds a different tokenizer than the source's; "
+                             "not overwriting it (move it away)")
+        return None, f"the same tokenizer is already in {out}"
+    return tok, out
+
+
 def read_with_meta(path: str, fmt: str | None = None, *, trusted: bool = False,
                    head: str | None = None) -> tuple[RobertaConfig, dict, dict]:
     """`read`, plus the metadata that travels with the model (`META_KEYS`: label names, the
@@ -618,14 +673,24 @@ def main(argv=None) -> None:
                                      "robertax" if src_format != "robertax" else "hf")
     config, params, meta = read_with_meta(args.src, src_format, trusted=args.trust_pickle,
                                           head=args.fairseq_head)
+    tok, tok_dst = _tokenizer_plan(args.src, src_format, args.dst, dst_format)
+    if tok is not None and tok.vocab_size != config.vocab_size:
+        tok, tok_dst = None, (f"the one found for the source has {tok.vocab_size} tokens, the "
+                              f"model {config.vocab_size}")
     from robertax import fairseq
     write(config, params, args.dst, dst_format, head=args.fairseq_head,
           dictionary=fairseq.find_dictionary(args.src), meta=meta)
+    if tok is not None and dst_format == "hf":
+        tok.save_for_transformers(tok_dst)
+    elif tok is not None:
+        tok.save(tok_dst)
+    else:
+        logging.warning("%s: tokenizer not written: %s", args.dst, tok_dst)
     n = sum(int(np.size(x)) for x in __import__("jax").tree.leaves(params))
     heads = [h for h in params if h != "encoder"]
     print(f"{args.src} ({src_format}) -> {args.dst} ({dst_format}): {config.num_layers} layers, "
           f"hidden {config.hidden_size}, vocab {config.vocab_size}, heads {heads}, "
-          f"{n:,} parameters")
+          f"{n:,} parameters" + (f"; tokenizer -> {tok_dst}" if tok is not None else ""))
 
 
 def _cli(argv=None) -> None:

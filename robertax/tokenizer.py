@@ -190,6 +190,18 @@ class ByteBPETokenizer(_Base):
         _write_config(directory, {**self._config(),
                                   **({} if self.mask_lstrip else {"mask_lstrip": False})})
 
+    def save_for_transformers(self, directory: str) -> None:
+        """`save`, plus tokenizer.json and tokenizer_config.json, so that
+        `transformers.AutoTokenizer.from_pretrained(directory)` encodes as this tokenizer does
+        (from vocab.json + merges.txt alone it would not give "<mask>" its lstrip)."""
+        self.save(directory)
+        self._tok.save(os.path.join(directory, "tokenizer.json"))
+        names = dict(zip(("bos_token", "pad_token", "eos_token", "unk_token"), SPECIALS))
+        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "RobertaTokenizer", **names, "cls_token": SPECIALS[0],
+                       "sep_token": SPECIALS[2], "mask_token": MASK, "add_prefix_space": False,
+                       "trim_offsets": True, "errors": "replace"}, f, indent=2)
+
 
 class SentencePieceTokenizer(_Base):
     """sentencepiece BPE (the paper's 30K character-level alternative, Section 4.4).

@@ -279,3 +279,40 @@ def test_cli_errors_and_dst_format(hf_dir, tmp_path):
     convert.main([f"--src={hf_dir}", f"--dst={tmp_path / 'out.pt'}"])
     assert (tmp_path / "out.pt").is_file() and (tmp_path / "dict.txt").is_file()
     assert convert.detect_format(str(tmp_path / "out.pt")) == "fairseq"
+
+
+def test_the_tokenizer_travels_with_the_model(test_data, hf_dir, tmp_path, caplog):
+    """A converted model can be fine-tuned without naming its tokenizer, and a Hugging Face
+    export loads in transformers' own tokenizer."""
+    import shutil
+
+    from robertax import tokenizer as tokenizer_lib
+    torch.manual_seed(0)
+    hf = transformers.RobertaForMaskedLM(hf_config(**{**SMALL, "vocab_size": 50265}))
+    hf.save_pretrained(tmp_path / "hf_tok")
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(test_data / "bpe" / "roberta-base_hf" / name, tmp_path / "hf_tok" / name)
+    want = tokenizer_lib.load(str(tmp_path / "hf_tok"))
+    convert.main([f"--src={tmp_path / 'hf_tok'}", f"--dst={tmp_path / 'ours'}"])
+    assert tokenizer_lib.load(str(tmp_path / "ours" / "tokenizer")).fingerprint == want.fingerprint
+    convert.main([f"--src={tmp_path / 'ours'}", f"--dst={tmp_path / 'back'}", "--dst_format=hf"])
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "back"))
+    text = "Hello world, <mask> is a   test."
+    assert theirs(text)["input_ids"] == want.encode(text)
+    # Into a folder that holds the same tokenizer: fine; a different one: refused, untouched.
+    convert.main([f"--src={tmp_path / 'ours'}", f"--dst={tmp_path / 'back'}", "--dst_format=hf"])
+    tokenizer_lib.ByteBPETokenizer(want.vocab, want.merges[:-1]).save(str(tmp_path / "other"))
+    before = (tmp_path / "other" / "vocab.json").read_bytes()
+    with pytest.raises(ValueError, match="already holds a different tokenizer"):
+        convert.main([f"--src={tmp_path / 'ours'}", f"--dst={tmp_path / 'other'}",
+                      "--dst_format=hf"])
+    assert (tmp_path / "other" / "vocab.json").read_bytes() == before
+    assert not (tmp_path / "other" / "model.safetensors").exists()
+    # No tokenizer, or one that is not the model's: the weights convert, with a warning.
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(test_data / "bpe" / "roberta-base_hf" / name, hf_dir / name)
+    with caplog.at_level(logging.WARNING):
+        convert.main([f"--src={hf_dir}", f"--dst={tmp_path / 'small'}"])
+    assert any("tokenizer not written" in r.getMessage() and "50265 tokens" in r.getMessage()
+               for r in caplog.records)
+    assert not (tmp_path / "small" / "tokenizer").exists()

@@ -253,7 +253,7 @@ def test_a_head_for_another_task_is_replaced_with_a_warning(hf_classifier, glue_
     ours = tmp_path / "ours_sst2"
     convert.main([f"--src={model}", f"--dst={ours}"])
     caplog.clear()
-    finetune.prepare(config_for("rte", str(ours), data_dir=str(glue_dir), tokenizer=str(model)))
+    finetune.prepare(config_for("rte", str(ours), data_dir=str(glue_dir)))  # its tokenizer too
     assert any("fine-tuned on sst2" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="was fine-tuned on sst2, not MNLI"):
         finetune.prepare(config_for("rte", "", data_dir=str(glue_dir), from_mnli=str(model)))

@@ -44,27 +44,10 @@ def tokenizer_path(config, source: str, fmt: str) -> str:
     """Where the tokenizer for `source` lives (config.tokenizer wins)."""
     if config.tokenizer:
         return config.tokenizer
-    if fmt in ("hf", "fairseq"):  # HF: vocab.json + merges.txt; fairseq: dict.txt + GPT-2 files
-        return source if os.path.isdir(source) else os.path.dirname(source)
-    if checkpoint.is_model_dir(source):
-        path = os.path.join(source, "tokenizer")
-        if os.path.isdir(path):
-            return path
-        raise FileNotFoundError(f"{source}: a robertax model dir without tokenizer/; set "
-                                "config.tokenizer")
-    if checkpoint.is_train_dir(source):
-        with open(os.path.join(source, "config.json")) as f:
-            run_config = ml_collections.ConfigDict(json.load(f))
-        from robertax.data import pipeline
-        try:
-            shard_dir = pipeline.resolve_shard_dir(run_config)
-        except (FileNotFoundError, ValueError) as e:
-            raise FileNotFoundError(f"{source}/config.json: cannot find the pretraining corpus "
-                                    f"to take its tokenizer from ({e}); set config.tokenizer"
-                                    ) from None
-        return os.path.join(shard_dir, "tokenizer")
-    raise ValueError(f"{source}: cannot tell which tokenizer belongs to this {fmt} checkpoint; "
-                     "set config.tokenizer")
+    try:
+        return convert.tokenizer_dir(source, fmt)
+    except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"{e}; set config.tokenizer") from None
 
 
 def load_tokenizer(config, source: str, fmt: str):
