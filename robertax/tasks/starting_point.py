@@ -8,13 +8,11 @@ otherwise the task gets a fresh head, and the log says why. `finetune.prepare` c
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from flax import traverse_util
