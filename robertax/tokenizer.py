@@ -11,8 +11,8 @@ Both kinds share one interface and RoBERTa's special-token layout, `<s>`=0 `<pad
 Hugging Face directory (`vocab.json` + `merges.txt`, or transformers 5's `tokenizer.json`), a
 fairseq/GPT-2 directory (`encoder.json` + `vocab.bpe` + `dict.txt`: GPT-2 ids are mapped
 through `dict.txt` as fairseq's Dictionary does) or a sentencepiece `.model` (file or
-directory). The byte-level BPE runs on Hugging Face `tokenizers` (Rust). Training:
-`train_byte_bpe`, `train_sentencepiece`, and the CLI
+directory). The byte-level BPE runs on Hugging Face `tokenizers` (Rust). Training
+(tokenizer_training.py: `train_byte_bpe`, `train_sentencepiece`) has the CLI
 `python -m robertax.tokenizer train --kind=byte_bpe --input='corpus/*.txt' --vocab_size=50265 --output=DIR`.
 """
 
@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
-import io
 import json
-import logging
 import os
 import re
 import sys
@@ -222,7 +220,7 @@ class SentencePieceTokenizer(_Base):
         got = [self._sp.id_to_piece(i) for i in range(min(4, self._sp.get_piece_size()))]
         if got != list(SPECIALS):
             raise ValueError(f"{source}: pieces 0..3 are {got}, robertax needs {list(SPECIALS)} "
-                             "(train it with robertax.tokenizer.train_sentencepiece)")
+                             "(train it with robertax.tokenizer_training.train_sentencepiece)")
         self.mask_id = self._sp.get_piece_size()
         self.vocab_size = self.mask_id + 1
         self.fingerprint = hashlib.sha256(self.kind.encode() + model_proto).hexdigest()
@@ -509,110 +507,6 @@ def load(path: str) -> ByteBPETokenizer | SentencePieceTokenizer:
                      f"(fairseq), or one *.model (sentencepiece); found {sorted(os.listdir(path))[:10]}")
 
 
-# ----------------------------------------------------------------------------------- training
-
-
-def _training_lines(inputs, fmt: str = "text", text_key: str = "text",
-                    max_bytes: int | None = None) -> Iterable[str]:
-    """A path/glob or a list/tuple of them (read with robertax.data.corpus, so .gz and JSON lines
-    work), or any other iterable (a generator, an iterator) of text lines. Skips are logged."""
-    from robertax.data import corpus
-
-    stats = corpus.Stats()
-    if isinstance(inputs, (str, os.PathLike, list, tuple)):
-        patterns = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-        lines = corpus.iter_lines(corpus.make_source(patterns, fmt=fmt, text_key=text_key), stats)
-    else:
-        lines = (t for t in inputs if t.strip())
-    for line in lines:
-        if max_bytes is not None and len(line.encode("utf-8")) > max_bytes:
-            stats.skip("line_too_long", line[:40] + "...")  # sentencepiece would drop it unsaid
-            continue
-        yield line
-    if any(stats.skipped.values()):
-        stats.resolve()
-        logging.warning("tokenizer training skipped %s, e.g. at %s", dict(stats.skipped), stats.examples)
-
-
-def train_byte_bpe(files_or_iterator, vocab_size: int, out_dir: str | None = None, *,
-                   min_frequency: int = 2, fmt: str = "text", text_key: str = "text") -> ByteBPETokenizer:
-    """Learns a byte-level BPE (GPT-2's algorithm) with RoBERTa's layout: specials 0..3, `<mask>` last.
-
-    `vocab_size` counts every id; with too little text for `min_frequency` the vocabulary stops
-    short, and `<mask>` then follows the last merge.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    if vocab_size < 256 + len(SPECIALS) + 1:
-        raise ValueError(f"vocab_size {vocab_size} is below the 256 bytes + 5 specials")
-    tok = Tokenizer(models.BPE(fuse_unk=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, min_frequency=min_frequency,
-                                  special_tokens=list(SPECIALS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    lines = _training_lines(files_or_iterator, fmt, text_key)
-    tok.train_from_iterator(lines, trainer=trainer)
-    model = json.loads(tok.to_str())["model"]
-    vocab = dict(model["vocab"])
-    vocab[MASK] = max(vocab.values()) + 1
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    result = ByteBPETokenizer(vocab, merges)
-    if result.vocab_size < vocab_size:
-        logging.warning("byte-level BPE: asked for vocab_size %d, the text gave only %d (no pair "
-                        "left that occurs min_frequency=%d times): train on more text, or lower "
-                        "min_frequency", vocab_size, result.vocab_size, min_frequency)
-    if out_dir:
-        result.save(out_dir)
-    return result
-
-
-def train_sentencepiece(files_or_iterator, vocab_size: int = 30000, out_dir: str | None = None, *,
-                        byte_fallback: bool = False, character_coverage: float = 0.9995,
-                        max_sentence_length: int = 1 << 16, input_sentence_size: int = 10_000_000,
-                        fmt: str = "text", text_key: str = "text") -> SentencePieceTokenizer:
-    """Learns a sentencepiece BPE with RoBERTa's layout (`<mask>` is added as the last id).
-
-    Defaults follow the paper's alternative: a character-level BPE, so characters outside the
-    coverage become `<unk>` (byte_fallback=False); turn `byte_fallback` on to avoid unknowns.
-    Normalization is the identity so text and offsets are not rewritten.
-    """
-    import sentencepiece as spm
-
-    model = io.BytesIO()
-    spm.set_random_generator_seed(0)  # sentence sampling is the only randomness: fix it
-    try:
-        _train_spm(spm, model, files_or_iterator, vocab_size, byte_fallback, character_coverage,
-                   max_sentence_length, input_sentence_size, fmt, text_key)
-    except RuntimeError as e:  # sentencepiece's checks; say them in this function's terms
-        # sentencepiece learns vocab_size - 1 pieces (<mask> is added), so its numbers are ours - 1
-        high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)",
-                         str(e))
-        if high:
-            raise ValueError(f"vocab_size {vocab_size} is too large for this text: sentencepiece "
-                             f"can learn at most {int(high[2])} pieces from it, so the largest "
-                             f"vocab_size that works is {int(high[2]) + 1} (the pieces + <mask>)"
-                             ) from None
-        raise ValueError(f"sentencepiece training failed (vocab_size {vocab_size}, i.e. "
-                         f"{vocab_size - 1} pieces + <mask>): {e}") from None
-    result = SentencePieceTokenizer(model.getvalue())
-    if out_dir:
-        result.save(out_dir)
-    return result
-
-
-def _train_spm(spm, model, files_or_iterator, vocab_size, byte_fallback, character_coverage,
-               max_sentence_length, input_sentence_size, fmt, text_key) -> None:
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=_training_lines(files_or_iterator, fmt, text_key, max_sentence_length),
-        model_writer=model,
-        model_type="bpe", vocab_size=vocab_size - 1, character_coverage=character_coverage,
-        byte_fallback=byte_fallback, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        bos_id=0, pad_id=1, eos_id=2, unk_id=3, bos_piece=SPECIALS[0], pad_piece=SPECIALS[1],
-        eos_piece=SPECIALS[2], unk_piece=SPECIALS[3], max_sentence_length=max_sentence_length,
-        input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
-        num_threads=os.cpu_count() or 1, minloglevel=2)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m robertax.tokenizer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -640,6 +534,7 @@ def _run(args) -> None:
     if args.command == "encode":
         print(load(args.tokenizer).encode(args.text, pair=args.pair))
         return
+    from robertax.tokenizer_training import train_byte_bpe, train_sentencepiece
     inputs = [p for p in args.input.split(",") if p]
     if args.kind == "byte_bpe":
         tok = train_byte_bpe(inputs, args.vocab_size or 50265, args.output,

@@ -15,6 +15,7 @@ import pytest
 
 from robertax import preprocess as preprocess_lib
 from robertax import tokenizer as tokenizer_lib
+from robertax import tokenizer_training
 from robertax.data import builtin, shards
 from robertax.data.sentences import split_sentences
 
@@ -159,7 +160,7 @@ def test_wikipedia(tmp_path, tok, reference, test_data):
 def test_sentencepiece_sentences(tmp_path, test_data):
     """sentencepiece's dummy-prefix "▁" stands for the space before a later sentence (see
     SentencePieceTokenizer.continuation): the records are the line's own pieces, text is kept."""
-    spm = tokenizer_lib.train_sentencepiece(str(test_data / "text" / "tinyshakespeare" / "input.txt"), 1000)
+    spm = tokenizer_training.train_sentencepiece(str(test_data / "text" / "tinyshakespeare" / "input.txt"), 1000)
     lines = ["First Citizen: Before we proceed. Hear me speak.  All: Speak, speak!", "You are all resolved? Yes."]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
     manifest = preprocess_lib.preprocess(str(tmp_path / "in.txt"), spm, str(tmp_path / "out"), valid_fraction=0.0)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from robertax import tokenizer as tokenizer_lib
+from robertax import tokenizer_training
 
 HANDWRITTEN = [
     "Hello world!", "Hello world! cécé herlolip 418", "", " ", "  leading and trailing  ", "\t",
@@ -165,19 +166,19 @@ def shakespeare(test_data):
 
 
 def test_train_byte_bpe(shakespeare, tmp_path):
-    tok = tokenizer_lib.train_byte_bpe(shakespeare, 2000, str(tmp_path / "a"))
+    tok = tokenizer_training.train_byte_bpe(shakespeare, 2000, str(tmp_path / "a"))
     assert tok.vocab_size == 2000 and tok.mask_id == 1999  # RoBERTa's layout: <mask> last
     assert [tok.id_to_token(i) for i in range(4)] == ["<s>", "<pad>", "</s>", "<unk>"]
     text = "Romeo, wherefore art thou? 😀 ünïcode"
     assert tok.decode(tok.encode_plain(text)) == text  # bytes: nothing is unknown
     assert tok.encode("a <mask> b")[2] == tok.mask_id
-    again = tokenizer_lib.train_byte_bpe(shakespeare, 2000)
+    again = tokenizer_training.train_byte_bpe(shakespeare, 2000)
     assert again.fingerprint == tok.fingerprint  # deterministic
     assert tokenizer_lib.load(str(tmp_path / "a")).fingerprint == tok.fingerprint
 
 
 def test_sentencepiece(shakespeare, tmp_path):
-    tok = tokenizer_lib.train_sentencepiece(shakespeare, 1000, str(tmp_path / "spm"))
+    tok = tokenizer_training.train_sentencepiece(shakespeare, 1000, str(tmp_path / "spm"))
     assert tok.kind == "sentencepiece" and tok.vocab_size == 1000 and tok.mask_id == 999
     loaded = tokenizer_lib.load(str(tmp_path / "spm"))
     assert loaded.fingerprint == tok.fingerprint
@@ -216,7 +217,7 @@ def test_cli_train_and_encode(shakespeare, tmp_path):
 def test_sentencepiece_text_after_special_tokens_continues(shakespeare):
     """Text after a special token is a continuation: " now" -> "\u2581now" (no lone "\u2581"),
     "now" right after "<mask>" -> no word start; the ids decode back to the text."""
-    tok = tokenizer_lib.train_sentencepiece(shakespeare, 1000)
+    tok = tokenizer_training.train_sentencepiece(shakespeare, 1000)
     pieces = lambda ids: [tok.id_to_token(i) for i in ids]  # noqa: E731
     head = tok.encode_plain("hear me")
     spaced = tok.encode_plain("hear me <mask> now")
@@ -244,14 +245,14 @@ def test_sentencepiece_vocab_size_too_large_says_the_largest(shakespeare, tmp_pa
         tokenizer_lib.main(["train", "--kind=sentencepiece", f"--input={small}",
                             "--vocab_size=5000", f"--output={tmp_path / 'out'}"])
     largest = int(str(e.value).rsplit("works is ", 1)[1].split()[0])
-    assert tokenizer_lib.train_sentencepiece(str(small), largest).vocab_size == largest
+    assert tokenizer_training.train_sentencepiece(str(small), largest).vocab_size == largest
     with pytest.raises(ValueError, match=rf"largest vocab_size that works is {largest}\b"):
-        tokenizer_lib.train_sentencepiece(str(small), largest + 1)
+        tokenizer_training.train_sentencepiece(str(small), largest + 1)
 
 
 def test_byte_bpe_short_of_the_vocab_size_warns(caplog):
     with caplog.at_level(logging.WARNING):
-        tok = tokenizer_lib.train_byte_bpe(iter(["To be, or not to be: that is the question."] * 3),
+        tok = tokenizer_training.train_byte_bpe(iter(["To be, or not to be: that is the question."] * 3),
                                            5000)
     assert tok.vocab_size < 5000
     assert f"asked for vocab_size 5000, the text gave only {tok.vocab_size}" in caplog.text

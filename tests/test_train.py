@@ -155,11 +155,11 @@ def test_nan_loss_stops_with_the_step(tmp_path):
 
 def test_text_corpus_is_preprocessed_and_trains(tmp_path, test_data, monkeypatch):
     """config.data.corpus may name text files: they are tokenized once, then trained on."""
-    from robertax import tokenizer
+    from robertax import tokenizer, tokenizer_training
     monkeypatch.setenv("ROBERTAX_CACHE", str(tmp_path / "cache"))
     text = str(test_data / "text" / "tinyshakespeare" / "input.txt")
     tok_dir = str(tmp_path / "tok")
-    tokenizer.train_byte_bpe([text], vocab_size=1000, out_dir=tok_dir)
+    tokenizer_training.train_byte_bpe([text], vocab_size=1000, out_dir=tok_dir)
     vocab = tokenizer.load(tok_dir).vocab_size
     c = config(3)
     c.data.corpus = text

@@ -113,7 +113,7 @@ def ensure_builtin(cache_dir: str, vocab_size: int = 8192) -> str:
     `vocab_size` trained on the corpus), the shards and manifest.json (train and valid splits).
     """
     from robertax import preprocess as preprocess_lib
-    from robertax import tokenizer as tokenizer_lib
+    from robertax import tokenizer_training
     from robertax.data import shards
 
     out_dir = os.path.join(cache_dir, f"builtin-bpe{vocab_size}")
@@ -134,7 +134,7 @@ def ensure_builtin(cache_dir: str, vocab_size: int = 8192) -> str:
         os.makedirs(out_dir, exist_ok=True)
         corpus_path = os.path.join(out_dir, "corpus.txt")
         counts = write_corpus(corpus_path)
-        tok = tokenizer_lib.train_byte_bpe(corpus_path, vocab_size)
+        tok = tokenizer_training.train_byte_bpe(corpus_path, vocab_size)
         if tok.vocab_size < vocab_size:  # the corpus is too small for the vocabulary asked
             shutil.rmtree(out_dir)
             raise ValueError(
