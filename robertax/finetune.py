@@ -140,6 +140,7 @@ class Prepared:
     train: dict[str, np.ndarray] | None  # None with config.do_train=False
     train_examples: int
     eval_sets: list
+    test_sets: list                   # config.predict_test: the task's `test_sets`, else []
 
 
 def _precision(name: str) -> str:
@@ -215,6 +216,8 @@ def prepare(config) -> Prepared:
     for es in eval_sets:
         if es.examples == 0:
             raise ValueError(f"{task.name}: the dev set{es.name or ''} has no examples")
+    # Read now, so that a test set that cannot be read stops the run before training.
+    test_sets = task.test_sets(tok) if config.predict_test else []
 
     # 3. Model and parameters, placed by the sharding rules (never whole on one device).
     mesh = sharding.make_mesh(config.mesh)
@@ -257,7 +260,7 @@ def prepare(config) -> Prepared:
                           keep_heads=keep, fresh_reason=why, require_heads=not config.do_train)
     params = jax.device_put(params, param_sh)
     return Prepared(config, task, tok, tok_path, source, mc, module, mesh, param_sh, params,
-                    train, n_train, eval_sets)
+                    train, n_train, eval_sets, test_sets)
 
 
 def _init_state(p: Prepared, tx, fp16: bool):
@@ -548,15 +551,14 @@ def _write_predictions(p: Prepared, p_predict, params, dev_outputs: list, eval_b
     for es, outputs in zip(p.eval_sets, dev_outputs):
         if es.files is not None:
             files.update(es.files(outputs))
-    if p.config.predict_test and isinstance(p.task, runner.RaceTask):
-        es = p.task.test_eval_set(p.tokenizer)
-        if es is not None:
+    if isinstance(p.task, runner.RaceTask):
+        for es in p.test_sets:
             outputs = predict(p_predict, params, p.mesh, es.arrays, eval_bs)
             out.update(es.score(outputs))
             out["test_examples"] = es.examples  # config.max_eval_examples applies to test too
             files.update(es.files(outputs))
-    elif p.config.predict_test:
-        for task, split, examples, arrays in p.task.test_sets(p.tokenizer):
+    else:
+        for task, split, examples, arrays in p.test_sets:
             pred = np.asarray(predict(p_predict, params, p.mesh, arrays, eval_bs))
             if task is not p.task.task:  # AX with the MNLI head: map ids through label strings
                 ids = pred.argmax(-1)

@@ -99,7 +99,7 @@ def test_read_tfds_converts_records(race_dir):
                 "answers": np.array([a.encode() for a in p["answers"]], object)} for p in passages]
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                                 as_data_source_fn=lambda self, split, **kw: records):
-        examples = race.read_tfds("middle", "validation")
+        examples = race.read_tfds("middle", "dev")
     expected = [ex for p in passages for ex in race._examples(p, "x")]
     assert len(examples) == 11 and examples == expected
     with pytest.raises(ValueError, match="configs"):

@@ -17,6 +17,8 @@ def get_config():
     # --- what to fine-tune, on what ---
     c.task = "SST-2"                # a GLUE task name, "squad" or "race"
     c.data_dir = "glue_data"        # the task's data folder, or "tfds" (prepared TFDS datasets)
+    c.tfds_data_dir = ""            # data_dir="tfds": where they are prepared ("": TFDS_DATA_DIR
+                                    # or ~/tensorflow_datasets); see robertax/data/tfds_source.py
     c.train_file = ""               # SQuAD: explicit train JSON (default <data_dir>/train-v*.json)
     c.eval_file = ""                # SQuAD: explicit dev JSON (default <data_dir>/dev-v*.json)
     c.init_checkpoint = ""          # robertax model dir, pretraining workdir or Hugging Face dir

@@ -25,6 +25,8 @@ import json
 import os
 from typing import Iterator, Sequence
 
+from robertax.data import tfds_source
+
 FORMATS = ("text", "jsonl", "tfds")
 MAX_EXAMPLES = 5  # locations kept per skip reason, to show the user where to look
 # Skip reasons, each counting one unit of input (see robertax.preprocess for how they add up).
@@ -102,7 +104,7 @@ class Source:
         """One entry per input, for the manifest (and to notice changed inputs on re-runs)."""
         if self.fmt == "tfds":
             return [{"tfds": self.paths[0], "split": self.tfds_split, "data_dir": self.tfds_data_dir,
-                     "examples": len(_tfds_source(self.paths[0], self.tfds_split, self.tfds_data_dir)),
+                     "examples": len(tfds_source.open_source(self.paths[0], self.tfds_split, self.tfds_data_dir)),
                      "text_key": self.text_key}]
         out = []
         for p in self.paths:
@@ -114,7 +116,7 @@ class Source:
         common = dict(fmt=self.fmt, text_key=self.text_key, max_line_bytes=self.max_line_bytes,
                       tfds_split=self.tfds_split, tfds_data_dir=self.tfds_data_dir)
         if self.fmt == "tfds":
-            n = len(_tfds_source(self.paths[0], self.tfds_split, self.tfds_data_dir))
+            n = len(tfds_source.open_source(self.paths[0], self.tfds_split, self.tfds_data_dir))
             return [Unit(source_id=0, path=self.paths[0], start=s, end=min(s + chunk_examples, n), **common)
                     for s in range(0, n, chunk_examples)]
         units = []
@@ -296,22 +298,9 @@ def _read_jsonl(unit: Unit, stats: Stats) -> Iterator[Document]:
         yield Document(lines, (unit.source_id, pos), place)
 
 
-def _tfds_source(name: str, split: str, data_dir: str | None):
-    import tensorflow_datasets as tfds
-    import tensorflow_datasets.text  # noqa: F401 -- without TF, wikipedia/c4 only register on import
-
-    try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as e:  # noqa: BLE001 -- say what to do, keep the cause chained
-        raise ValueError(f"TFDS dataset {name!r} split {split!r} (data_dir={data_dir}) cannot be opened "
-                         f"for random access: {type(e).__name__}: {e}. Prepare it first (in array_record "
-                         "format) with tfds; robertax never downloads.") from e
-
-
 def _read_tfds(unit: Unit, stats: Stats) -> Iterator[Document]:
-    source = _tfds_source(unit.path, unit.tfds_split, unit.tfds_data_dir)
-    for i in range(unit.start, unit.end):
-        record = source[i]
+    source = tfds_source.open_source(unit.path, unit.tfds_split, unit.tfds_data_dir)
+    for i, record in enumerate(tfds_source.records(source, unit.start, unit.end), unit.start):
         where = f"{unit.path}[{unit.tfds_split}]#{i}"
         stats.counts["documents"] += 1
         if unit.text_key not in record:

@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from robertax.data import tfds_source
 from robertax.tasks import metrics as _metrics
 
 
@@ -216,22 +217,17 @@ def _check_score(task: Task, score: float, where: str) -> None:
 
 
 def read_tfds(task: str | Task, split: str, data_dir: str | None = None) -> list[Example]:
-    """Examples of TFDS `glue/<config>` (already prepared: this never downloads).
+    """Examples of TFDS `glue/<config>` (already prepared: this never downloads), in the order
+    of the TSV files (TFDS stores them shuffled; `idx` is the row).
 
     Test splits carry label -1 in TFDS; they come back with label None.
     """
-    import tensorflow_datasets as tfds
-    # Without TensorFlow the legacy text builders (glue among them) register only when
-    # this module is imported explicitly (see ECOSYSTEM.md, section 5).
-    import tensorflow_datasets.text  # noqa: F401
-
     task = get_task(task)
     name = f"glue/{task.tfds_config}"
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    source = tfds_source.open_source(name, split, data_dir)
     field_a, field_b = task.tfds_text
     examples = []
-    for i in range(len(source)):
-        record = source[i]
+    for i, record in enumerate(tfds_source.records(source)):
         raw = record["label"]
         label = None
         if task.is_regression:
@@ -242,14 +238,10 @@ def read_tfds(task: str | Task, split: str, data_dir: str | None = None) -> list
             if int(raw) >= len(task.tfds_labels):
                 raise ValueError(f"{name} {split} record {i}: label {int(raw)} out of range")
             label = task.labels.index(task.tfds_labels[int(raw)])
-        text_b = _text(record[field_b]).strip() if field_b else None
-        examples.append(Example(int(record["idx"]), _text(record[field_a]).strip(), text_b, label))
-    return examples
-
-
-def _text(value) -> str:
-    # Real TFDS records hold bytes; mocked ones hold str.
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        text_b = tfds_source.text(record[field_b]).strip() if field_b else None
+        examples.append(Example(int(record["idx"]), tfds_source.text(record[field_a]).strip(),
+                                text_b, label))
+    return sorted(examples, key=lambda ex: ex.idx)
 
 
 # ----------------------------------------------------------------------- featurization

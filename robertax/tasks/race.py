@@ -22,6 +22,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from robertax.data import tfds_source
+
 NUM_CHOICES = 4
 LEVELS = ("high", "middle")
 _SPLITS = {"train": "train", "dev": "dev", "validation": "dev", "test": "test"}
@@ -88,27 +90,20 @@ def read_dir(race_dir: str | os.PathLike, split: str,
 
 
 def read_tfds(level: str = "high", split: str = "test", data_dir: str | None = None) -> list[Example]:
-    """Questions of TFDS `race/high` or `race/middle` (already prepared; never downloads)."""
-    import tensorflow_datasets as tfds
-
+    """Questions of TFDS `race/high` or `race/middle` (already prepared; never downloads). Its
+    splits are named as the release's folders: train, dev, test."""
     if level not in LEVELS:
         raise ValueError(f"TFDS race has the configs {LEVELS}, not {level!r}")
     name = f"race/{level}"
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    text = tfds_source.text
     examples = []
-    for i in range(len(source)):
-        r = source[i]
-        record = {"id": _text(r["example_id"]), "article": _text(r["article"]),
-                  "questions": [_text(q) for q in r["questions"]],
-                  "options": [[_text(o) for o in opts] for opts in r["options"]],
-                  "answers": [_text(a) for a in r["answers"]]}
+    for i, r in enumerate(tfds_source.records(tfds_source.open_source(name, split, data_dir))):
+        record = {"id": text(r["example_id"]), "article": text(r["article"]),
+                  "questions": [text(q) for q in r["questions"]],
+                  "options": [[text(o) for o in opts] for opts in r["options"]],
+                  "answers": [text(a) for a in r["answers"]]}
         examples.extend(_examples(record, f"{name} {split} record {i}"))
     return examples
-
-
-def _text(value) -> str:
-    # Real TFDS records hold bytes; mocked ones hold str.
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def question_option(question: str, option: str) -> str:

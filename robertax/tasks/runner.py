@@ -39,6 +39,7 @@ import numpy as np
 import optax
 
 from robertax import model as model_lib
+from robertax.data import tfds_source
 from robertax.tasks import glue, race, squad
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,12 @@ def _with_weight(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**arrays, "weight": np.ones(n, np.float32)}
 
 
+def _tfds_dir(config) -> str | None:
+    """config.tfds_data_dir: where prepared TFDS datasets are ("": TFDS_DATA_DIR or
+    ~/tensorflow_datasets)."""
+    return config.get("tfds_data_dir") or None
+
+
 def _ce(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
@@ -118,7 +125,7 @@ class GlueTask:
     def _read(self, split: str) -> list[glue.Example]:
         c = self.config
         if c.data_dir == "tfds":
-            return glue.read_tfds(self.task, split)
+            return glue.read_tfds(self.task, split, _tfds_dir(c))
         path = os.path.join(c.data_dir, self.task.folder or self.task.name, self.task.files[split])
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no {self.task.name} {split} file (config.data_dir="
@@ -170,15 +177,20 @@ class GlueTask:
         return {"loss": batch["weight"].sum()}
 
     def test_sets(self, tokenizer) -> list[tuple[glue.Task, str, list, dict]]:
-        """(task, split, examples, arrays) of each test file that exists; MNLI adds the diagnostic
-        set (AX), which GLUE scores with the MNLI model."""
+        """(task, split, examples, arrays) of each test set there is (a missing one is skipped
+        with a warning); MNLI adds the diagnostic set (AX), which GLUE scores with the MNLI
+        model."""
         c, out = self.config, []
         wanted = [(self.task, s) for s in self.task.test_splits]
         if self.task.name == "MNLI":
             wanted.append((glue.TASKS["AX"], "test"))
         for task, split in wanted:
             if c.data_dir == "tfds":
-                examples = glue.read_tfds(task, split)
+                try:
+                    examples = glue.read_tfds(task, split, _tfds_dir(c))
+                except tfds_source.NotPrepared as e:
+                    log.warning("no %s %s set: no submission for it (%s)", task.name, split, e)
+                    continue
             else:
                 path = os.path.join(c.data_dir, task.folder or task.name, task.files[split])
                 if not os.path.isfile(path):
@@ -219,7 +231,8 @@ class SquadTask:
     def _read(self, split: str) -> list[squad.Example]:
         c = self.config
         if c.data_dir == "tfds" and not (c.train_file if split == "train" else c.eval_file):
-            return squad.read_tfds(self.version, "train" if split == "train" else "validation")
+            return squad.read_tfds(self.version, "train" if split == "train" else "validation",
+                                   _tfds_dir(c))
         name = "train" if split == "train" else "dev"
         path = (c.train_file if split == "train" else c.eval_file) or os.path.join(
             c.data_dir, f"{name}-v{self.version}.json")
@@ -332,9 +345,9 @@ class RaceTask:
 
     def _read(self, split: str) -> list[race.Example]:
         c = self.config
-        if c.data_dir == "tfds":
-            tfds_split = {"dev": "validation"}.get(split, split)
-            return [ex for level in race.LEVELS for ex in race.read_tfds(level, tfds_split)]
+        if c.data_dir == "tfds":  # TFDS race's splits are named as the release's folders
+            return [ex for level in race.LEVELS for ex in race.read_tfds(level, split,
+                                                                         _tfds_dir(c))]
         return race.read_dir(c.data_dir, split)
 
     def _featurize(self, examples, tokenizer):
@@ -378,16 +391,14 @@ class RaceTask:
     def loss_counts(self, batch):
         return {"loss": batch["weight"].sum()}
 
-    def test_sets(self, tokenizer):
-        return []
-
-    def test_eval_set(self, tokenizer) -> EvalSet | None:
-        """The test split scored like dev (`test_accuracy`, ...): RACE's test answers are public."""
+    def test_sets(self, tokenizer) -> list[EvalSet]:
+        """The test split, scored like dev (`test_accuracy`, ...): RACE's test answers are
+        public. None there: [] with a warning."""
         try:
-            return self._set("test", tokenizer, prefix="test_")
-        except FileNotFoundError as e:
+            return [self._set("test", tokenizer, prefix="test_")]
+        except (FileNotFoundError, tfds_source.NotPrepared) as e:
             log.warning("no RACE test split: %s", e)
-            return None
+            return []
 
 
 def make_task(config):
@@ -402,3 +413,4 @@ def make_task(config):
     except ValueError:
         raise ValueError(f"config.task={config.task!r}: expected a GLUE task "
                          f"({', '.join(glue.GLUE_TASKS)}), 'squad' or 'race'") from None
+

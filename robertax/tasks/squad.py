@@ -22,6 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from robertax.data import tfds_source
+
 log = logging.getLogger(__name__)
 
 
@@ -87,25 +89,17 @@ def _walk(data, source: str = "dataset"):
 def read_tfds(version: str = "1.1", split: str = "validation",
               data_dir: str | None = None) -> list[Example]:
     """Every question of TFDS `squad/v1.1` or `squad/v2.0` (already prepared; never downloads)."""
-    import tensorflow_datasets as tfds
-
     name = f"squad/v{_version(version)}"
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    text = tfds_source.text
     examples = []
-    for i in range(len(source)):
-        r = source[i]
+    for r in tfds_source.records(tfds_source.open_source(name, split, data_dir)):
         answers = r["answers"]
         examples.append(Example(
-            _text(r["id"]), _text(r["title"]), _text(r["context"]), _text(r["question"]),
-            tuple(_text(t) for t in answers["text"]),
+            text(r["id"]), text(r["title"]), text(r["context"]), text(r["question"]),
+            tuple(text(t) for t in answers["text"]),
             tuple(int(s) for s in answers["answer_start"]),
             bool(r.get("is_impossible", False))))
     return examples
-
-
-def _text(value) -> str:
-    # Real TFDS records hold bytes; mocked ones hold str.
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def as_official(examples: Iterable[Example], version: str = "1.1") -> dict:
