@@ -277,6 +277,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HF_API])
+
+
 # --- any format to any format -------------------------------------------------------------
 
 def detect_format(path: str) -> str:
@@ -303,7 +307,7 @@ def tokenizer_dir(source: str, fmt: str) -> str:
     robertax model dir's tokenizer/, or with a pretraining run's corpus shards."""
     from robertax import checkpoint
     if fmt in ("hf", "fairseq"):
-        return source if os.path.isdir(source) else os.path.dirname(source)
+        return source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
     if checkpoint.is_model_dir(source):
         path = os.path.join(source, "tokenizer")
         if os.path.isdir(path):
@@ -315,41 +319,48 @@ def tokenizer_dir(source: str, fmt: str) -> str:
         with open(os.path.join(source, "config.json")) as f:
             run_config = ml_collections.ConfigDict(json.load(f))
         try:
-            return os.path.join(pipeline.resolve_shard_dir(run_config), "tokenizer")
+            return pipeline.tokenizer_path(run_config)
         except (FileNotFoundError, ValueError) as e:
             raise FileNotFoundError(f"{source}/config.json: cannot find the pretraining corpus "
                                     f"to take its tokenizer from ({e})") from None
     raise ValueError(f"{source}: cannot tell which tokenizer belongs to this {fmt} checkpoint")
 
 
-def _tokenizer_plan(src: str, src_fmt: str, dst: str, dst_fmt: str):
-    """(tokenizer, where to save it) for the CLI, or (None, why not). Refuses, before anything
-    is written, a different tokenizer already at the destination."""
+def _tokenizer_plan(src: str, src_fmt: str, dst: str, dst_fmt: str, vocab_size: int):
+    """What the CLI does with the tokenizer: (the source's tokenizer to save or None, where,
+    why not). Refuses, before anything is written, a destination that holds a tokenizer other
+    than the source's, or (with none to carry) one that does not fit the model."""
     from robertax import tokenizer as tokenizer_lib
-    try:
-        tok = tokenizer_lib.load(tokenizer_dir(src, src_fmt))
-    except (FileNotFoundError, ValueError) as e:
-        return None, f"no tokenizer found for the source ({e})"
-    if dst_fmt == "fairseq":
-        return None, ("fairseq keeps GPT-2's encoder.json and vocab.bpe beside dict.txt; "
-                      "copy those from the original release")
-    if dst_fmt == "hf" and not isinstance(tok, tokenizer_lib.ByteBPETokenizer):
-        return None, (f"a {type(tok).__name__} has no place in a Hugging Face RoBERTa dir "
-                      "(transformers' RobertaTokenizer is byte-level BPE)")
-    out = os.path.join(dst, "tokenizer") if dst_fmt == "robertax" else dst
+    out = {"robertax": os.path.join(dst, "tokenizer"), "hf": dst}.get(dst_fmt)
+    tok, why = None, ""
+    if out is None:
+        why = ("fairseq keeps GPT-2's encoder.json and vocab.bpe beside dict.txt; copy those "
+               "from the original release")
+    else:
+        try:
+            tok = tokenizer_lib.load(tokenizer_dir(src, src_fmt))
+        except (FileNotFoundError, ValueError) as e:
+            why = f"no tokenizer found for the source ({e})"
+        if tok is not None and tok.vocab_size != vocab_size:
+            tok, why = None, (f"the one found for the source has {tok.vocab_size} tokens, the "
+                              f"model {vocab_size}")
     names = ("vocab.json", "merges.txt", "tokenizer.json", tokenizer_lib.SPM_FILE,
              tokenizer_lib.CONFIG_FILE)
-    if any(os.path.exists(os.path.join(out, n)) for n in names):
+    if out is not None and any(os.path.exists(os.path.join(out, n)) for n in names):
         try:
             there = tokenizer_lib.load(out)
         except (FileNotFoundError, ValueError) as e:
             raise ValueError(f"{out} holds tokenizer files that do not load ({e}); not "
                              "overwriting them (move them away)") from None
-        if there.fingerprint != tok.fingerprint:
+        if tok is not None and there.fingerprint != tok.fingerprint:
             raise ValueError(f"{out} already holds a different tokenizer than the source's; "
                              "not overwriting it (move it away)")
-        return None, f"the same tokenizer is already in {out}"
-    return tok, out
+        if tok is None and there.vocab_size != vocab_size:
+            raise ValueError(f"{out} holds a tokenizer of {there.vocab_size} tokens and the "
+                             f"model has {vocab_size}, so it does not fit the converted model; "
+                             f"not writing beside it (move it away). No tokenizer to carry: "
+                             f"{why}")
+    return tok, out, why
 
 
 def read_with_meta(path: str, fmt: str | None = None, *, trusted: bool = False,
@@ -431,19 +442,22 @@ def main(argv=None) -> None:
                                      "robertax" if src_format != "robertax" else "hf")
     config, params, meta = read_with_meta(args.src, src_format, trusted=args.trust_pickle,
                                           head=args.fairseq_head)
-    tok, tok_dst = _tokenizer_plan(args.src, src_format, args.dst, dst_format)
-    if tok is not None and tok.vocab_size != config.vocab_size:
-        tok, tok_dst = None, (f"the one found for the source has {tok.vocab_size} tokens, the "
-                              f"model {config.vocab_size}")
+    tok, tok_dst, why = _tokenizer_plan(args.src, src_format, args.dst, dst_format,
+                                        config.vocab_size)
     from robertax import fairseq
+    from robertax import tokenizer as tokenizer_lib
     write(config, params, args.dst, dst_format, head=args.fairseq_head,
           dictionary=fairseq.find_dictionary(args.src), meta=meta)
-    if tok is not None and dst_format == "hf":
-        tok.save_for_transformers(tok_dst)
-    elif tok is not None:
-        tok.save(tok_dst)
+    if tok is None:
+        logging.warning("%s: tokenizer not written: %s", args.dst, why)
+    elif dst_format == "hf" and isinstance(tok, tokenizer_lib.ByteBPETokenizer):
+        tok.save_for_transformers(tok_dst, model_max_length=config.max_length)
     else:
-        logging.warning("%s: tokenizer not written: %s", args.dst, tok_dst)
+        if dst_format == "hf":
+            logging.warning("%s: the sentencepiece tokenizer is saved for robertax (%s); "
+                            "transformers' RobertaTokenizer, a byte-level BPE, cannot use it",
+                            tok_dst, tokenizer_lib.SPM_FILE)
+        tok.save(tok_dst)
     n = sum(int(np.size(x)) for x in __import__("jax").tree.leaves(params))
     heads = [h for h in params if h != "encoder"]
     print(f"{args.src} ({src_format}) -> {args.dst} ({dst_format}): {config.num_layers} layers, "

@@ -27,6 +27,7 @@ HF_DERIVED = ("lm_head.decoder.weight", "lm_head.decoder.bias",
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
               "pytorch_model.bin.index.json")
 
+
 def _read_weights_file(file: str) -> dict[str, np.ndarray]:
     if file.endswith(".safetensors"):
         from safetensors.numpy import load_file

@@ -188,17 +188,23 @@ class ByteBPETokenizer(_Base):
         _write_config(directory, {**self._config(),
                                   **({} if self.mask_lstrip else {"mask_lstrip": False})})
 
-    def save_for_transformers(self, directory: str) -> None:
+    def save_for_transformers(self, directory: str, model_max_length: int | None = None) -> None:
         """`save`, plus tokenizer.json and tokenizer_config.json, so that
         `transformers.AutoTokenizer.from_pretrained(directory)` encodes as this tokenizer does
-        (from vocab.json + merges.txt alone it would not give "<mask>" its lstrip)."""
+        (from vocab.json + merges.txt alone it would not give "<mask>" its lstrip).
+        `model_max_length`: the model's longest input (512 for roberta-base), what
+        `truncation=True` cuts to."""
         self.save(directory)
         self._tok.save(os.path.join(directory, "tokenizer.json"))
         names = dict(zip(("bos_token", "pad_token", "eos_token", "unk_token"), SPECIALS))
+        config = {"tokenizer_class": "RobertaTokenizer", **names, "cls_token": SPECIALS[0],
+                  "sep_token": SPECIALS[2], "mask_token": MASK, "add_prefix_space": False,
+                  "trim_offsets": True, "errors": "replace",
+                  "clean_up_tokenization_spaces": False}
+        if model_max_length:
+            config["model_max_length"] = int(model_max_length)
         with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-            json.dump({"tokenizer_class": "RobertaTokenizer", **names, "cls_token": SPECIALS[0],
-                       "sep_token": SPECIALS[2], "mask_token": MASK, "add_prefix_space": False,
-                       "trim_offsets": True, "errors": "replace"}, f, indent=2)
+            json.dump(config, f, indent=2)
 
 
 class SentencePieceTokenizer(_Base):

@@ -18,6 +18,7 @@ from typing import Iterable
 
 from robertax import tokenizer
 
+
 def _training_lines(inputs, fmt: str = "text", text_key: str = "text",
                     max_bytes: int | None = None) -> Iterable[str]:
     """A path/glob or a list/tuple of them (read with robertax.data.corpus, so .gz and JSON lines

@@ -299,8 +299,16 @@ def test_the_tokenizer_travels_with_the_model(test_data, hf_dir, tmp_path, caplo
     theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "back"))
     text = "Hello world, <mask> is a   test."
     assert theirs(text)["input_ids"] == want.encode(text)
-    # Into a folder that holds the same tokenizer: fine; a different one: refused, untouched.
-    convert.main([f"--src={tmp_path / 'ours'}", f"--dst={tmp_path / 'back'}", "--dst_format=hf"])
+    longest = hf.config.max_position_embeddings - hf.config.pad_token_id - 1  # 512 in roberta-base
+    assert len(theirs(text * 100, truncation=True)["input_ids"]) == longest
+    # Into a folder that holds the same tokenizer (here only vocab.json + merges.txt, copied
+    # by hand): completed for transformers; a different one: refused, untouched.
+    (tmp_path / "same").mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tmp_path / "back" / name, tmp_path / "same" / name)
+    convert.main([f"--src={tmp_path / 'ours'}", f"--dst={tmp_path / 'same'}", "--dst_format=hf"])
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "same"))
+    assert theirs(text)["input_ids"] == want.encode(text)
     tokenizer_lib.ByteBPETokenizer(want.vocab, want.merges[:-1]).save(str(tmp_path / "other"))
     before = (tmp_path / "other" / "vocab.json").read_bytes()
     with pytest.raises(ValueError, match="already holds a different tokenizer"):
@@ -316,3 +324,30 @@ def test_the_tokenizer_travels_with_the_model(test_data, hf_dir, tmp_path, caplo
     assert any("tokenizer not written" in r.getMessage() and "50265 tokens" in r.getMessage()
                for r in caplog.records)
     assert not (tmp_path / "small" / "tokenizer").exists()
+    # With none to carry, a tokenizer at the destination that does not fit the model: refused.
+    with pytest.raises(ValueError, match="holds a tokenizer of 50265 tokens.*does not fit"):
+        convert.main([f"--src={tmp_path / 'small'}", f"--dst={tmp_path / 'back'}",
+                      "--dst_format=hf"])
+
+
+def test_a_pretraining_runs_tokenizer_is_found_without_preprocessing(test_data, tmp_path,
+                                                                     monkeypatch):
+    """Converting (or fine-tuning from) a run on text files takes config.data.tokenizer: it
+    does not tokenize the corpus to find it. A relative model.pt's tokenizer is beside it."""
+    import importlib
+
+    monkeypatch.setenv("ROBERTAX_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    c = importlib.import_module("configs.tiny").get_config()
+    c.data.corpus = str(test_data / "text" / "tinyshakespeare" / "input.txt")
+    c.data.tokenizer = str(test_data / "bpe" / "roberta-base_hf")
+    (run / "config.json").write_text(c.to_json())
+    assert convert.tokenizer_dir(str(run), "robertax") == c.data.tokenizer
+    assert not (tmp_path / "cache").exists()
+    c.data.tokenizer = "builtin"
+    (run / "config.json").write_text(c.to_json())
+    with pytest.raises(FileNotFoundError, match="config.data.tokenizer names no tokenizer"):
+        convert.tokenizer_dir(str(run), "robertax")
+    monkeypatch.chdir(tmp_path)
+    assert convert.tokenizer_dir("model.pt", "fairseq") == str(tmp_path)

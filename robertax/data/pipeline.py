@@ -105,6 +105,25 @@ def resolve_shard_dir(config) -> str:
     return path
 
 
+def tokenizer_path(config) -> str:
+    """Where the tokenizer of the config's corpus is, preprocessing nothing (only the small
+    built-in corpus is built if absent): a shard directory's tokenizer/, or for text globs
+    config.data.tokenizer, the one they are (or would be) tokenized with."""
+    d = config.data
+    if d.corpus == "builtin":
+        return os.path.join(resolve_shard_dir(config), "tokenizer")
+    for path in (d.corpus, d.shard_dir):
+        if path and os.path.isfile(os.path.join(path, shards.MANIFEST)):
+            return os.path.join(path, "tokenizer")
+    if _text_files(d.corpus):
+        if d.get("tokenizer", "builtin") in ("", "builtin"):
+            raise ValueError(f"config.data.corpus={d.corpus!r} is text, and "
+                             "config.data.tokenizer names no tokenizer")
+        return d.tokenizer
+    raise FileNotFoundError(f"config.data.corpus={d.corpus!r}: no text files and no "
+                            f"preprocessed shards ({shards.MANIFEST})")
+
+
 def _choice(data_config, key, allowed):
     value = data_config[key]
     if value not in allowed:
