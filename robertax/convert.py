@@ -458,7 +458,8 @@ def main(argv=None) -> None:
                             "transformers' RobertaTokenizer, a byte-level BPE, cannot use it",
                             tok_dst, tokenizer_lib.SPM_FILE)
         tok.save(tok_dst)
-    n = sum(int(np.size(x)) for x in __import__("jax").tree.leaves(params))
+    from robertax.model import count_params
+    n = count_params(params, config)  # the vocabulary's padding rows not counted
     heads = [h for h in params if h != "encoder"]
     print(f"{args.src} ({src_format}) -> {args.dst} ({dst_format}): {config.num_layers} layers, "
           f"hidden {config.hidden_size}, vocab {config.vocab_size}, heads {heads}, "

@@ -653,5 +653,17 @@ def abstract_params(module: nn.Module, length: int = 8, batch_shape=(1,)):
     return jax.eval_shape(lambda r, i: module.init(r, i)["params"], jax.random.key(0), ids)
 
 
-def count_params(tree) -> int:
-    return sum(int(x.size) for x in jax.tree.leaves(nn.unbox(tree)))
+def count_params(tree, config: RobertaConfig | None = None) -> int:
+    """Parameters in `tree`. With `config`, the vocabulary's padding rows (`pad_vocab_to`) are
+    not counted, so the number is the checkpoint's in any format (transformers' count)."""
+    leaves = jax.tree_util.tree_leaves_with_path(nn.unbox(tree))
+    total = sum(int(x.size) for _, x in leaves)
+    if config is None or config.padded_vocab_size == config.vocab_size:
+        return total
+    for path, x in leaves:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        if tuple(x.shape[:1]) == (config.padded_vocab_size,) and (
+                name.endswith("tokens/embedding") or name.endswith("mlm_head/bias")):
+            total -= int(x.size) // config.padded_vocab_size * (
+                config.padded_vocab_size - config.vocab_size)
+    return total

@@ -199,6 +199,10 @@ def test_param_counts_equal_transformers(size):
     want = sum(p.numel() for p in hf.parameters())
     assert M.count_params(abstract) == want
     assert {"base": 124_697_433, "large": 355_412_057}[size] == want  # ~125M / ~355M
+    # Rows that pad the vocabulary (50265 -> 50304) are not the checkpoint's parameters.
+    padded = ours.replace(pad_vocab_to=128)
+    abstract = M.abstract_params(M.RobertaForMaskedLM(padded))
+    assert M.count_params(abstract) > want == M.count_params(abstract, padded)
 
 
 def test_attention_selection_falls_back():
