@@ -518,9 +518,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="learn a vocabulary from a corpus")
     train.add_argument("--kind", choices=["byte_bpe", "sentencepiece"], default="byte_bpe")
-    train.add_argument("--input", required=True, help="comma-separated globs of corpus files")
-    train.add_argument("--format", choices=["text", "jsonl"], default="text")
-    train.add_argument("--text_key", default="text", help="JSON lines: the field with the text")
+    train.add_argument("--input", required=True, help="comma-separated globs of corpus files, "
+                       "or with --format=tfds a prepared TFDS dataset's name")
+    train.add_argument("--format", choices=["text", "jsonl", "tfds"], default="text")
+    train.add_argument("--tfds_split", default="train", help="tfds: the split to read")
+    train.add_argument("--tfds_data_dir", default=None,
+                       help="tfds: where it is prepared (default TFDS_DATA_DIR)")
+    train.add_argument("--text_key", default="text", help="jsonl/tfds: the field with the text")
     train.add_argument("--vocab_size", type=int, default=None, help="default 50265 (byte_bpe) / 30000")
     train.add_argument("--min_frequency", type=int, default=2, help="byte_bpe: rarest pair merged")
     train.add_argument("--byte_fallback", action="store_true", help="sentencepiece: bytes, not <unk>")
@@ -542,12 +546,14 @@ def _run(args) -> None:
         return
     from robertax.tokenizer_training import train_byte_bpe, train_sentencepiece
     inputs = [p for p in args.input.split(",") if p]
+    read = dict(fmt=args.format, text_key=args.text_key, tfds_split=args.tfds_split,
+                tfds_data_dir=args.tfds_data_dir)
     if args.kind == "byte_bpe":
         tok = train_byte_bpe(inputs, args.vocab_size or 50265, args.output,
-                             min_frequency=args.min_frequency, fmt=args.format, text_key=args.text_key)
+                             min_frequency=args.min_frequency, **read)
     else:
         tok = train_sentencepiece(inputs, args.vocab_size or 30000, args.output,
-                                  byte_fallback=args.byte_fallback, fmt=args.format, text_key=args.text_key)
+                                  byte_fallback=args.byte_fallback, **read)
     print(f"saved {tok!r} to {args.output}")
 
 

@@ -19,16 +19,16 @@ from typing import Iterable
 from robertax import tokenizer
 
 
-def _training_lines(inputs, fmt: str = "text", text_key: str = "text",
-                    max_bytes: int | None = None) -> Iterable[str]:
-    """A path/glob or a list/tuple of them (read with robertax.data.corpus, so .gz and JSON lines
-    work), or any other iterable (a generator, an iterator) of text lines. Skips are logged."""
+def _training_lines(inputs, read: dict, max_bytes: int | None = None) -> Iterable[str]:
+    """A path/glob or a list/tuple of them, or a TFDS name (read with robertax.data.corpus, so
+    .gz, JSON lines and prepared TFDS datasets work; `read`: its `make_source` options), or any
+    other iterable (a generator, an iterator) of text lines. Skips are logged."""
     from robertax.data import corpus
 
     stats = corpus.Stats()
     if isinstance(inputs, (str, os.PathLike, list, tuple)):
         patterns = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-        lines = corpus.iter_lines(corpus.make_source(patterns, fmt=fmt, text_key=text_key), stats)
+        lines = corpus.iter_lines(corpus.make_source(patterns, **read), stats)
     else:
         lines = (t for t in inputs if t.strip())
     for line in lines:
@@ -42,8 +42,13 @@ def _training_lines(inputs, fmt: str = "text", text_key: str = "text",
 
 
 def train_byte_bpe(files_or_iterator, vocab_size: int, out_dir: str | None = None, *,
-                   min_frequency: int = 2, fmt: str = "text", text_key: str = "text") -> tokenizer.ByteBPETokenizer:
+                   min_frequency: int = 2, fmt: str = "text", text_key: str = "text",
+                   tfds_split: str = "train", tfds_data_dir: str | None = None
+                   ) -> tokenizer.ByteBPETokenizer:
     """Learns a byte-level BPE (GPT-2's algorithm) with RoBERTa's layout: specials 0..3, `<mask>` last.
+
+    `fmt` ("text", "jsonl", "tfds"), `text_key`, `tfds_split`, `tfds_data_dir`: how to read
+    `files_or_iterator`, as `robertax.preprocess` does.
 
     `vocab_size` counts every id; with too little text for `min_frequency` the vocabulary stops
     short, and `<mask>` then follows the last merge.
@@ -57,7 +62,9 @@ def train_byte_bpe(files_or_iterator, vocab_size: int, out_dir: str | None = Non
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, min_frequency=min_frequency,
                                   special_tokens=list(tokenizer.SPECIALS), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    lines = _training_lines(files_or_iterator, fmt, text_key)
+    lines = _training_lines(files_or_iterator, dict(fmt=fmt, text_key=text_key,
+                                                    tfds_split=tfds_split,
+                                                    tfds_data_dir=tfds_data_dir))
     tok.train_from_iterator(lines, trainer=trainer)
     model = json.loads(tok.to_str())["model"]
     vocab = dict(model["vocab"])
@@ -76,7 +83,8 @@ def train_byte_bpe(files_or_iterator, vocab_size: int, out_dir: str | None = Non
 def train_sentencepiece(files_or_iterator, vocab_size: int = 30000, out_dir: str | None = None, *,
                         byte_fallback: bool = False, character_coverage: float = 0.9995,
                         max_sentence_length: int = 1 << 16, input_sentence_size: int = 10_000_000,
-                        fmt: str = "text", text_key: str = "text") -> tokenizer.SentencePieceTokenizer:
+                        fmt: str = "text", text_key: str = "text", tfds_split: str = "train",
+                        tfds_data_dir: str | None = None) -> tokenizer.SentencePieceTokenizer:
     """Learns a sentencepiece BPE with RoBERTa's layout (`<mask>` is added as the last id).
 
     Defaults follow the paper's alternative: a character-level BPE, so characters outside the
@@ -89,7 +97,9 @@ def train_sentencepiece(files_or_iterator, vocab_size: int = 30000, out_dir: str
     spm.set_random_generator_seed(0)  # sentence sampling is the only randomness: fix it
     try:
         _train_spm(spm, model, files_or_iterator, vocab_size, byte_fallback, character_coverage,
-                   max_sentence_length, input_sentence_size, fmt, text_key)
+                   max_sentence_length, input_sentence_size,
+                   dict(fmt=fmt, text_key=text_key, tfds_split=tfds_split,
+                        tfds_data_dir=tfds_data_dir))
     except RuntimeError as e:  # sentencepiece's checks; say them in this function's terms
         # sentencepiece learns vocab_size - 1 pieces (<mask> is added), so its numbers are ours - 1
         high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)",
@@ -108,9 +118,9 @@ def train_sentencepiece(files_or_iterator, vocab_size: int = 30000, out_dir: str
 
 
 def _train_spm(spm, model, files_or_iterator, vocab_size, byte_fallback, character_coverage,
-               max_sentence_length, input_sentence_size, fmt, text_key) -> None:
+               max_sentence_length, input_sentence_size, read: dict) -> None:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_training_lines(files_or_iterator, fmt, text_key, max_sentence_length),
+        sentence_iterator=_training_lines(files_or_iterator, read, max_sentence_length),
         model_writer=model,
         model_type="bpe", vocab_size=vocab_size - 1, character_coverage=character_coverage,
         byte_fallback=byte_fallback, normalization_rule_name="identity", remove_extra_whitespaces=False,

@@ -258,6 +258,20 @@ def test_byte_bpe_short_of_the_vocab_size_warns(caplog):
     assert f"asked for vocab_size 5000, the text gave only {tok.vocab_size}" in caplog.text
 
 
+def test_training_reads_a_tfds_dataset():
+    """--format=tfds: the text of a prepared TFDS dataset, as preprocessing reads it."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets.text  # noqa: F401 -- registers wikipedia when TF is absent
+    with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
+        texts = [tfds.data_source("wikipedia/20230601.en", split="train")[i]["text"]
+                 for i in range(20)]
+        from_tfds = tokenizer_training.train_byte_bpe("wikipedia/20230601.en", 300, fmt="tfds",
+                                                      min_frequency=1)
+    lines = [line.strip() for t in texts for line in t.splitlines() if line.strip()]
+    from_lines = tokenizer_training.train_byte_bpe(iter(lines), 300, min_frequency=1)
+    assert from_tfds.fingerprint == from_lines.fingerprint
+
+
 @pytest.mark.parametrize("mask_lstrip", [False, True])
 def test_transformers_5_tokenizer_json(bpe_dir, tok, tmp_path, mask_lstrip):
     """transformers 5 saves tokenizer.json (+ tokenizer_config.json) only: the same ids."""
