@@ -346,8 +346,8 @@ class RaceTask:
     def _read(self, split: str) -> list[race.Example]:
         c = self.config
         if c.data_dir == "tfds":  # TFDS race's splits are named as the release's folders
-            return [ex for level in race.LEVELS for ex in race.read_tfds(level, split,
-                                                                         _tfds_dir(c))]
+            return [ex for level in race.LEVELS
+                    for ex in race.read_tfds(level, split, _tfds_dir(c))]
         return race.read_dir(c.data_dir, split)
 
     def _featurize(self, examples, tokenizer):
@@ -413,4 +413,3 @@ def make_task(config):
     except ValueError:
         raise ValueError(f"config.task={config.task!r}: expected a GLUE task "
                          f"({', '.join(glue.GLUE_TASKS)}), 'squad' or 'race'") from None
-
