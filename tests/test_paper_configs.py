@@ -72,3 +72,23 @@ def test_row_runs_at_reduced_scale(name, tmp_path):
         assert math.isfinite(last["nsp_loss"]) and 0.0 <= last["nsp_accuracy"] <= 1.0
     else:
         assert "nsp_loss" not in last
+
+
+def test_finetuning_configs_follow_table_10():
+    """Table 10 (RoBERTa-large fine-tuning), column by column: learning rate, batch size,
+    weight decay, max epochs, warmup ratio; Adam beta2 0.98 and eps 1e-6 as in pretraining."""
+    def ft(name):
+        return load(os.path.join(REPO, "configs", "finetune", name + ".py"))
+
+    rows = {"race": (1e-5, 16, 0.1, 4), "squad_v1": (1.5e-5, 48, 0.01, 2),
+            "squad_v2": (1.5e-5, 48, 0.01, 2)}
+    rows.update({t: (None, None, 0.1, 10) for t in ("cola", "sst2", "mrpc", "stsb", "qqp",
+                                                     "mnli", "qnli", "rte", "wnli")})
+    for name, (lr, batch, decay, epochs) in rows.items():
+        c = ft(name)
+        if lr is not None:  # GLUE: a grid, {1e-5, 2e-5, 3e-5} x {16, 32} (tools/glue_sweep.py)
+            assert (c.learning_rate, c.batch_size) == (lr, batch), name
+        else:
+            assert c.learning_rate in (1e-5, 2e-5, 3e-5) and c.batch_size in (16, 32), name
+        assert (c.weight_decay, c.num_epochs, c.warmup_ratio) == (decay, epochs, 0.06), name
+        assert (c.b1, c.b2, c.eps) == (0.9, 0.98, 1e-6), name
