@@ -65,7 +65,7 @@ from robertax.tasks import glue, runner  # noqa: E402
 from robertax.tasks import starting_point as start  # noqa: E402
 
 from robertax.train import (  # noqa: E402  (shared)
-    PRECISIONS, cli_config, make_dropout_rng, run_cli)
+    PRECISIONS, cli_config, input_checks, make_dropout_rng, run_cli)
 INPUT_KEYS = ("input_ids", "attention_mask")
 
 
@@ -322,9 +322,10 @@ def finetune(config, workdir: str) -> dict:
     """Fine-tunes and evaluates (or only evaluates: config.do_train=False); returns what
     results.json holds."""
     workdir = os.path.abspath(workdir)
-    _check_workdir(workdir, config)  # before reading anything: nothing is removed yet
     t_start = time.perf_counter()
-    p = prepare(config)
+    with input_checks():  # set-up: what is wrong here is the input (config, files, workdir)
+        _check_workdir(workdir, config)  # before reading anything: nothing is removed yet
+        p = prepare(config)
     config, task = p.config, p.task
     _clear_workdir(workdir, config.do_train)  # every input is read and checked: now it is safe
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -339,9 +340,10 @@ def finetune(config, workdir: str) -> dict:
     steps_per_epoch = -(-len(p.train["input_ids"]) // config.batch_size)
     total = config.max_steps if config.max_steps > 0 else steps_per_epoch * config.num_epochs
     if total <= 0:
-        raise ValueError(f"nothing to train: config.num_epochs={config.num_epochs} and "
-                         f"config.max_steps={config.max_steps} (config.do_train=False "
-                         "evaluates the checkpoint without training)")
+        with input_checks():
+            raise ValueError(f"nothing to train: config.num_epochs={config.num_epochs} and "
+                             f"config.max_steps={config.max_steps} (config.do_train=False "
+                             "evaluates the checkpoint without training)")
     optim_config = ml_collections.ConfigDict(dict(
         peak_learning_rate=config.learning_rate, warmup_steps=int(config.warmup_ratio * total),
         total_steps=total, b1=config.b1, b2=config.b2, eps=config.eps,
@@ -430,7 +432,7 @@ def finetune(config, workdir: str) -> dict:
                     "seconds": round(time.perf_counter() - t_start, 1),
                     "evaluations": evaluations})
     _write_results(workdir, results)
-    logging.warning("%s: best %s %.4f at step %d -> %s", task.name, metric, best[metric],
+    logging.info("%s: best %s %.4f at step %d -> %s", task.name, metric, best[metric],
                     best["step"], os.path.join(workdir, "results.json"))
     return results
 

@@ -101,8 +101,9 @@ def summary(first: dict, last: dict, steps: int, tokens: int, seconds: float,
     else:
         lines.append(f"train loss {first['loss']:.3f} -> {last['loss']:.3f} nats "
                      f"(perplexity {math.exp(first['loss']):.1f} -> "
-                     f"{math.exp(last['loss']):.1f}; fell {first['loss'] - last['loss']:.3f} "
-                     f"nats)")
+                     f"{math.exp(last['loss']):.1f}; "
+                     f"{'fell' if last['loss'] <= first['loss'] else 'rose'} "
+                     f"{abs(first['loss'] - last['loss']):.3f} nats)")
     if eval_last and eval_first is eval_last:  # one evaluation
         lines.append(f"eval loss  {eval_last['eval_loss']:.3f} nats (perplexity "
                      f"{eval_last['eval_perplexity']:.1f}), one evaluation")

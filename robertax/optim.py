@@ -24,10 +24,12 @@ def warmup_linear_decay(peak: float, warmup_steps: int, total_steps: int) -> opt
     if total_steps <= 0:
         raise ValueError(f"optim.total_steps must be positive, got {total_steps}")
     warmup_steps = min(warmup_steps, total_steps)
-    return optax.join_schedules(
+    schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, peak, max(warmup_steps, 1)),
          optax.linear_schedule(peak, 0.0, max(total_steps - warmup_steps, 1))],
         boundaries=[warmup_steps])
+    # float32 rounding leaves about -1e-11 at the last step: never a (tiny) ascent
+    return lambda count: jnp.maximum(schedule(count), 0.0)
 
 
 def decay_mask(params, which: str):

@@ -10,6 +10,7 @@ step -> loop (log, eval, checkpoint) -> summary. Writes to --workdir: `config.js
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -121,7 +122,9 @@ def check_corpus(config, shard_dir: str) -> dict:
     if manifest["vocab_size"] != config.model.vocab_size:
         raise ValueError(f"{shard_dir}/manifest.json: the corpus was tokenized with a vocabulary "
                          f"of {manifest['vocab_size']}, but config.model.vocab_size is "
-                         f"{config.model.vocab_size}")
+                         f"{config.model.vocab_size}: pass --config.model.vocab_size="
+                         f"{manifest['vocab_size']} (a tokenizer trained on little text can "
+                         "stop short of the size asked for)")
     return manifest
 
 
@@ -221,49 +224,51 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
     at that step with a checkpoint, as a preempted job would."""
     from robertax.data import pipeline
 
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    sharding.maybe_initialize_distributed()
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    resuming = os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
-    if resuming:
-        check_resume(config, workdir)
-    if config.optim.total_steps < config.optim.warmup_steps:
-        logging.warning("optim.total_steps %d < optim.warmup_steps %d: the learning rate never "
-                        "reaches its peak %g nor decays", config.optim.total_steps,
-                        config.optim.warmup_steps, config.optim.peak_learning_rate)
+    with input_checks():  # set-up: what is wrong here is the input (config, files, workdir)
+        workdir = os.path.abspath(workdir)
+        os.makedirs(workdir, exist_ok=True)
+        sharding.maybe_initialize_distributed()
+        ckpt_dir = os.path.join(workdir, "checkpoints")
+        resuming = os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))
+        if resuming:
+            check_resume(config, workdir)
+        if config.optim.total_steps < config.optim.warmup_steps:
+            logging.warning("optim.total_steps %d < optim.warmup_steps %d: the learning rate "
+                            "never reaches its peak %g nor decays", config.optim.total_steps,
+                            config.optim.warmup_steps, config.optim.peak_learning_rate)
 
-    # 1. Mesh.
-    mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch_divisible(mesh, config.batch_size, config.microbatches)
-    logging.info("mesh %s on %d %s device(s)", dict(mesh.shape), jax.device_count(),
-                 jax.devices()[0].platform)
+        # 1. Mesh.
+        mesh = sharding.make_mesh(config.mesh)
+        sharding.check_batch_divisible(mesh, config.batch_size, config.microbatches)
+        logging.info("mesh %s on %d %s device(s)", dict(mesh.shape), jax.device_count(),
+                     jax.devices()[0].platform)
 
-    # 2. Data: each host reads its own slice of every global batch.
-    shard_dir = pipeline.resolve_shard_dir(config)
-    check_corpus(config, shard_dir)
-    train_iter = pipeline.make_iterator(config.data, shard_dir, "train", batch_size=config.batch_size,
-                                        seed=config.data.seed, process_index=jax.process_index(),
-                                        process_count=jax.process_count())
+        # 2. Data: each host reads its own slice of every global batch.
+        shard_dir = pipeline.resolve_shard_dir(config)
+        check_corpus(config, shard_dir)
+        train_iter = pipeline.make_iterator(
+            config.data, shard_dir, "train", batch_size=config.batch_size, seed=config.data.seed,
+            process_index=jax.process_index(), process_count=jax.process_count())
 
-    # 3. Model, optimizer, the sharded train state and the jitted steps.
-    run = build(config, mesh)
-    mc, state, p_train, p_eval = run.model_config, run.state, run.train_step, run.eval_step
-    dropout_rng = make_dropout_rng(config)
+        # 3. Model, optimizer, the sharded train state and the jitted steps.
+        run = build(config, mesh)
+        mc, state, p_train, p_eval = run.model_config, run.state, run.train_step, run.eval_step
+        dropout_rng = make_dropout_rng(config)
 
-    # 4. Resume from the latest checkpoint, if any (state and data position).
-    ckpt = checkpoint.Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
-    start = ckpt.latest_step()
-    if start is not None:
-        state = ckpt.restore(run.abstract_state, train_iter)
-        logging.info("resumed from step %d", start)
-    start = int(jax.device_get(state.step))
-    if jax.process_index() == 0:  # the run's record, once it is known to be this run
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    if start >= config.optim.total_steps:
-        print(f"{workdir} already finished: step {start} of {config.optim.total_steps}",
-              flush=True)
+        # 4. Resume from the latest checkpoint, if any (state and data position).
+        ckpt = checkpoint.Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
+        start = ckpt.latest_step()
+        if start is not None:
+            state = ckpt.restore(run.abstract_state, train_iter)
+            if jax.process_index() == 0:
+                print(f"resumed from step {start} ({ckpt_dir})", flush=True)
+        start = int(jax.device_get(state.step))
+        if jax.process_index() == 0:  # the run's record, once it is known to be this run
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+        if start >= config.optim.total_steps:
+            print(f"{workdir} already finished: step {start} of {config.optim.total_steps}",
+                  flush=True)
     fp16 = config.precision == "float16"
 
     flops = perf.flops_per_token(mc.num_layers, mc.hidden_size, config.data.max_length,
@@ -330,7 +335,10 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
         if step % config.checkpoint_every == 0 or step == total or stop:
             ckpt.save(step, state, train_iter, force=True)
         if stop:
-            logging.warning("stopping at step %d (checkpoint saved)", step)
+            if jax.process_index() == 0:
+                why = "SIGTERM" if preempt.requested else f"stop_at={stop_at}"
+                print(f"stopped at step {step} of {total} ({why}); checkpoint saved: the same "
+                      "command resumes", flush=True)
             break
     bar.close()
     ckpt.close()
@@ -383,9 +391,22 @@ def _unknown_key_message(default_config: str, error: Exception) -> str:
     return f"error: a --config override failed: {error}"
 
 
+@contextlib.contextmanager
+def input_checks():
+    """Marks the errors raised inside (a run's set-up: its config, files and workdir) as bad
+    input, which `run_cli` shows as one line; callers of the library still get the exception
+    itself. ROBERTAX_TRACEBACK=1 shows the traceback."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError) as e:
+        e.robertax_bad_input = True
+        raise
+
+
 def run_cli(main_fn, default_config: str, about: str, workdir_help: str) -> None:
     """Defines --config (a config file, overridable per key) and --workdir, and runs `main_fn`
-    under absl. An override naming a key the config lacks is one line, not a traceback."""
+    under absl. An override naming a key the config lacks, or bad input found while a run is
+    set up (`input_checks`), is one line, "error: ...", not a traceback."""
     try:
         config_flags.DEFINE_config_file("config", default_config, about, lock_config=True)
     except (AttributeError, KeyError) as e:  # ml_collections applies overrides here
@@ -398,7 +419,17 @@ def run_cli(main_fn, default_config: str, about: str, workdir_help: str) -> None
         except (AttributeError, KeyError) as e:  # with --config=FILE, overrides apply here
             raise SystemExit(_unknown_key_message(default_config, e)) from None
 
-    app.run(main_fn, flags_parser=parse)
+    def run(argv):
+        try:
+            return main_fn(argv)
+        except (OSError, ValueError, KeyError) as e:
+            if not getattr(e, "robertax_bad_input", False) or os.environ.get(
+                    "ROBERTAX_TRACEBACK"):
+                raise
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            raise SystemExit(f"error: {msg}") from None
+
+    app.run(run, flags_parser=parse)
 
 
 def main(argv):

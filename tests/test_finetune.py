@@ -492,3 +492,13 @@ def test_cli_writes_results(pretrained, glue_dir, tmp_path):
         cwd=REPO, capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.load(open(tmp_path / "results.json"))["task"] == "WNLI"
+
+
+def test_cli_shows_bad_input_as_one_line(tmp_path):
+    missing = str(tmp_path / "no_such_model")
+    done = subprocess.run([sys.executable, "-m", "robertax.finetune", "--config.data_dir=x",
+                           f"--config.init_checkpoint={missing}", f"--workdir={tmp_path / 'w'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: config.init_checkpoint={missing!r} does not exist")

@@ -189,3 +189,25 @@ def test_cli_names_an_unknown_config_key(args, hint):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("error: ")
     assert hint in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_shows_bad_input_as_one_line(tmp_path):
+    """A run whose set-up finds bad input (here a corpus glob that matches nothing) ends with
+    one line, "error: ...", and status 1; the library call raises the exception itself."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    corpus = str(tmp_path / "none" / "*.txt")
+    args = [sys.executable, "-m", "robertax.train", f"--workdir={tmp_path / 'w'}",
+            f"--config.data.corpus={corpus}"]
+    done = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and corpus in last
+    env = {**os.environ, "ROBERTAX_TRACEBACK": "1"}
+    done = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=120, env=env)
+    assert "Traceback" in done.stderr and "FileNotFoundError" in done.stderr
+    c = tiny.get_config()
+    c.data.corpus = corpus
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        train.train(c, str(tmp_path / "w2"))
