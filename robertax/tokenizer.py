@@ -389,6 +389,16 @@ def load_hf(directory: str, *, mask_lstrip: bool = True) -> ByteBPETokenizer:
                             source=f"{os.path.join(directory, 'vocab.json')} + merges.txt")
 
 
+def _json_mask_lstrip(directory: str) -> bool:
+    """Whether the `<mask>` of `directory`/tokenizer.json strips the space before it (True,
+    roberta-base's rule, where there is no such file or it does not say)."""
+    path = os.path.join(directory, "tokenizer.json")
+    if not os.path.exists(path):
+        return True
+    added = _read_json(path).get("added_tokens") or []
+    return next((bool(a.get("lstrip")) for a in added if a.get("content") == MASK), True)
+
+
 def load_tokenizer_json(directory: str) -> ByteBPETokenizer:
     """A Hugging Face `tokenizer.json` (what transformers 5 saves, without vocab.json and
     merges.txt) holding a RoBERTa byte-level BPE: its BPE vocab and merges, its added special
@@ -499,8 +509,8 @@ def load(path: str) -> ByteBPETokenizer | SentencePieceTokenizer:
             raise ValueError(f"{path}: files changed since saving (fingerprint {tok.fingerprint[:12]} "
                              f"!= {config['fingerprint'][:12]} in {CONFIG_FILE})")
         return tok
-    if has("vocab.json", "merges.txt"):
-        return load_hf(path)
+    if has("vocab.json", "merges.txt"):  # with a tokenizer.json beside: its <mask> rule, as
+        return load_hf(path, mask_lstrip=_json_mask_lstrip(path))  # transformers reads that
     if has("tokenizer.json"):  # transformers 5 saves only this (and tokenizer_config.json)
         return load_tokenizer_json(path)
     if has("encoder.json", "vocab.bpe", "dict.txt"):

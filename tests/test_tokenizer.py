@@ -285,6 +285,11 @@ def test_transformers_5_tokenizer_json(bpe_dir, tok, tmp_path, mask_lstrip):
     mask = AddedToken("<mask>", lstrip=mask_lstrip, rstrip=False, special=True, normalized=False)
     theirs = transformers.RobertaTokenizerFast(vocab=vocab, merges=merges, mask_token=mask)
     theirs.save_pretrained(str(tmp_path))
+    # Beside vocab.json + merges.txt (as transformers 4 saved them), tokenizer.json's <mask>
+    # rule is the one transformers applies, and robertax too.
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((d / name).read_bytes())
+    assert tokenizer_lib.load(str(tmp_path)).mask_lstrip == mask_lstrip
     for name in ("vocab.json", "merges.txt"):
         (tmp_path / name).unlink(missing_ok=True)
     assert (tmp_path / "tokenizer.json").exists()
