@@ -187,8 +187,8 @@ def read_hf(path: str, **config_overrides) -> tuple[RobertaConfig, dict, dict]:
         labels = _labels_from_hf(hf, num_labels, cfg_path)
         if labels:
             meta["labels"] = labels
-    params = convert.tensors_to_params(tensors, config, _hf_name(prefix, choice), file, num_labels,
-                               HF_DERIVED)
+    params = convert.tensors_to_params(tensors, config, _hf_name(prefix, choice), file,
+                                       num_labels, HF_DERIVED)
     return config, params, meta
 
 
@@ -265,7 +265,7 @@ def to_hf(config: RobertaConfig, params: dict, path: str, id2label: dict | None 
     prefix = "roberta." if any(h in params for h in convert.HEADS) else ""
     choice = "classifier" in params and _multiple_choice(meta or {})
     tensors = convert.params_to_tensors(params, config, _hf_name(prefix, choice),
-                                dest=f"{path} (Hugging Face)")
+                                        dest=f"{path} (Hugging Face)")
     save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(hf_config(config, params, id2label, meta=meta), f, indent=2)

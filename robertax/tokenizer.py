@@ -389,14 +389,17 @@ def load_hf(directory: str, *, mask_lstrip: bool = True) -> ByteBPETokenizer:
                             source=f"{os.path.join(directory, 'vocab.json')} + merges.txt")
 
 
+def _mask_lstrip(added_tokens) -> bool:
+    """Whether tokenizer.json's `<mask>` (among its added tokens) strips the space before it;
+    True, roberta-base's rule, where it does not say."""
+    return next((bool(a.get("lstrip")) for a in added_tokens or [] if a.get("content") == MASK),
+                True)
+
+
 def _json_mask_lstrip(directory: str) -> bool:
-    """Whether the `<mask>` of `directory`/tokenizer.json strips the space before it (True,
-    roberta-base's rule, where there is no such file or it does not say)."""
+    """`_mask_lstrip` of `directory`/tokenizer.json (True where there is none)."""
     path = os.path.join(directory, "tokenizer.json")
-    if not os.path.exists(path):
-        return True
-    added = _read_json(path).get("added_tokens") or []
-    return next((bool(a.get("lstrip")) for a in added if a.get("content") == MASK), True)
+    return _mask_lstrip(_read_json(path).get("added_tokens")) if os.path.exists(path) else True
 
 
 def load_tokenizer_json(directory: str) -> ByteBPETokenizer:
@@ -422,7 +425,6 @@ def load_tokenizer_json(directory: str) -> ByteBPETokenizer:
     if spec.get("normalizer") is not None:
         problems.append(f"it has a normalizer {spec['normalizer']!r} (RoBERTa has none)")
     vocab = dict(model.get("vocab") or {})
-    mask_lstrip = True
     for added in spec.get("added_tokens") or []:
         content, i = added.get("content"), added.get("id")
         if content not in (*SPECIALS, MASK):
@@ -435,8 +437,6 @@ def load_tokenizer_json(directory: str) -> ByteBPETokenizer:
                                                                 and content != MASK):
             problems.append(f"added token {content!r} strips or matches differently "
                             "(rstrip/single_word/lstrip)")
-        if content == MASK:
-            mask_lstrip = bool(added.get("lstrip"))
     if problems:
         raise ValueError(f"{path}: not a RoBERTa byte-level BPE robertax can reproduce: "
                          + "; ".join(problems))
@@ -445,7 +445,8 @@ def load_tokenizer_json(directory: str) -> ByteBPETokenizer:
     bad = [m for m in merges if len(m) != 2]
     if bad:
         raise ValueError(f"{path}: model.merges holds {bad[0]!r}, not a pair of tokens")
-    return ByteBPETokenizer(vocab, merges, mask_lstrip=mask_lstrip, source=path)
+    return ByteBPETokenizer(vocab, merges, mask_lstrip=_mask_lstrip(spec.get("added_tokens")),
+                            source=path)
 
 
 def load_fairseq(directory: str) -> ByteBPETokenizer:

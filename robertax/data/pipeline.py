@@ -78,8 +78,9 @@ def _preprocess_text(d, cache_root: str) -> str:
     return out
 
 
-def resolve_shard_dir(config) -> str:
-    """The preprocessed shard directory the config's data section names (built if "builtin")."""
+def resolve_shard_dir(config, build: bool = True) -> str | None:
+    """The preprocessed shard directory the config's data section names (built if "builtin").
+    Text files are tokenized into the cache first; with `build=False` they are not: None."""
     d = config.data
     cache_root = robertax.cache_root()
     if d.corpus == "builtin":
@@ -91,6 +92,8 @@ def resolve_shard_dir(config) -> str:
     elif d.shard_dir and os.path.isfile(os.path.join(d.shard_dir, shards.MANIFEST)):
         path = d.shard_dir
     elif _text_files(d.corpus):
+        if not build:
+            return None
         path = _preprocess_text(d, cache_root)
     else:
         raise FileNotFoundError(
@@ -109,19 +112,14 @@ def tokenizer_path(config) -> str:
     """Where the tokenizer of the config's corpus is, preprocessing nothing (only the small
     built-in corpus is built if absent): a shard directory's tokenizer/, or for text globs
     config.data.tokenizer, the one they are (or would be) tokenized with."""
+    shard_dir = resolve_shard_dir(config, build=False)
+    if shard_dir:
+        return os.path.join(shard_dir, "tokenizer")
     d = config.data
-    if d.corpus == "builtin":
-        return os.path.join(resolve_shard_dir(config), "tokenizer")
-    for path in (d.corpus, d.shard_dir):
-        if path and os.path.isfile(os.path.join(path, shards.MANIFEST)):
-            return os.path.join(path, "tokenizer")
-    if _text_files(d.corpus):
-        if d.get("tokenizer", "builtin") in ("", "builtin"):
-            raise ValueError(f"config.data.corpus={d.corpus!r} is text, and "
-                             "config.data.tokenizer names no tokenizer")
-        return d.tokenizer
-    raise FileNotFoundError(f"config.data.corpus={d.corpus!r}: no text files and no "
-                            f"preprocessed shards ({shards.MANIFEST})")
+    if d.get("tokenizer", "builtin") in ("", "builtin"):
+        raise ValueError(f"config.data.corpus={d.corpus!r} is text, and "
+                         "config.data.tokenizer names no tokenizer")
+    return d.tokenizer
 
 
 def _choice(data_config, key, allowed):
