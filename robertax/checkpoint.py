@@ -74,11 +74,13 @@ def config_to_json(config: RobertaConfig) -> dict:
 
 
 def save_model(path: str, config: RobertaConfig, params, extra: dict | None = None) -> None:
-    """Writes the robertax model format: robertax_config.json + params/."""
+    """Writes the robertax model format: robertax_config.json + params/. With several
+    processes, every one calls it with the same (host) parameters; process 0 writes."""
     path = os.path.abspath(path)
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, CONFIG_FILE), "w") as f:
-        json.dump({"model": config_to_json(config), **(extra or {})}, f, indent=2)
+    if jax.process_index() == 0:
+        with open(os.path.join(path, CONFIG_FILE), "w") as f:
+            json.dump({"model": config_to_json(config), **(extra or {})}, f, indent=2)
     params = jax.tree.map(np.asarray, params)
     with ocp.PyTreeCheckpointer() as ckptr:
         ckptr.save(os.path.join(path, "params"), params, force=True)

@@ -324,12 +324,14 @@ def finetune(config, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     t_start = time.perf_counter()
     with input_checks():  # set-up: what is wrong here is the input (config, files, workdir)
+        sharding.maybe_initialize_distributed()
         _check_workdir(workdir, config)  # before reading anything: nothing is removed yet
         p = prepare(config)
     config, task = p.config, p.task
     _clear_workdir(workdir, config.do_train)  # every input is read and checked: now it is safe
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
     rep = sharding.replicated(p.mesh)
     eval_bs = -(-config.eval_batch_size // _data_shards(p.mesh)) * _data_shards(p.mesh)
     metric = config.select_metric or task.metric
@@ -377,7 +379,7 @@ def finetune(config, workdir: str) -> dict:
                      ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
         if _better(row[metric], None if best is None else best[metric]):
             best, bad_evals = {"step": step, "epoch": epoch, **row}, 0
-            best_params, best_outputs = jax.device_get(state.params), outputs
+            best_params, best_outputs = sharding.to_host(state.params), outputs
         else:
             bad_evals += 1
 
@@ -417,10 +419,11 @@ def finetune(config, workdir: str) -> dict:
     mc32 = dataclasses.replace(p.model_config, dtype=jnp.float32)
     extra = {"task": task.name, "metric": metric, "metrics": best, "source": p.source,
              **task.extra}
-    if config.save_best and jax.process_index() == 0:
+    if config.save_best:  # every process takes part in the save; process 0 writes
         best_dir = os.path.join(workdir, "best")
         checkpoint.save_model(best_dir, mc32, best_params, extra)
-        p.tokenizer.save(os.path.join(best_dir, "tokenizer"))
+        if jax.process_index() == 0:
+            p.tokenizer.save(os.path.join(best_dir, "tokenizer"))
     results = {k: v for k, v in best.items() if k not in ("step", "epoch")}
     device_best = jax.device_put(best_params, state_sh.params) if config.predict_test else None
     results.update(_write_predictions(p, p_predict, device_best, best_outputs, eval_bs, workdir))
@@ -549,7 +552,7 @@ def _write_predictions(p: Prepared, p_predict, params, dev_outputs: list, eval_b
     per dev set); with config.predict_test, GLUE leaderboard files under workdir/submission
     and RACE's test accuracy and predictions (`params` on the mesh). Returns the entries that
     go to results.json."""
-    files, out = {}, {}
+    files, leaderboard, out = {}, {}, {}
     for es, outputs in zip(p.eval_sets, dev_outputs):
         if es.files is not None:
             files.update(es.files(outputs))
@@ -565,12 +568,14 @@ def _write_predictions(p: Prepared, p_predict, params, dev_outputs: list, eval_b
             if task is not p.task.task:  # AX with the MNLI head: map ids through label strings
                 ids = pred.argmax(-1)
                 pred = np.array([task.labels.index(p.task.task.labels[i]) for i in ids])
-            path = glue.write_submission(task, split, pred, os.path.join(workdir, "submission"),
-                                         indices=[ex.idx for ex in examples])
-            logging.info("%s %s: %d predictions -> %s", task.name, split, len(examples), path)
-            out.setdefault("submission", []).append(os.path.relpath(path, workdir))
-    if jax.process_index() == 0:
-        for name, text in files.items():
+            name = os.path.join("submission", task.submission[split])
+            leaderboard[name] = glue.format_predictions(task, pred, [ex.idx for ex in examples])
+            logging.info("%s %s: %d predictions -> %s", task.name, split, len(examples),
+                         os.path.join(workdir, name))
+            out.setdefault("submission", []).append(name)
+    if jax.process_index() == 0:  # every process holds the same predictions; one writes them
+        for name, text in {**files, **leaderboard}.items():
+            os.makedirs(os.path.dirname(os.path.join(workdir, name)), exist_ok=True)
             with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
                 f.write(text)
     out["predictions"] = sorted(files)

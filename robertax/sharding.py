@@ -35,16 +35,69 @@ RULES = (
 )
 
 
+# Launchers JAX detects by itself (jax.distributed.initialize() with no arguments), each with
+# the variable that holds the number of processes.
+_AUTO_LAUNCHERS = (("SLURM_NTASKS", "SLURM"), ("OMPI_COMM_WORLD_SIZE", "Open MPI"),
+                   ("TPU_WORKER_HOSTNAMES", "Cloud TPU"),
+                   ("MEGASCALE_COORDINATOR_ADDRESS", "multi-slice TPU"))
+
+
+def _launch_from_env(env) -> tuple[str, dict] | None:
+    """(what launched this process, jax.distributed.initialize kwargs), or None when this is
+    one process on its own."""
+    if "JAX_NUM_PROCESSES" in env:
+        kwargs = {}
+        for var, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+            try:
+                kwargs[key] = int(env[var])
+            except KeyError:
+                raise ValueError("JAX_NUM_PROCESSES is set but JAX_PROCESS_ID is not: set it to "
+                                 "this process's rank (0 on the coordinator)") from None
+            except ValueError:
+                raise ValueError(f"{var}={env[var]!r} is not an integer") from None
+        if "JAX_COORDINATOR_ADDRESS" not in env:
+            raise ValueError("JAX_NUM_PROCESSES is set but JAX_COORDINATOR_ADDRESS is not: set "
+                             "it to host:port of process 0")
+        if not 0 <= kwargs["process_id"] < kwargs["num_processes"]:
+            raise ValueError(f"JAX_PROCESS_ID={kwargs['process_id']} is not in "
+                             f"[0, JAX_NUM_PROCESSES={kwargs['num_processes']})")
+        if kwargs["num_processes"] == 1:
+            return None
+        kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
+        return f"JAX_NUM_PROCESSES={kwargs['num_processes']}", kwargs
+    for var, name in _AUTO_LAUNCHERS:
+        if var in env and env[var].strip() not in ("", "1"):
+            return f"{name} ({var}={env[var]})", {}
+    if "JAX_COORDINATOR_ADDRESS" in env:
+        return f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']}", {}
+    return None
+
+
 def maybe_initialize_distributed() -> None:
-    """Joins JAX's multi-host runtime when a launcher set it up (SLURM, TPU pods, or the
-    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables)."""
-    launched = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS",
-                                              "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
-    if launched and jax.process_count() == 1:
-        try:
-            jax.distributed.initialize()
-        except RuntimeError as e:  # already initialized
-            logging.info("jax.distributed.initialize: %s", e)
+    """Joins JAX's multi-host runtime when this process is one of several; a no-op otherwise.
+
+    Each process is told its place either by JAX_COORDINATOR_ADDRESS (host:port of process 0),
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID (as torchrun's MASTER_ADDR, WORLD_SIZE, RANK), or by
+    a launcher JAX recognizes itself: SLURM (srun), Open MPI (mpirun), Cloud TPU pods.
+    It must run before anything starts JAX's devices (jax.devices(), an array, a computation);
+    robertax's entry points call it first. Each process then feeds its own slice of every batch.
+    """
+    if jax.distributed.is_initialized():
+        return
+    launch = _launch_from_env(os.environ)
+    if launch is None:
+        return
+    what, kwargs = launch
+    try:
+        jax.distributed.initialize(**kwargs)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"{what}: this process is one of several, but JAX had already started its devices "
+            "before robertax could join the others (jax.distributed.initialize must come first). "
+            "Call robertax.sharding.maybe_initialize_distributed() or "
+            f"jax.distributed.initialize() before any other JAX call. ({e})") from e
+    logging.info("%s: process %d of %d, %d of %d devices here", what, jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
@@ -97,3 +150,39 @@ def host_batch_to_global(mesh: Mesh, batch: dict) -> dict:
     """This host's slice of the batch (numpy) -> global jax.Arrays sharded over the data axes."""
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), v)
             for k, v in batch.items()}
+
+
+def to_host(tree):
+    """A tree of jax.Arrays as numpy on every process, gathering the pieces other hosts hold
+    (parameters sharded with fsdp/tensor across hosts). Every process must call it."""
+    def one(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+            return np.asarray(jax.device_get(x))
+        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.tree.map(one, tree)
+
+
+def first_process_first(fn, name: str):
+    """fn() on process 0, then, once it is done, on the others: work that fills a shared cache
+    (a tokenized corpus) is done once, and on hosts without a shared disk done by each.
+    Every process must call it (with the same `name`)."""
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    if jax.process_index() == 0:
+        try:
+            return fn()
+        finally:  # the others go on even if it failed: they meet the same error themselves
+            multihost_utils.sync_global_devices(name)
+    multihost_utils.sync_global_devices(name)
+    return fn()
+
+
+def sum_over_processes(counts: np.ndarray) -> np.ndarray:
+    """Host-side counts (an int array) summed over all processes. Every process must call it."""
+    counts = np.asarray(counts)
+    if jax.process_count() == 1:
+        return counts
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return np.asarray(multihost_utils.process_allgather(counts)).sum(0)

@@ -206,10 +206,20 @@ def check_resume(config, workdir: str) -> None:
 
 
 class _Preemption:
-    """SIGTERM (a preempted job) asks the loop to checkpoint and exit cleanly."""
+    """SIGTERM (a preempted job) asks the loop to checkpoint and exit cleanly. With several
+    processes, JAX's preemption service hears the signal on any of them and names a step that
+    all of them reach, where they save together."""
 
     def __init__(self):
         self.requested = False
+        try:  # jax.distributed.initialize starts the service unless jax_enable_preemption_service
+            from jax._src import distributed  # pylint: disable=import-outside-toplevel
+            service = distributed.global_state.preemption_sync_manager
+        except (ImportError, AttributeError):
+            service = None
+        self._sync = jax.process_count() > 1 and service is not None
+        if self._sync:
+            return
         try:
             signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread (e.g. some notebooks)
@@ -217,6 +227,13 @@ class _Preemption:
 
     def _handle(self, *_):
         self.requested = True
+
+    def reached(self, step: int) -> bool:
+        """Whether to save and stop after `step`; with several processes, call it every step."""
+        if self._sync:
+            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+            self.requested = self.requested or multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
 
 
 def train(config, workdir: str, stop_at: int | None = None) -> dict:
@@ -243,8 +260,10 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
         logging.info("mesh %s on %d %s device(s)", dict(mesh.shape), jax.device_count(),
                      jax.devices()[0].platform)
 
-        # 2. Data: each host reads its own slice of every global batch.
-        shard_dir = pipeline.resolve_shard_dir(config)
+        # 2. Data: each host reads its own slice of every global batch. A corpus still to be
+        # tokenized is done by process 0 first, so hosts sharing a disk do not race to write it.
+        shard_dir = sharding.first_process_first(lambda: pipeline.resolve_shard_dir(config),
+                                                 "robertax: corpus ready")
         check_corpus(config, shard_dir)
         train_iter = pipeline.make_iterator(
             config.data, shard_dir, "train", batch_size=config.batch_size, seed=config.data.seed,
@@ -285,6 +304,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
     first = last = eval_first = eval_last = None
     pending, tput, overflow = [], observe.Throughput(), 0
     tokens_seen, t_start = 0, time.perf_counter()
+    window = np.zeros(2, np.int64)  # this host's tokens and MLM overflow since the last log
 
     # 6. The loop.
     from tqdm import tqdm
@@ -292,18 +312,19 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
     step = start
     while step < total:
         batch = next(train_iter)
-        ntok = int((batch["segment_ids"] != 0).sum()) * jax.process_count()
-        overflow += int(batch["mlm_overflow"].sum()) if "mlm_overflow" in batch else 0
+        window += ((batch["segment_ids"] != 0).sum(),
+                   batch["mlm_overflow"].sum() if "mlm_overflow" in batch else 0)
         gbatch = sharding.host_batch_to_global(mesh, step_lib.device_batch(batch))
         state, metrics = p_train(state, gbatch, dropout_rng)
         step += 1
         pending.append(metrics)
-        tput.add(ntok, config.batch_size)
-        tokens_seen += ntok
         bar.update(1)
-        stop = preempt.requested or step == stop_at
+        stop = preempt.reached(step) or step == stop_at
         if step % config.log_every == 0 or step == total or stop:  # stop: the partial window
             rows = jax.device_get(pending)
+            ntok, novf = (int(x) for x in sharding.sum_over_processes(window))
+            tput.add(ntok, config.batch_size * len(rows))
+            tokens_seen, overflow, window[:] = tokens_seen + ntok, overflow + novf, 0
             pending = []
             for i, r in enumerate(rows):
                 if not math.isfinite(float(r["loss"])) and not (fp16 and r["skipped"]):

@@ -1,0 +1,159 @@
+"""Several hosts, as two CPU processes with two devices each joined by jax.distributed (the
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables, gloo collectives):
+pretraining stops together when one host is preempted, resumes, and matches one process's run;
+fine-tuning with parameters sharded across the hosts matches one process's run."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from robertax import checkpoint, observe, sharding
+from robertax.finetune import finetune
+from robertax.train import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A tiny model; no dropout, so that one process and two give the same numbers.
+PRETRAIN = {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2,
+            "model.intermediate_size": 64, "model.dropout_rate": 0.0,
+            "model.attention_dropout_rate": 0.0, "optim.total_steps": 1000,
+            "optim.warmup_steps": 10, "batch_size": 8, "log_every": 1, "eval_every": 10**6,
+            "checkpoint_every": 10**6}
+
+# One process of a multi-process run: robertax.train.train(configs/tiny.py + overrides).
+WORKER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from configs import tiny
+from robertax import train
+from tests.test_multihost import apply
+train.train(apply(tiny.get_config(), json.loads(sys.argv[2])), sys.argv[3],
+            stop_at=int(sys.argv[4]) or None)
+"""
+
+
+def apply(config, overrides: dict):
+    for key, value in overrides.items():
+        *path, last = key.split(".")
+        node = config
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return config
+
+
+def _launch(args, logs, processes=2, devices=2):
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for i in range(processes):
+        env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+               "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(i),
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+               "JAX_PLATFORMS": "cpu"}
+        with open(f"{logs}.{i}", "w") as out:
+            procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=env,
+                                          stdout=out, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _finish(procs, logs, timeout=300):
+    texts = []
+    for i, p in enumerate(procs):
+        try:
+            p.wait(timeout=timeout)
+        finally:
+            for q in procs:
+                if q.poll() is None:
+                    q.kill()
+        texts.append(open(f"{logs}.{i}").read())
+        assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{texts[-1][-3000:]}"
+    return texts
+
+
+def _pretrain(workdir, logs, stop_at=0):
+    return _launch(["-c", WORKER, REPO, json.dumps(PRETRAIN), str(workdir), str(stop_at)], logs)
+
+
+def _losses(workdir):
+    return {r["step"]: r["loss"] for r in observe.read_metrics(workdir) if "loss" in r}
+
+
+def test_launch_from_environment():
+    launch = sharding._launch_from_env
+    assert launch({}) is None
+    assert launch({"JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0",
+                   "JAX_COORDINATOR_ADDRESS": "h:1"}) is None
+    assert launch({"SLURM_NTASKS": "1"}) is None  # one task: nothing to join
+    assert launch({"JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3",
+                   "JAX_COORDINATOR_ADDRESS": "h0:1234"}) == (
+        "JAX_NUM_PROCESSES=4",
+        {"num_processes": 4, "process_id": 3, "coordinator_address": "h0:1234"})
+    assert launch({"SLURM_NTASKS": "16"}) == ("SLURM (SLURM_NTASKS=16)", {})
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID is not"):
+        launch({"JAX_NUM_PROCESSES": "2", "JAX_COORDINATOR_ADDRESS": "h:1"})
+    with pytest.raises(ValueError, match="JAX_COORDINATOR_ADDRESS is not"):
+        launch({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"})
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID='x' is not an integer"):
+        launch({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "x", "JAX_COORDINATOR_ADDRESS": "h:1"})
+    with pytest.raises(ValueError, match=r"JAX_PROCESS_ID=2 is not in \[0, JAX_NUM_PROCESSES=2\)"):
+        launch({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2", "JAX_COORDINATOR_ADDRESS": "h:1"})
+
+
+def test_two_hosts_preempted_resume_as_one_process(tmp_path):
+    """SIGTERM to host 1 alone: both hosts save at the step JAX's preemption service picks and
+    exit cleanly; resumed, the losses equal those of one uninterrupted process with 8 devices."""
+    work, logs = tmp_path / "two", str(tmp_path / "log")
+    procs = _pretrain(work, logs)
+    deadline = time.time() + 240
+    while max(_losses(work), default=0) < 3 if (work / "metrics.jsonl").exists() else True:
+        assert time.time() < deadline and all(p.poll() is None for p in procs), \
+            open(f"{logs}.0").read()[-3000:]
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    out = _finish(procs, logs)
+    stopped = checkpoint.Checkpointer(str(work / "checkpoints")).latest_step()
+    assert 3 <= stopped < 1000
+    assert f"stopped at step {stopped} of 1000 (SIGTERM)" in out[0]
+
+    out = _finish(_pretrain(work, logs, stop_at=stopped + 3), logs)
+    assert f"resumed from step {stopped}" in out[0]
+    assert "trained 3 steps" in out[0] and "trained" not in out[1]  # process 0 reports
+
+    from configs import tiny
+    alone = tmp_path / "one"
+    train(apply(tiny.get_config(), PRETRAIN), str(alone), stop_at=stopped + 3)
+    two, one = _losses(work), _losses(alone)
+    assert sorted(two) == sorted(one) == list(range(1, stopped + 4))
+    np.testing.assert_allclose([two[s] for s in one], list(one.values()), rtol=1e-5)
+
+
+def test_two_hosts_finetune_with_parameters_split_across_hosts(pretrained, test_data, tmp_path):
+    """mesh fsdp=2 over 2 processes x 2 devices: each host holds half of each parameter. The
+    best model (gathered for saving), dev predictions and scores equal one process's."""
+    import jax
+    from configs.finetune import sst2
+    overrides = {"init_checkpoint": pretrained, "data_dir": str(test_data / "glue"),
+                 "max_length": 64, "max_train_examples": 32, "max_eval_examples": 16,
+                 "max_steps": 2, "batch_size": 8, "eval_batch_size": 16,
+                 "precision": "float32", "progress": False, "mesh.fsdp": 2}
+    two, one, logs = tmp_path / "two", tmp_path / "one", str(tmp_path / "log")
+    _finish(_launch(["-m", "robertax.finetune", "--config=configs/finetune/sst2.py",
+                     f"--workdir={two}", *(f"--config.{k}={v}" for k, v in overrides.items())],
+                    logs), logs)
+    finetune(apply(sst2.get_config(), overrides), str(one))
+
+    r2, r1 = (json.load(open(d / "results.json")) for d in (two, one))
+    assert r2["accuracy"] == r1["accuracy"] and r2["steps_run"] == 2
+    assert (two / "dev_predictions.tsv").read_text() == (one / "dev_predictions.tsv").read_text()
+    p2, p1 = (checkpoint.load_model(str(d / "best"))[1] for d in (two, one))
+    for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(p1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
