@@ -56,8 +56,23 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         args = {"state": ocp.args.StandardRestore(abstract_state)}
         if self.with_data:
+            self._check_processes(step)
             args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         return self.manager.restore(step, args=ocp.args.Composite(**args)).state
+
+    def _check_processes(self, step: int) -> None:
+        """Each process saved its own data position (data/process_I-of-N.json): a resumed run
+        needs as many processes as the one that saved."""
+        import glob
+        data = os.path.join(self.directory, str(step), "data")
+        mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        saved = sorted(glob.glob(os.path.join(glob.escape(data), "process_*-of-*.json")))
+        if saved and not os.path.exists(os.path.join(data, mine)):
+            counts = sorted({os.path.basename(f).rsplit("-of-", 1)[1][:-5] for f in saved})
+            raise ValueError(
+                f"{data}: the checkpoint of step {step} was saved by {' or '.join(counts)} "
+                f"process(es) (each keeps its own data position there); this run has "
+                f"{jax.process_count()}. Resume with {' or '.join(counts)} process(es).")
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

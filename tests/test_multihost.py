@@ -157,3 +157,17 @@ def test_two_hosts_finetune_with_parameters_split_across_hosts(pretrained, test_
     p2, p1 = (checkpoint.load_model(str(d / "best"))[1] for d in (two, one))
     for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(p1)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_needs_as_many_processes_as_saved(tmp_path):
+    """Each process saved its own data position; one process cannot take over two's."""
+    data = tmp_path / "checkpoints" / "37" / "data"
+    data.mkdir(parents=True)
+    for i in range(2):
+        (data / f"process_{i}-of-2.json").write_text('{"next_index": 37}')
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
+    with pytest.raises(ValueError, match=r"step 37 was saved by 2 process\(es\).*this run has 1\. "
+                                         r"Resume with 2 process\(es\)"):
+        ckpt._check_processes(37)
+    (data / "process_0-of-1.json").write_text('{"next_index": 37}')
+    ckpt._check_processes(37)  # this run's own file is there
