@@ -179,10 +179,11 @@ def first_process_first(fn, name: str):
     return fn()
 
 
-def sum_over_processes(counts: np.ndarray) -> np.ndarray:
-    """Host-side counts (an int array) summed over all processes. Every process must call it."""
-    counts = np.asarray(counts)
+def from_all_processes(x) -> np.ndarray:
+    """A host-side numpy value from every process, stacked: [process_count, *shape]. Every
+    process must call it."""
+    x = np.asarray(x)
     if jax.process_count() == 1:
-        return counts
+        return x[None]
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    return np.asarray(multihost_utils.process_allgather(counts)).sum(0)
+    return np.asarray(multihost_utils.process_allgather(x))

@@ -134,17 +134,18 @@ def evaluate(config, eval_fn, params, mesh, shard_dir) -> dict | None:
     from robertax.data import pipeline
     batch_size = config.batch_size // config.microbatches
     try:
-        it = pipeline.make_iterator(config.data, shard_dir, "valid", batch_size=batch_size,
-                                    seed=config.data.seed + 1, process_index=jax.process_index(),
-                                    process_count=jax.process_count(), epochs=1, num_workers=0)
+        ds = pipeline.make_dataset(config.data, shard_dir, "valid", batch_size=batch_size,
+                                   seed=config.data.seed + 1, process_index=jax.process_index(),
+                                   process_count=jax.process_count(), epochs=1)
     except ValueError as e:  # e.g. a validation split smaller than one batch
         logging.warning("no evaluation: %s", e)
         return None
+    # Hosts may hold one batch more or less of an uneven split: all run as many as the least.
+    batches = min(config.eval_batches * config.microbatches,
+                  int(sharding.from_all_processes(len(ds)).min()))
     totals = None
-    for i, batch in enumerate(it):
-        if i >= config.eval_batches * config.microbatches:
-            break
-        sums = eval_fn(params, sharding.host_batch_to_global(mesh, step_lib.device_batch(batch)))
+    for i in range(batches):
+        sums = eval_fn(params, sharding.host_batch_to_global(mesh, step_lib.device_batch(ds[i])))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
         return None
@@ -322,7 +323,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
         stop = preempt.reached(step) or step == stop_at
         if step % config.log_every == 0 or step == total or stop:  # stop: the partial window
             rows = jax.device_get(pending)
-            ntok, novf = (int(x) for x in sharding.sum_over_processes(window))
+            ntok, novf = (int(x) for x in sharding.from_all_processes(window).sum(0))
             tput.add(ntok, config.batch_size * len(rows))
             tokens_seen, overflow, window[:] = tokens_seen + ntok, overflow + novf, 0
             pending = []

@@ -24,8 +24,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2,
             "model.intermediate_size": 64, "model.dropout_rate": 0.0,
             "model.attention_dropout_rate": 0.0, "optim.total_steps": 1000,
-            "optim.warmup_steps": 10, "batch_size": 8, "log_every": 1, "eval_every": 10**6,
-            "checkpoint_every": 10**6}
+            "optim.warmup_steps": 10, "batch_size": 8, "log_every": 1, "eval_every": 4,
+            "eval_batches": 100, "checkpoint_every": 10**6}
+# Evaluation reads the whole held-out split of the built-in corpus, 159 rows: hosts hold 80 and
+# 79 of them, 20 and 19 batches of 4, and must stop together after 19.
 
 # One process of a multi-process run: robertax.train.train(configs/tiny.py + overrides).
 WORKER = """
@@ -83,8 +85,8 @@ def _pretrain(workdir, logs, stop_at=0):
     return _launch(["-c", WORKER, REPO, json.dumps(PRETRAIN), str(workdir), str(stop_at)], logs)
 
 
-def _losses(workdir):
-    return {r["step"]: r["loss"] for r in observe.read_metrics(workdir) if "loss" in r}
+def _losses(workdir, key="loss"):
+    return {r["step"]: r[key] for r in observe.read_metrics(workdir) if key in r}
 
 
 def test_launch_from_environment():
@@ -133,6 +135,9 @@ def test_two_hosts_preempted_resume_as_one_process(tmp_path):
     train(apply(tiny.get_config(), PRETRAIN), str(alone), stop_at=stopped + 3)
     two, one = _losses(work), _losses(alone)
     assert sorted(two) == sorted(one) == list(range(1, stopped + 4))
+    np.testing.assert_allclose([two[s] for s in one], list(one.values()), rtol=1e-5)
+    two, one = _losses(work, "eval_loss"), _losses(alone, "eval_loss")
+    assert sorted(two) == sorted(one) == list(range(4, stopped + 4, 4))
     np.testing.assert_allclose([two[s] for s in one], list(one.values()), rtol=1e-5)
 
 
