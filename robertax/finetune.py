@@ -591,8 +591,9 @@ def main(argv):
                if isinstance(v, float) and k not in ("epoch", "seconds")}
     how = ("evaluation only" if results.get("do_train") is False else
            f"best of {len(results['evaluations'])} evaluation(s), step {results['step']}")
-    print(f"{results['task']} ({how}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-          flush=True)
+    if jax.process_index() == 0:
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"{results['task']} ({how}): {scores}", flush=True)
 
 
 if __name__ == "__main__":

@@ -286,7 +286,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
         if jax.process_index() == 0:  # the run's record, once it is known to be this run
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 f.write(config.to_json_best_effort(indent=2))
-        if start >= config.optim.total_steps:
+        if start >= config.optim.total_steps and jax.process_index() == 0:
             print(f"{workdir} already finished: step {start} of {config.optim.total_steps}",
                   flush=True)
     fp16 = config.precision == "float16"

@@ -151,9 +151,10 @@ def test_two_hosts_finetune_with_parameters_split_across_hosts(pretrained, test_
                  "max_steps": 2, "batch_size": 8, "eval_batch_size": 16,
                  "precision": "float32", "progress": False, "mesh.fsdp": 2}
     two, one, logs = tmp_path / "two", tmp_path / "one", str(tmp_path / "log")
-    _finish(_launch(["-m", "robertax.finetune", "--config=configs/finetune/sst2.py",
-                     f"--workdir={two}", *(f"--config.{k}={v}" for k, v in overrides.items())],
-                    logs), logs)
+    out = _finish(_launch(["-m", "robertax.finetune", "--config=configs/finetune/sst2.py",
+                           f"--workdir={two}",
+                           *(f"--config.{k}={v}" for k, v in overrides.items())], logs), logs)
+    assert "SST-2 (best of 1 evaluation(s), step 2)" in out[0] and "SST-2" not in out[1]
     finetune(apply(sst2.get_config(), overrides), str(one))
 
     r2, r1 = (json.load(open(d / "results.json")) for d in (two, one))
