@@ -144,6 +144,19 @@ def check_batch_divisible(mesh: Mesh, batch_size: int, microbatches: int) -> Non
     if (batch_size // microbatches) % shards:
         raise ValueError(f"microbatch size {batch_size // microbatches} is not divisible by the "
                          f"{shards} data-parallel shards (mesh data x fsdp)")
+    # Each process feeds its own contiguous 1/n of every batch (host_batch_to_global): its
+    # devices must hold exactly those rows, or replicas would silently differ between hosts.
+    n, i = jax.process_count(), jax.process_index()
+    if n > 1:
+        size = batch_size // microbatches
+        held = {r for index in batch_sharding(mesh, 1).addressable_devices_indices_map(
+            (size,)).values() for r in range(*index[0].indices(size))}
+        if held != set(range(size * i // n, size * (i + 1) // n)):
+            raise ValueError(
+                f"mesh {dict(mesh.shape)} on {n} processes: the batch is not split between the "
+                f"processes (each reads its own 1/{n} of it), so their data would disagree. "
+                f"Make mesh.data x mesh.fsdp a multiple of {n}, e.g. mesh.tensor within a host "
+                f"(at most {jax.local_device_count()}).")
 
 
 def host_batch_to_global(mesh: Mesh, batch: dict) -> dict:

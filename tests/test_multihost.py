@@ -177,3 +177,15 @@ def test_resume_needs_as_many_processes_as_saved(tmp_path):
         ckpt._check_processes(37)
     (data / "process_0-of-1.json").write_text('{"next_index": 37}')
     ckpt._check_processes(37)  # this run's own file is there
+
+
+def test_mesh_that_does_not_split_the_batch_between_hosts_is_refused(tmp_path):
+    """Tensor parallelism over all 4 devices leaves the batch whole on both hosts, each of which
+    reads only its half: refused at set-up rather than training on replicas that disagree."""
+    logs = str(tmp_path / "log")
+    procs = _launch(["-m", "robertax.train", f"--workdir={tmp_path / 'w'}",
+                     "--config.mesh.data=1", "--config.mesh.tensor=4"], logs)
+    for i, p in enumerate(procs):
+        assert p.wait(timeout=120) == 1
+        assert ("error: mesh {'data': 1, 'fsdp': 1, 'tensor': 4} on 2 processes: the batch is "
+                "not split between the processes") in open(f"{logs}.{i}").read()
