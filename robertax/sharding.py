@@ -35,11 +35,20 @@ RULES = (
 )
 
 
-# Launchers JAX detects by itself (jax.distributed.initialize() with no arguments), each with
-# the variable that holds the number of processes.
-_AUTO_LAUNCHERS = (("SLURM_NTASKS", "SLURM"), ("OMPI_COMM_WORLD_SIZE", "Open MPI"),
-                   ("TPU_WORKER_HOSTNAMES", "Cloud TPU"),
-                   ("MEGASCALE_COORDINATOR_ADDRESS", "multi-slice TPU"))
+# Launchers JAX detects by itself (jax.distributed.initialize() with no arguments): the
+# variable that tells this process was started by one, and the one that holds how many
+# processes it started (a list of hosts for Cloud TPU). `sbatch` alone sets SLURM_NTASKS for the
+# allocation but runs one process; `srun` sets SLURM_STEP_NODELIST for the processes it starts.
+_AUTO_LAUNCHERS = (("SLURM (srun)", "SLURM_STEP_NODELIST", "SLURM_NTASKS"),
+                   ("Open MPI (mpirun)", "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE"),
+                   ("Cloud TPU", "TPU_WORKER_HOSTNAMES", "TPU_WORKER_HOSTNAMES"),
+                   ("multi-slice TPU", "MEGASCALE_COORDINATOR_ADDRESS", None))
+
+
+def _launched_processes(value: str) -> int:
+    """How many processes a launcher's count variable says: a number, or a list of hosts."""
+    value = value.strip()
+    return int(value) if value.isdigit() else len([h for h in value.split(",") if h.strip()])
 
 
 def _launch_from_env(env) -> tuple[str, dict] | None:
@@ -65,9 +74,9 @@ def _launch_from_env(env) -> tuple[str, dict] | None:
             return None
         kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
         return f"JAX_NUM_PROCESSES={kwargs['num_processes']}", kwargs
-    for var, name in _AUTO_LAUNCHERS:
-        if var in env and env[var].strip() not in ("", "1"):
-            return f"{name} ({var}={env[var]})", {}
+    for name, marker, count in _AUTO_LAUNCHERS:
+        if marker in env and (count is None or _launched_processes(env.get(count, "")) > 1):
+            return f"{name}, {count or marker}={env.get(count or marker)}", {}
     if "JAX_COORDINATOR_ADDRESS" in env:
         return f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']}", {}
     return None

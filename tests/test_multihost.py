@@ -94,12 +94,17 @@ def test_launch_from_environment():
     assert launch({}) is None
     assert launch({"JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0",
                    "JAX_COORDINATOR_ADDRESS": "h:1"}) is None
-    assert launch({"SLURM_NTASKS": "1"}) is None  # one task: nothing to join
+    slurm = {"SLURM_STEP_NODELIST": "n[1-4]", "SLURM_JOB_ID": "7"}
+    assert launch({**slurm, "SLURM_NTASKS": "1"}) is None  # one task: nothing to join
+    assert launch({"SLURM_NTASKS": "16"}) is None  # sbatch's own shell: one process
+    assert launch({"TPU_WORKER_HOSTNAMES": "localhost"}) is None  # a single-host TPU VM
+    assert launch({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}) == (
+        "Cloud TPU, TPU_WORKER_HOSTNAMES=10.0.0.2,10.0.0.3", {})
     assert launch({"JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3",
                    "JAX_COORDINATOR_ADDRESS": "h0:1234"}) == (
         "JAX_NUM_PROCESSES=4",
         {"num_processes": 4, "process_id": 3, "coordinator_address": "h0:1234"})
-    assert launch({"SLURM_NTASKS": "16"}) == ("SLURM (SLURM_NTASKS=16)", {})
+    assert launch({**slurm, "SLURM_NTASKS": "16"}) == ("SLURM (srun), SLURM_NTASKS=16", {})
     with pytest.raises(ValueError, match="JAX_PROCESS_ID is not"):
         launch({"JAX_NUM_PROCESSES": "2", "JAX_COORDINATOR_ADDRESS": "h:1"})
     with pytest.raises(ValueError, match="JAX_COORDINATOR_ADDRESS is not"):
