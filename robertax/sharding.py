@@ -11,7 +11,6 @@ The same code runs on 1 CPU, 8 fake CPU devices, GPUs and TPU pods. Multi-host: 
 
 from __future__ import annotations
 
-import logging
 import os
 
 import flax.linen as nn
@@ -55,6 +54,8 @@ def _launch_from_env(env) -> tuple[str, dict] | None:
     """(what launched this process, jax.distributed.initialize kwargs), or None when this is
     one process on its own."""
     if "JAX_NUM_PROCESSES" in env:
+        if env["JAX_NUM_PROCESSES"].strip() == "1":
+            return None
         kwargs = {}
         for var, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
             try:
@@ -70,15 +71,14 @@ def _launch_from_env(env) -> tuple[str, dict] | None:
         if not 0 <= kwargs["process_id"] < kwargs["num_processes"]:
             raise ValueError(f"JAX_PROCESS_ID={kwargs['process_id']} is not in "
                              f"[0, JAX_NUM_PROCESSES={kwargs['num_processes']})")
-        if kwargs["num_processes"] == 1:
-            return None
         kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
         return f"JAX_NUM_PROCESSES={kwargs['num_processes']}", kwargs
     for name, marker, count in _AUTO_LAUNCHERS:
         if marker in env and (count is None or _launched_processes(env.get(count, "")) > 1):
             return f"{name}, {count or marker}={env.get(count or marker)}", {}
     if "JAX_COORDINATOR_ADDRESS" in env:
-        return f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']}", {}
+        raise ValueError("JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROCESSES is not: set it "
+                         "to the number of processes, and JAX_PROCESS_ID to this one's rank")
     return None
 
 
@@ -87,7 +87,8 @@ def maybe_initialize_distributed() -> None:
 
     Each process is told its place either by JAX_COORDINATOR_ADDRESS (host:port of process 0),
     JAX_NUM_PROCESSES and JAX_PROCESS_ID (as torchrun's MASTER_ADDR, WORLD_SIZE, RANK), or by
-    a launcher JAX recognizes itself: SLURM (srun), Open MPI (mpirun), Cloud TPU pods.
+    a launcher JAX recognizes itself: SLURM (srun), Open MPI (mpirun), Cloud TPU pods. Under
+    srun and mpirun JAX gives each process one GPU, its local rank: start one task per GPU.
     It must run before anything starts JAX's devices (jax.devices(), an array, a computation);
     robertax's entry points call it first. Each process then feeds its own slice of every batch.
     """
@@ -100,13 +101,18 @@ def maybe_initialize_distributed() -> None:
     try:
         jax.distributed.initialize(**kwargs)
     except RuntimeError as e:
+        if "must be called before" not in str(e):  # e.g. the coordinator cannot be reached
+            where = kwargs.get("coordinator_address", "the launcher's coordinator")
+            raise RuntimeError(f"{what}: could not join the other processes through {where}: "
+                               f"{e}") from e
         raise RuntimeError(
             f"{what}: this process is one of several, but JAX had already started its devices "
             "before robertax could join the others (jax.distributed.initialize must come first). "
             "Call robertax.sharding.maybe_initialize_distributed() or "
             f"jax.distributed.initialize() before any other JAX call. ({e})") from e
-    logging.info("%s: process %d of %d, %d of %d devices here", what, jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
+    if jax.process_index() == 0:
+        print(f"{what}: {jax.process_count()} processes, {jax.device_count()} devices "
+              f"({jax.local_device_count()} on process 0)", flush=True)
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
@@ -185,27 +191,39 @@ def to_host(tree):
     return jax.tree.map(one, tree)
 
 
-def first_process_first(fn, name: str):
+def first_process_first(fn, name: str, timeout_s: int = 7 * 24 * 3600):
     """fn() on process 0, then, once it is done, on the others: work that fills a shared cache
-    (a tokenized corpus) is done once, and on hosts without a shared disk done by each.
-    Every process must call it (with the same `name`)."""
+    (tokenizing a corpus, possibly for hours) is done once, and on hosts without a shared disk
+    by each. Every process must call it with the same `name`. The others wait on a key of the
+    coordination service (no device collective, so no collective timeout); if fn fails on
+    process 0, they raise too, naming its error."""
     if jax.process_count() == 1:
         return fn()
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    client = ocp.multihost.get_jax_distributed_client()
+    key = f"robertax/{name}"
     if jax.process_index() == 0:
         try:
-            return fn()
-        finally:  # the others go on even if it failed: they meet the same error themselves
-            multihost_utils.sync_global_devices(name)
-    multihost_utils.sync_global_devices(name)
+            out = fn()
+        except Exception as e:
+            client.key_value_set(key, f"failed: {type(e).__name__}: {e}")
+            raise
+        client.key_value_set(key, "done")
+        return out
+    status = client.blocking_key_value_get(key, timeout_s * 1000)
+    if status != "done":
+        raise RuntimeError(f"process 0 {status} (while it was first to {name})")
     return fn()
 
 
-def from_all_processes(x) -> np.ndarray:
-    """A host-side numpy value from every process, stacked: [process_count, *shape]. Every
-    process must call it."""
-    x = np.asarray(x)
+def from_all_processes(counts) -> np.ndarray:
+    """Host-side integer counts from every process, stacked: [process_count, *shape], int64.
+    Every process must call it. (They travel as two int32 halves: without jax_enable_x64 an
+    int64 array on a device is int32, and token counts pass 2**31.)"""
+    counts = np.asarray(counts, np.int64)
     if jax.process_count() == 1:
-        return x[None]
+        return counts[None]
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    return np.asarray(multihost_utils.process_allgather(x))
+    high, low = np.divmod(counts, 1 << 30)
+    both = np.asarray(multihost_utils.process_allgather(np.stack([high, low]).astype(np.int32)))
+    return both[:, 0].astype(np.int64) * (1 << 30) + both[:, 1]

@@ -144,8 +144,8 @@ def evaluate(config, eval_fn, params, mesh, shard_dir) -> dict | None:
     batches = min(config.eval_batches * config.microbatches,
                   int(sharding.from_all_processes(len(ds)).min()))
     totals = None
-    for i in range(batches):
-        sums = eval_fn(params, sharding.host_batch_to_global(mesh, step_lib.device_batch(ds[i])))
+    for batch in pipeline.iterate(ds[:batches]):
+        sums = eval_fn(params, sharding.host_batch_to_global(mesh, step_lib.device_batch(batch)))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
         return None
@@ -208,18 +208,16 @@ def check_resume(config, workdir: str) -> None:
 
 class _Preemption:
     """SIGTERM (a preempted job) asks the loop to checkpoint and exit cleanly. With several
-    processes, JAX's preemption service hears the signal on any of them and names a step that
-    all of them reach, where they save together."""
+    processes they must stop at the same step: JAX's preemption service (which
+    jax.distributed.initialize starts) hears the signal on any of them and names a step all
+    of them reach; without it, each process's own signal is shared at the next logging step.
+    (Orbax also asks the service, with the step of a save it finishes in the background.)"""
 
     def __init__(self):
         self.requested = False
-        try:  # jax.distributed.initialize starts the service unless jax_enable_preemption_service
-            from jax._src import distributed  # pylint: disable=import-outside-toplevel
-            service = distributed.global_state.preemption_sync_manager
-        except (ImportError, AttributeError):
-            service = None
-        self._sync = jax.process_count() > 1 and service is not None
-        if self._sync:
+        self.several = jax.process_count() > 1
+        self.service = self.several and bool(jax.config.jax_enable_preemption_service)
+        if self.service:
             return
         try:
             signal.signal(signal.SIGTERM, self._handle)
@@ -230,11 +228,12 @@ class _Preemption:
         self.requested = True
 
     def reached(self, step: int) -> bool:
-        """Whether to save and stop after `step`; with several processes, call it every step."""
-        if self._sync:
+        """Whether every process stops after `step`; call it at every step on each of them."""
+        if self.service:
             from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
             self.requested = self.requested or multihost_utils.reached_preemption_sync_point(step)
-        return self.requested
+            return self.requested
+        return self.requested and not self.several  # else: shared when logging
 
 
 def train(config, workdir: str, stop_at: int | None = None) -> dict:
@@ -264,7 +263,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
         # 2. Data: each host reads its own slice of every global batch. A corpus still to be
         # tokenized is done by process 0 first, so hosts sharing a disk do not race to write it.
         shard_dir = sharding.first_process_first(lambda: pipeline.resolve_shard_dir(config),
-                                                 "robertax: corpus ready")
+                                                 "prepare the corpus")
         check_corpus(config, shard_dir)
         train_iter = pipeline.make_iterator(
             config.data, shard_dir, "train", batch_size=config.batch_size, seed=config.data.seed,
@@ -305,7 +304,8 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
     first = last = eval_first = eval_last = None
     pending, tput, overflow = [], observe.Throughput(), 0
     tokens_seen, t_start = 0, time.perf_counter()
-    window = np.zeros(2, np.int64)  # this host's tokens and MLM overflow since the last log
+    # This host's tokens, MLM overflow and own SIGTERM since the last log (summed over hosts).
+    window = np.zeros(3, np.int64)
 
     # 6. The loop.
     from tqdm import tqdm
@@ -313,8 +313,8 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
     step = start
     while step < total:
         batch = next(train_iter)
-        window += ((batch["segment_ids"] != 0).sum(),
-                   batch["mlm_overflow"].sum() if "mlm_overflow" in batch else 0)
+        window[:2] += ((batch["segment_ids"] != 0).sum(),
+                       batch["mlm_overflow"].sum() if "mlm_overflow" in batch else 0)
         gbatch = sharding.host_batch_to_global(mesh, step_lib.device_batch(batch))
         state, metrics = p_train(state, gbatch, dropout_rng)
         step += 1
@@ -323,7 +323,9 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
         stop = preempt.reached(step) or step == stop_at
         if step % config.log_every == 0 or step == total or stop:  # stop: the partial window
             rows = jax.device_get(pending)
-            ntok, novf = (int(x) for x in sharding.from_all_processes(window).sum(0))
+            window[2] = preempt.requested
+            ntok, novf, signalled = (int(x) for x in sharding.from_all_processes(window).sum(0))
+            stop = stop or bool(signalled)  # several processes without JAX's service
             tput.add(ntok, config.batch_size * len(rows))
             tokens_seen, overflow, window[:] = tokens_seen + ntok, overflow + novf, 0
             pending = []
@@ -358,7 +360,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
             ckpt.save(step, state, train_iter, force=True)
         if stop:
             if jax.process_index() == 0:
-                why = "SIGTERM" if preempt.requested else f"stop_at={stop_at}"
+                why = f"stop_at={stop_at}" if step == stop_at else "SIGTERM"
                 print(f"stopped at step {step} of {total} ({why}); checkpoint saved: the same "
                       "command resumes", flush=True)
             break

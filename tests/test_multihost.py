@@ -89,6 +89,15 @@ def _losses(workdir, key="loss"):
     return {r["step"]: r[key] for r in observe.read_metrics(workdir) if key in r}
 
 
+def _last_step(workdir) -> int:
+    """The last step metrics.jsonl shows complete (process 0 may be writing a line)."""
+    try:
+        lines = open(workdir / "metrics.jsonl").read().splitlines()
+    except FileNotFoundError:
+        return 0
+    return max((json.loads(line)["step"] for line in lines[:-1]), default=0)
+
+
 def test_launch_from_environment():
     launch = sharding._launch_from_env
     assert launch({}) is None
@@ -97,6 +106,7 @@ def test_launch_from_environment():
     slurm = {"SLURM_STEP_NODELIST": "n[1-4]", "SLURM_JOB_ID": "7"}
     assert launch({**slurm, "SLURM_NTASKS": "1"}) is None  # one task: nothing to join
     assert launch({"SLURM_NTASKS": "16"}) is None  # sbatch's own shell: one process
+    assert launch({"JAX_NUM_PROCESSES": "1"}) is None
     assert launch({"TPU_WORKER_HOSTNAMES": "localhost"}) is None  # a single-host TPU VM
     assert launch({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}) == (
         "Cloud TPU, TPU_WORKER_HOSTNAMES=10.0.0.2,10.0.0.3", {})
@@ -107,6 +117,8 @@ def test_launch_from_environment():
     assert launch({**slurm, "SLURM_NTASKS": "16"}) == ("SLURM (srun), SLURM_NTASKS=16", {})
     with pytest.raises(ValueError, match="JAX_PROCESS_ID is not"):
         launch({"JAX_NUM_PROCESSES": "2", "JAX_COORDINATOR_ADDRESS": "h:1"})
+    with pytest.raises(ValueError, match="JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROC"):
+        launch({"JAX_COORDINATOR_ADDRESS": "h:1"})
     with pytest.raises(ValueError, match="JAX_COORDINATOR_ADDRESS is not"):
         launch({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"})
     with pytest.raises(ValueError, match="JAX_PROCESS_ID='x' is not an integer"):
@@ -121,7 +133,7 @@ def test_two_hosts_preempted_resume_as_one_process(tmp_path):
     work, logs = tmp_path / "two", str(tmp_path / "log")
     procs = _pretrain(work, logs)
     deadline = time.time() + 240
-    while max(_losses(work), default=0) < 3 if (work / "metrics.jsonl").exists() else True:
+    while _last_step(work) < 3:
         assert time.time() < deadline and all(p.poll() is None for p in procs), \
             open(f"{logs}.0").read()[-3000:]
         time.sleep(0.2)
@@ -147,14 +159,14 @@ def test_two_hosts_preempted_resume_as_one_process(tmp_path):
 
 
 def test_two_hosts_finetune_with_parameters_split_across_hosts(pretrained, test_data, tmp_path):
-    """mesh fsdp=2 over 2 processes x 2 devices: each host holds half of each parameter. The
+    """mesh fsdp=4 over 2 processes x 2 devices: each host holds half of each parameter. The
     best model (gathered for saving), dev predictions and scores equal one process's."""
     import jax
     from configs.finetune import sst2
     overrides = {"init_checkpoint": pretrained, "data_dir": str(test_data / "glue"),
                  "max_length": 64, "max_train_examples": 32, "max_eval_examples": 16,
                  "max_steps": 2, "batch_size": 8, "eval_batch_size": 16,
-                 "precision": "float32", "progress": False, "mesh.fsdp": 2}
+                 "precision": "float32", "progress": False, "mesh.data": -1, "mesh.fsdp": 4}
     two, one, logs = tmp_path / "two", tmp_path / "one", str(tmp_path / "log")
     out = _finish(_launch(["-m", "robertax.finetune", "--config=configs/finetune/sst2.py",
                            f"--workdir={two}",

@@ -353,9 +353,13 @@ def make_iterator(data_config, shard_dir: str, split: str, *, batch_size: int, s
     ds = make_dataset(data_config, shard_dir, split, batch_size=batch_size, seed=seed,
                       process_index=process_index, process_count=process_count, epochs=epochs,
                       **kwargs)
+    return iterate(ds, data_config.num_workers if num_workers is None else num_workers)
+
+
+def iterate(ds: grain.MapDataset, num_workers: int = 0):
+    """An iterator over `ds` that reads ahead: in a thread, or in `num_workers` processes."""
     # One reader thread: Grain's default 16 threads slow a 2-core host down (ECOSYSTEM.md).
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4))
-    num_workers = data_config.num_workers if num_workers is None else num_workers
     if num_workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(it)
