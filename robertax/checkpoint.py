@@ -27,13 +27,24 @@ from robertax.model import RobertaConfig
 CONFIG_FILE = "robertax_config.json"
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, except that it never asks JAX's preemption service itself. The training
+    loop asks once per step (robertax.train); Orbax would also ask from the thread that
+    finishes an asynchronous save, with that save's older step, and so tell the service a step
+    this process has passed: the step the processes agree to stop at could then be one this
+    process never reaches again. The loop saves with force=True: the answer decides nothing."""
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
+
+
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 3, every: int = 1,
                  async_save: bool = True, with_data: bool = True):
         self.directory = os.path.abspath(directory)
         self.with_data = with_data
         items = ("state", "data") if with_data else ("state",)
-        self.manager = ocp.CheckpointManager(
+        self.manager = _Manager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                                  enable_async_checkpointing=async_save),

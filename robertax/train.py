@@ -211,7 +211,7 @@ class _Preemption:
     processes they must stop at the same step: JAX's preemption service (which
     jax.distributed.initialize starts) hears the signal on any of them and names a step all
     of them reach; without it, each process's own signal is shared at the next logging step.
-    (Orbax also asks the service, with the step of a save it finishes in the background.)"""
+    Only this loop asks the service (see robertax.checkpoint._Manager)."""
 
     def __init__(self):
         self.requested = False
