@@ -51,7 +51,7 @@ def apply(config, overrides: dict):
     return config
 
 
-def _launch(args, logs, processes=2, devices=2):
+def _launch(args, logs, processes=2, devices=2, extra_env=None):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
@@ -60,7 +60,7 @@ def _launch(args, logs, processes=2, devices=2):
         env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
                "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(i),
                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-               "JAX_PLATFORMS": "cpu"}
+               "JAX_PLATFORMS": "cpu", **(extra_env or {})}
         with open(f"{logs}.{i}", "w") as out:
             procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=env,
                                           stdout=out, stderr=subprocess.STDOUT))
@@ -81,8 +81,28 @@ def _finish(procs, logs, timeout=300):
     return texts
 
 
-def _pretrain(workdir, logs, stop_at=0):
-    return _launch(["-c", WORKER, REPO, json.dumps(PRETRAIN), str(workdir), str(stop_at)], logs)
+def _pretrain(workdir, logs, stop_at=0, env=None):
+    return _launch(["-c", WORKER, REPO, json.dumps(PRETRAIN), str(workdir), str(stop_at)], logs,
+                   extra_env=env)
+
+
+def _preempt_host_1(work, logs, env=None):
+    """Starts 2 processes, sends SIGTERM to process 1 once step 3 is logged; their outputs and
+    the step of the checkpoint they left."""
+    procs = _pretrain(work, logs, env=env)
+    deadline = time.monotonic() + 240
+    try:
+        while _last_step(work) < 3:
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                open(f"{logs}.0").read()[-3000:]
+            time.sleep(0.2)
+    except AssertionError:
+        for p in procs:
+            p.kill()
+        raise
+    procs[1].send_signal(signal.SIGTERM)
+    out = _finish(procs, logs)
+    return out, checkpoint.Checkpointer(str(work / "checkpoints")).latest_step()
 
 
 def _losses(workdir, key="loss"):
@@ -131,16 +151,9 @@ def test_two_hosts_preempted_resume_as_one_process(tmp_path):
     """SIGTERM to host 1 alone: both hosts save at the step JAX's preemption service picks and
     exit cleanly; resumed, the losses equal those of one uninterrupted process with 8 devices."""
     work, logs = tmp_path / "two", str(tmp_path / "log")
-    procs = _pretrain(work, logs)
-    deadline = time.time() + 240
-    while _last_step(work) < 3:
-        assert time.time() < deadline and all(p.poll() is None for p in procs), \
-            open(f"{logs}.0").read()[-3000:]
-        time.sleep(0.2)
-    procs[1].send_signal(signal.SIGTERM)
-    out = _finish(procs, logs)
-    stopped = checkpoint.Checkpointer(str(work / "checkpoints")).latest_step()
+    out, stopped = _preempt_host_1(work, logs)
     assert 3 <= stopped < 1000
+    assert "JAX_NUM_PROCESSES=2: 2 processes, 4 devices (2 on process 0)" in out[0]
     assert f"stopped at step {stopped} of 1000 (SIGTERM)" in out[0]
 
     out = _finish(_pretrain(work, logs, stop_at=stopped + 3), logs)
@@ -156,6 +169,16 @@ def test_two_hosts_preempted_resume_as_one_process(tmp_path):
     two, one = _losses(work, "eval_loss"), _losses(alone, "eval_loss")
     assert sorted(two) == sorted(one) == list(range(4, stopped + 4, 4))
     np.testing.assert_allclose([two[s] for s in one], list(one.values()), rtol=1e-5)
+
+
+def test_preempted_without_jax_preemption_service(tmp_path):
+    """With JAX's service off, each process's own SIGTERM is shared at the next logging step
+    (every step here): both still save at one step and exit cleanly."""
+    work, logs = tmp_path / "two", str(tmp_path / "log")
+    out, stopped = _preempt_host_1(work, logs, env={"JAX_ENABLE_PREEMPTION_SERVICE": "false"})
+    assert 3 <= stopped < 1000 and _last_step(work) <= stopped
+    assert f"stopped at step {stopped} of 1000 (SIGTERM)" in out[0]
+    assert "preemption_notifier" not in out[1]  # JAX's service did not hear it
 
 
 def test_two_hosts_finetune_with_parameters_split_across_hosts(pretrained, test_data, tmp_path):
