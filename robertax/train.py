@@ -210,14 +210,18 @@ class _Preemption:
     """SIGTERM (a preempted job) asks the loop to checkpoint and exit cleanly. With several
     processes they must stop at the same step: JAX's preemption service (which
     jax.distributed.initialize starts) hears the signal on any of them and names a step all
-    of them reach; without it, each process's own signal is shared at the next logging step.
-    Only this loop asks the service (see robertax.checkpoint._Manager)."""
+    of them reach. Only this loop asks the service (see robertax.checkpoint._Manager). With
+    the service turned off, several processes keep SIGTERM's default: they end, and the run
+    resumes from its last periodic checkpoint."""
 
     def __init__(self):
         self.requested = False
-        self.several = jax.process_count() > 1
-        self.service = self.several and bool(jax.config.jax_enable_preemption_service)
-        if self.service:
+        several = jax.process_count() > 1
+        self.service = several and bool(jax.config.jax_enable_preemption_service)
+        if several:
+            if not self.service:
+                logging.warning("jax_enable_preemption_service is off: SIGTERM ends these "
+                                "processes without a checkpoint")
             return
         try:
             signal.signal(signal.SIGTERM, self._handle)
@@ -232,8 +236,7 @@ class _Preemption:
         if self.service:
             from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
             self.requested = self.requested or multihost_utils.reached_preemption_sync_point(step)
-            return self.requested
-        return self.requested and not self.several  # else: shared when logging
+        return self.requested
 
 
 def train(config, workdir: str, stop_at: int | None = None) -> dict:
@@ -304,8 +307,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
     first = last = eval_first = eval_last = None
     pending, tput, overflow = [], observe.Throughput(), 0
     tokens_seen, t_start = 0, time.perf_counter()
-    # This host's tokens, MLM overflow and own SIGTERM since the last log (summed over hosts).
-    window = np.zeros(3, np.int64)
+    window = np.zeros(2, np.int64)  # this host's tokens and MLM overflow since the last log
 
     # 6. The loop.
     from tqdm import tqdm
@@ -313,8 +315,8 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
     step = start
     while step < total:
         batch = next(train_iter)
-        window[:2] += ((batch["segment_ids"] != 0).sum(),
-                       batch["mlm_overflow"].sum() if "mlm_overflow" in batch else 0)
+        window += ((batch["segment_ids"] != 0).sum(),
+                   batch["mlm_overflow"].sum() if "mlm_overflow" in batch else 0)
         gbatch = sharding.host_batch_to_global(mesh, step_lib.device_batch(batch))
         state, metrics = p_train(state, gbatch, dropout_rng)
         step += 1
@@ -323,9 +325,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
         stop = preempt.reached(step) or step == stop_at
         if step % config.log_every == 0 or step == total or stop:  # stop: the partial window
             rows = jax.device_get(pending)
-            window[2] = preempt.requested
-            ntok, novf, signalled = (int(x) for x in sharding.from_all_processes(window).sum(0))
-            stop = stop or bool(signalled)  # several processes without JAX's service
+            ntok, novf = (int(x) for x in sharding.from_all_processes(window).sum(0))
             tput.add(ntok, config.batch_size * len(rows))
             tokens_seen, overflow, window[:] = tokens_seen + ntok, overflow + novf, 0
             pending = []

@@ -171,16 +171,6 @@ def test_two_hosts_preempted_resume_as_one_process(tmp_path):
     np.testing.assert_allclose([two[s] for s in one], list(one.values()), rtol=1e-5)
 
 
-def test_preempted_without_jax_preemption_service(tmp_path):
-    """With JAX's service off, each process's own SIGTERM is shared at the next logging step
-    (every step here): both still save at one step and exit cleanly."""
-    work, logs = tmp_path / "two", str(tmp_path / "log")
-    out, stopped = _preempt_host_1(work, logs, env={"JAX_ENABLE_PREEMPTION_SERVICE": "false"})
-    assert 3 <= stopped < 1000 and _last_step(work) <= stopped
-    assert f"stopped at step {stopped} of 1000 (SIGTERM)" in out[0]
-    assert "preemption_notifier" not in out[1]  # JAX's service did not hear it
-
-
 def test_two_hosts_finetune_with_parameters_split_across_hosts(pretrained, test_data, tmp_path):
     """mesh fsdp=4 over 2 processes x 2 devices: each host holds half of each parameter. The
     best model (gathered for saving), dev predictions and scores equal one process's."""
