@@ -183,6 +183,9 @@ def host_batch_to_global(mesh: Mesh, batch: dict) -> dict:
 def to_host(tree):
     """A tree of jax.Arrays as numpy on every process, gathering the pieces other hosts hold
     (parameters sharded with fsdp/tensor across hosts). Every process must call it."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)  # one batched transfer
+
     def one(x):
         if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
             return np.asarray(jax.device_get(x))
