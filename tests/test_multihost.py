@@ -40,6 +40,21 @@ train.train(apply(tiny.get_config(), json.loads(sys.argv[2])), sys.argv[3],
             stop_at=int(sys.argv[4]) or None)
 """
 
+# Runs `-m MODULE ARGS` or `-c CODE ARGS` as python would, printing every thread's Python stack
+# if it is still running after argv[1] seconds (a hang's whereabouts, in the test's report).
+WATCHDOG = """
+import faulthandler, runpy, sys
+faulthandler.dump_traceback_later(float(sys.argv[1]))
+flag, what, *rest = sys.argv[2:]
+if flag == "-m":
+    sys.argv = [what, *rest]
+    runpy.run_module(what, run_name="__main__", alter_sys=True)
+else:
+    sys.argv = ["-c", *rest]
+    exec(compile(what, "<worker>", "exec"), {"__name__": "__main__"})
+"""
+STUCK_AFTER = 240  # seconds; _finish gives up at 300
+
 
 def apply(config, overrides: dict):
     for key, value in overrides.items():
@@ -62,22 +77,27 @@ def _launch(args, logs, processes=2, devices=2, extra_env=None):
                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
                "JAX_PLATFORMS": "cpu", **(extra_env or {})}
         with open(f"{logs}.{i}", "w") as out:
-            procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=env,
-                                          stdout=out, stderr=subprocess.STDOUT))
+            procs.append(subprocess.Popen([sys.executable, "-c", WATCHDOG, str(STUCK_AFTER), *args],
+                                          cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
     return procs
 
 
 def _finish(procs, logs, timeout=300):
-    texts = []
-    for i, p in enumerate(procs):
-        try:
-            p.wait(timeout=timeout)
-        finally:
-            for q in procs:
-                if q.poll() is None:
-                    q.kill()
-        texts.append(open(f"{logs}.{i}").read())
-        assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{texts[-1][-3000:]}"
+    """Waits for all; their outputs. A process still running after `timeout` s fails the test,
+    showing every process's output (with the stacks the watchdog printed at STUCK_AFTER s)."""
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stuck = [i for i, p in enumerate(procs) if p.poll() is None]
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    texts = [open(f"{logs}.{i}").read() for i in range(len(procs))]
+    report = "\n".join(f"--- process {i} (exit {p.returncode}):\n{texts[i][-8000:]}"
+                       for i, p in enumerate(procs))
+    assert not stuck, f"process(es) {stuck} still running after {timeout} s:\n{report}"
+    assert all(p.returncode == 0 for p in procs), report
     return texts
 
 
