@@ -66,7 +66,7 @@ def apply(config, overrides: dict):
     return config
 
 
-def _launch(args, logs, processes=2, devices=2, extra_env=None):
+def _launch(args, logs, processes=2, devices=2):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
@@ -75,7 +75,7 @@ def _launch(args, logs, processes=2, devices=2, extra_env=None):
         env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
                "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(i),
                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-               "JAX_PLATFORMS": "cpu", **(extra_env or {})}
+               "JAX_PLATFORMS": "cpu"}
         with open(f"{logs}.{i}", "w") as out:
             procs.append(subprocess.Popen([sys.executable, "-c", WATCHDOG, str(STUCK_AFTER), *args],
                                           cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
@@ -101,15 +101,14 @@ def _finish(procs, logs, timeout=300):
     return texts
 
 
-def _pretrain(workdir, logs, stop_at=0, env=None):
-    return _launch(["-c", WORKER, REPO, json.dumps(PRETRAIN), str(workdir), str(stop_at)], logs,
-                   extra_env=env)
+def _pretrain(workdir, logs, stop_at=0):
+    return _launch(["-c", WORKER, REPO, json.dumps(PRETRAIN), str(workdir), str(stop_at)], logs)
 
 
-def _preempt_host_1(work, logs, env=None):
+def _preempt_host_1(work, logs):
     """Starts 2 processes, sends SIGTERM to process 1 once step 3 is logged; their outputs and
     the step of the checkpoint they left."""
-    procs = _pretrain(work, logs, env=env)
+    procs = _pretrain(work, logs)
     deadline = time.monotonic() + 240
     try:
         while _last_step(work) < 3:
