@@ -66,6 +66,14 @@ class RobertaConfig:
     # run, e.g. with attention dropout on a GPU. Always so on the CPU in bf16. A speed knob for
     # GPUs, not yet measured there (tools/gpu_check.sh base_xla_vjp).
     attention_vjp: bool = False
+    # Attention without the key and value biases' additions, the same math: softmax ignores
+    # q·b_k (the same for every key), and weights that sum to one carry b_v through unchanged,
+    # so it joins the output projection's bias as b_v·W_o. Exact only without attention
+    # dropout, so it applies only then (and a wholly padded row, with no key to attend to,
+    # comes out differently; its loss weight is zero). Same parameters (the key bias's gradient
+    # is exactly zero). A speed knob for GPUs (2 of the 3 bias additions per layer gone, and
+    # their gradients' reductions), not yet measured there (tools/gpu_check.sh base_fold).
+    fold_attention_biases: bool = False
     # Matrix products on the CPU: "xla" (XLA:CPU's) or "mkl" (Intel MKL through a custom call,
     # float32 or bfloat16; needs `pip install mkl` and a C++ compiler: robertax/mkl_gemm.py).
     # Other backends ignore it.
@@ -175,8 +183,9 @@ class LayerNorm(nn.Module):
         return vjp_ops.layer_norm(x, scale, bias, c.layer_norm_eps).astype(c.dtype)
 
 
-def _dense(config: RobertaConfig, features, names, name: str, axis=-1) -> "Dense":
-    return Dense(config, features, names, axis, name=name)
+def _dense(config: RobertaConfig, features, names, name: str, axis=-1,
+           use_bias: bool = True) -> "Dense":
+    return Dense(config, features, names, axis, use_bias, name=name)
 
 
 def _reshaped_init(init, flat_shape):
@@ -236,15 +245,23 @@ class Dense(nn.Module):
     features: Any  # int or tuple
     names: tuple  # logical axis names of the kernel
     axis: Any = -1  # contracted input axes (trailing)
+    use_bias: bool = True  # False: the bias is created but not added
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, input_shift: Optional[Array] = None) -> Array:
+        """x·W + b, or (x + input_shift)·W + b computed as x·W + (input_shift·W + b)."""
         c = self.config
         features = self.features if isinstance(self.features, tuple) else (self.features,)
         axis = self.axis if isinstance(self.axis, tuple) else (self.axis,)
         axis = tuple(sorted(a % x.ndim for a in axis))
         in_shape = tuple(x.shape[a] for a in axis)
         kernel, bias = _dense_params(self, c, self.names, in_shape, features)
+        if input_shift is not None:  # a vector over the contracted axes, in float32
+            assert self.use_bias, "input_shift joins the bias"
+            bias = bias + jnp.tensordot(input_shift.astype(jnp.float32),
+                                        kernel.astype(jnp.float32), len(axis)).astype(bias.dtype)
+        if not self.use_bias:
+            bias = jnp.zeros_like(bias)
         mkl = _cpu_dense(c)
         if mkl is not None and axis == tuple(range(x.ndim - len(axis), x.ndim)):
             # kernel and bias stay in their dtype: cpu_products.dense rounds them itself and
@@ -256,6 +273,8 @@ class Dense(nn.Module):
             return out.reshape(*x.shape[:x.ndim - len(axis)], *features)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=c.dtype)
         out = lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
+        if not self.use_bias:
+            return out
         return out + jnp.reshape(bias, (1,) * (out.ndim - len(features)) + features)
 
 
@@ -376,13 +395,21 @@ class SelfAttention(nn.Module):
     def __call__(self, x: Array, amask: AttentionMask) -> Array:
         c = self.config
         N, K = c.num_heads, c.head_dim
+        dropout = c.attention_dropout_rate > 0 and not self.deterministic
+        fold = c.fold_attention_biases and not dropout  # exact only without attention dropout
+        if c.fold_attention_biases and c.fused_qkv:
+            raise ValueError("model.fold_attention_biases and model.fused_qkv cannot be "
+                             "combined (the fused product adds all three biases in one pass)")
+        value_bias = None
         if c.fused_qkv:
             q, k, v = _fused_qkv(c, x)  # each [B, L, N, K]
         else:
             q = _dense(c, (N, K), ("embed", "heads", "kv"), "query")(x)  # [B, L, N, K]
-            k = _dense(c, (N, K), ("embed", "heads", "kv"), "key")(x)  # [B, S, N, K]
-            v = _dense(c, (N, K), ("embed", "heads", "kv"), "value")(x)  # [B, S, N, K]
-        dropout = c.attention_dropout_rate > 0 and not self.deterministic
+            k = _dense(c, (N, K), ("embed", "heads", "kv"), "key", use_bias=not fold)(x)
+            value = _dense(c, (N, K), ("embed", "heads", "kv"), "value", use_bias=not fold)
+            v = value(x)  # k, v: [B, S, N, K]
+            if fold:
+                value_bias = nn.unbox(value.variables["params"]["bias"])  # [N, K]
         impl = attention_implementation(c, dropout)
         if impl == "xla" and _attention_core(c):  # bf16 on the CPU; with or without dropout
             keep = None
@@ -406,7 +433,8 @@ class SelfAttention(nn.Module):
             out = jax.nn.dot_product_attention(
                 q, k, v, mask=amask.mask, key_value_seq_lengths=amask.kv_lengths,
                 implementation=impl)  # [B, L, N, K]
-        return _dense(c, c.hidden_size, ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)
+        return _dense(c, c.hidden_size, ("heads", "kv", "embed"), "out", axis=(-2, -1))(
+            out, input_shift=value_bias)
 
 
 class Layer(nn.Module):

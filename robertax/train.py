@@ -59,8 +59,9 @@ class Run:
     eval_step: object  # jitted (params, batch) -> sums
 
 
-def build(config, mesh, donate: bool = True) -> Run:
-    """Model, optimizer, sharded train state and the jitted steps, shardings stated once."""
+def build(config, mesh, donate: bool = True, materialize: bool = True) -> Run:
+    """Model, optimizer, sharded train state and the jitted steps, shardings stated once.
+    materialize=False leaves Run.state None (to lower and compile the steps ahead of time)."""
     import flax.linen as nn
     mc = model_config(config)
     module = RobertaForPretraining(mc, nsp=config.data.format in NSP_FORMATS)
@@ -68,7 +69,8 @@ def build(config, mesh, donate: bool = True) -> Run:
     params_shape = jax.eval_shape(
         lambda r: module.init(r, jnp.ones((1, 8), jnp.int32))["params"], init_rng)
     tx, schedule = optim.make_optimizer(config.optim, nn.unbox(params_shape))
-    state, abstract_state, state_sh = init_state(config, module, tx, mesh, init_rng)
+    create, abstract_state, state_sh = state_layout(config, module, tx, mesh, init_rng)
+    state = jax.jit(create, out_shardings=state_sh)(init_rng) if materialize else None
     packed = config.data.format in PACKED_FORMATS
     train_fn = step_lib.make_train_step(module, tx, schedule, microbatches=config.microbatches,
                                         packed=packed, fp16=config.precision == "float16")
@@ -93,8 +95,11 @@ def make_dropout_rng(config, seed: int | None = None) -> jax.Array:
     return jax.random.key(seed, impl="threefry2x32" if impl == "threefry" else impl)
 
 
-def init_state(config, module, tx, mesh, rng):
-    """The train state, created directly in its sharded layout (never whole on one device)."""
+def state_layout(config, module, tx, mesh, rng):
+    """How the train state is made and laid out, without making it: (create(rng) -> state,
+    its ShapeDtypeStructs with shardings, its shardings). `jax.jit(create,
+    out_shardings=shardings)(rng)` creates it directly in its sharded layout (never whole on
+    one device)."""
     L = config.data.max_length
     dummy = jnp.ones((1, L), jnp.int32)
     boxed = jax.eval_shape(lambda r: module.init(r, dummy)["params"], rng)
@@ -110,10 +115,9 @@ def init_state(config, module, tx, mesh, rng):
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_sh,
                                    transform_non_params=lambda _: rep)
     state_sh = jax.tree.map(lambda _: rep, abstract).replace(params=param_sh, opt_state=opt_sh)
-    state = jax.jit(create, out_shardings=state_sh)(rng)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, state_sh)
-    return state, abstract, state_sh
+    return create, abstract, state_sh
 
 
 def check_corpus(config, shard_dir: str) -> dict:
@@ -165,7 +169,7 @@ RESUME_MAY_CHANGE = (
     "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
     "microbatches", "mesh.", "data.num_workers", "data.shard_dir", "model.attention",
     "model.remat", "model.scan_unroll", "model.layer_norm_vjp", "model.attention_vjp",
-    "model.cpu_matmul")
+    "model.fold_attention_biases", "model.cpu_matmul")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -479,11 +479,14 @@ def test_unrolled_layer_scan_is_the_same_model(unroll):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("switch", ["fused_qkv", "layer_norm_vjp", "attention_vjp"])
+@pytest.mark.parametrize("switch", ["fused_qkv", "layer_norm_vjp", "attention_vjp",
+                                    "fold_attention_biases"])
 def test_speed_switch_is_the_same_model(switch):
     """fused_qkv changes how Q, K, V are computed (one matrix product), layer_norm_vjp how
-    LayerNorm's backward is, attention_vjp how attention's core is (cpu_attention in float32);
-    none changes the parameters (same names, shapes and initial values) or the math."""
+    LayerNorm's backward is, attention_vjp how attention's core is (cpu_attention in float32),
+    fold_attention_biases where the key and value biases act (nowhere and in the output
+    projection's bias); none changes the parameters (same names, shapes and initial values)
+    or the math."""
     config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
                                   intermediate_size=64, num_layers=2)
     plain, fused = (M.RobertaForMaskedLM(config.replace(**{switch: f})) for f in (False, True))
@@ -502,6 +505,50 @@ def test_speed_switch_is_the_same_model(switch):
         assert float(jnp.abs(g["encoder"]["layers"]["mlp_norm"]["scale"]).max()) > 0
     for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_fold_attention_biases_where_it_applies():
+    """model.fold_attention_biases: the key bias's gradient is exactly zero (softmax ignores
+    it) and the value bias's reaches it through the output projection; in bf16 (the CPU's
+    own attention core) the outputs match the plain model's to bf16 rounding; with attention
+    dropout in training the fold is off (the weights no longer sum to one), so the step is
+    bit-identical; it refuses fused_qkv."""
+    config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
+                                  intermediate_size=64, num_layers=2)
+    params = M.init_params(M.RobertaForMaskedLM(config), jax.random.key(5))
+    params = jax.tree.map(lambda p: p * 5.0 if p.ndim >= 2 else p + 0.1, params)
+    attn = lambda g: g["encoder"]["layers"]["attn"]  # noqa: E731
+    for i, name in enumerate(("key", "value")):  # biases that differ by head and feature
+        attn(params)[name]["bias"] = jax.random.normal(jax.random.key(i), (2, 2, 16))
+    ids = jnp.asarray(padded_batch(300, seed=6)[0])
+
+    def run(c, **kw):
+        m = M.RobertaForMaskedLM(c)
+        return jax.value_and_grad(lambda p: (m.apply({"params": p}, ids, **kw) ** 2).mean())(
+            params)
+
+    (lp, gp), (lf, gf) = (run(config.replace(fold_attention_biases=f)) for f in (False, True))
+    np.testing.assert_allclose(float(lf), float(lp), rtol=1e-5)
+    assert float(jnp.abs(attn(gf)["key"]["bias"]).max()) == 0.0
+    assert float(jnp.abs(attn(gp)["key"]["bias"]).max()) < 1e-6  # zero up to rounding
+    assert float(jnp.abs(attn(gf)["value"]["bias"]).max()) > 1e-3
+    np.testing.assert_allclose(np.asarray(attn(gf)["value"]["bias"]),
+                               np.asarray(attn(gp)["value"]["bias"]), rtol=1e-4, atol=1e-6)
+    want = M.RobertaForMaskedLM(config).apply({"params": params}, ids)  # float32
+    bf16 = config.replace(dtype=jnp.bfloat16)
+    plain, folded = (float(jnp.abs(M.RobertaForMaskedLM(bf16.replace(
+        fold_attention_biases=f)).apply({"params": params}, ids).astype(jnp.float32)
+        - want).max()) for f in (False, True))
+    assert 0 < folded < 2 * plain  # about as accurate in bf16 as the plain model
+    kw = dict(deterministic=False, rngs={"dropout": jax.random.key(3)})
+    dropped = config.replace(attention_dropout_rate=0.1)
+    (lp, gp), (lf, gf) = (run(dropped.replace(fold_attention_biases=f), **kw)
+                          for f in (False, True))
+    assert float(lp) == float(lf)
+    for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gf)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="fused_qkv"):
+        run(config.replace(fold_attention_biases=True, fused_qkv=True))
 
 
 def test_tanh_gelu_matches_transformers_and_round_trips(tmp_path):

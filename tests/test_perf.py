@@ -93,10 +93,11 @@ def test_gpu_correctness_script_runs_on_cpu():
     assert len(errs) == 2 and all(1e-4 < e < 2e-2 and abs(e - 3.906e-3) > 1e-6 for e in errs)
     assert out.stdout.count("vs transformers f32 logits") == 2
     assert "fused QKV vs f32 logits" in out.stdout and "ALL PASS" in out.stdout
-    # the gradient checks' XLA half, layer_norm_vjp and attention_vjp included
-    grads = dict(re.findall(r"^bf16 (XLA|xla \+ layer_norm_vjp|XLA \+ attention_vjp) vs f32 "
-                            r"gradients.*?rel err (\S+)", out.stdout, re.M))
-    assert len(grads) == 3 and all(1e-4 < float(e) < 5e-2 for e in grads.values()), out.stdout
+    # the gradient checks' XLA half, layer_norm_vjp, fold_attention_biases and attention_vjp
+    grads = dict(re.findall(r"^bf16 (XLA|xla \+ layer_norm_vjp|xla \+ fold_attention_biases|"
+                            r"XLA \+ attention_vjp) vs f32 gradients.*?rel err (\S+)",
+                            out.stdout, re.M))
+    assert len(grads) == 4 and all(1e-4 < float(e) < 5e-2 for e in grads.values()), out.stdout
 
 
 def test_gpu_check_rehearses_on_cpu(tmp_path):

@@ -19,10 +19,11 @@ and those sentinels would swamp every norm. Errors are ||a - b|| / ||b||.
    model (< 1e-5). The checks above run the scanned loop (fast to compile); on a GPU the
    unrolled training default is checked once against float32, with cuDNN.
 5. Gradients of an MLM-style loss at init (encoder layers): bf16 XLA and bf16 cuDNN vs float32,
-   and cuDNN vs XLA, < 5e-2; cuDNN with model.layer_norm_vjp and XLA with model.attention_vjp
-   no worse than without (1.25x + 1e-3).
+   and cuDNN vs XLA, < 5e-2; cuDNN with model.layer_norm_vjp or model.fold_attention_biases
+   and XLA with model.attention_vjp no worse than without (1.25x + 1e-3).
 Prints one line per check with the measured error and PASS/FAIL; exits 1 on any failure.
-Without a GPU the cuDNN checks are skipped and layer_norm_vjp is checked with XLA attention
+Without a GPU the cuDNN checks are skipped and layer_norm_vjp and fold_attention_biases are
+checked with XLA attention
 (tests/test_perf.py runs `--small` on the CPU).
 """
 
@@ -187,6 +188,9 @@ def main():
               5e-2)
     g_ln = grad(init, base.replace(attention=fast, layer_norm_vjp=True, **bf16))
     check(f"bf16 {fast} + layer_norm_vjp vs f32 gradients (<=without)", err(g_ln),
+          1.25 * err(g_c) + 1e-3)
+    g_fold = grad(init, base.replace(attention=fast, fold_attention_biases=True, **bf16))
+    check(f"bf16 {fast} + fold_attention_biases vs f32 gradients (<=without)", err(g_fold),
           1.25 * err(g_c) + 1e-3)
     g_core = grad(init, base.replace(attention="xla", attention_vjp=True, **bf16))
     check("bf16 XLA + attention_vjp vs f32 gradients (<=without)", err(g_core),

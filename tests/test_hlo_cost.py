@@ -1,0 +1,142 @@
+"""tools/hlo_cost.py and tools/gpu_aot.py: bytes, FLOPs and kernel counts read from HLO text,
+against numbers worked by hand; the AOT tool's plumbing rehearsed on this machine's CPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import hlo_cost  # noqa: E402
+
+# The shapes of XLA's optimized GPU HLO text (as `compiled.as_text()` prints it), trimmed.
+HLO = """HloModule jit_f, is_scheduled=true
+
+%fused_slice_add (param_0: f32[12,768], param_1: f32[4,768]) -> f32[4,768] {
+  %param_0 = f32[12,768]{1,0} parameter(0), metadata={scheduling_name="param_0"}
+  %slice.1 = f32[4,768]{1,0} slice(%param_0), slice={[0:4], [0:768]}
+  %param_1 = f32[4,768]{1,0} parameter(1)
+  ROOT %add.1 = f32[4,768]{1,0} add(%slice.1, %param_1), metadata={op_name="jit(f)/layers/add"}
+}
+
+%gemm_fusion_dot (parameter_0: bf16[64,128], parameter_1: bf16[128,256]) -> bf16[64,256] {
+  %parameter_0 = bf16[64,128]{1,0} parameter(0)
+  %parameter_1 = bf16[128,256]{1,0} parameter(1)
+  ROOT %dot.0 = bf16[64,256]{1,0} dot(%parameter_0, %parameter_1), lhs_contracting_dims={1}, rhs_contracting_dims={0}, backend_config={"sizes":["16"]}
+}
+
+%fused_dus (p.0: f32[12,768], p.1: f32[1,768], p.2: s32[]) -> f32[12,768] {
+  %p.0 = f32[12,768]{1,0} parameter(0)
+  %p.1 = f32[1,768]{1,0} parameter(1)
+  %p.2 = s32[] parameter(2)
+  %c.0 = s32[] constant(0)
+  ROOT %dus.0 = f32[12,768]{1,0} dynamic-update-slice(%p.0, %p.1, %p.2, %c.0)
+}
+
+%body (t.0: (s32[], f32[64,256])) -> (s32[], f32[64,256]) {
+  %t.0 = (s32[], f32[64,256]{1,0}) parameter(0)
+  %i.0 = s32[] get-tuple-element(%t.0), index=0
+  %x.0 = f32[64,256]{1,0} get-tuple-element(%t.0), index=1
+  %neg.0 = f32[64,256]{1,0} negate(%x.0), metadata={op_name="jit(f)/mlm_head/neg"}
+  ROOT %r.0 = (s32[], f32[64,256]{1,0}) tuple(%i.0, %neg.0)
+}
+
+%cond (t.1: (s32[], f32[64,256])) -> pred[] {
+  %t.1 = (s32[], f32[64,256]{1,0}) parameter(0)
+  ROOT %lt.0 = pred[] constant(false)
+}
+
+ENTRY %main.1 (a: f32[12,768], b: f32[4,768], x: bf16[64,128], w: bf16[128,256], u: f32[1,768], i: s32[], h: f32[64,256], q: bf16[2,16,4,8]) -> f32[12,768] {
+  %a = f32[12,768]{1,0} parameter(0)
+  %b = f32[4,768]{1,0} parameter(1)
+  %x = bf16[64,128]{1,0} parameter(2)
+  %w = bf16[128,256]{1,0} parameter(3)
+  %u = f32[1,768]{1,0} parameter(4)
+  %i = s32[] parameter(5)
+  %h = f32[64,256]{1,0} parameter(6)
+  %q = bf16[2,16,4,8]{3,2,1,0} parameter(7)
+  %f1 = f32[4,768]{1,0} fusion(%a, %b), kind=kLoop, calls=%fused_slice_add, metadata={op_name="jit(f)/layers/add"}
+  %g = bf16[64,256]{1,0} fusion(%x, %w), kind=kCustom, calls=%gemm_fusion_dot, metadata={op_name="jit(f)/dot_general"}
+  %d = f32[12,768]{1,0} fusion(%a, %u, %i), kind=kLoop, calls=%fused_dus
+  %tup = (s32[], f32[64,256]{1,0}) tuple(%i, %h)
+  %wl = (s32[], f32[64,256]{1,0}) while(%tup), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"5"}}
+  %att = (bf16[2,16,4,8]{3,2,1,0}, u8[0]{0}) custom-call(%q, %q, %q), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(f)/attn/dot_product_attention"}
+  ROOT %cp = f32[12,768]{1,0} copy(%d)
+}
+"""
+
+
+def by_name(ks):
+    return {k.name: k for k in ks}
+
+
+def test_type_bytes_by_hand():
+    assert hlo_cost.type_bytes("bf16[128,512,768]{2,1,0}") == 2 * 128 * 512 * 768
+    assert hlo_cost.type_bytes("(f32[], s32[4]{0}, pred[3])") == 4 + 16 + 3
+    assert hlo_cost.type_bytes("u8[0]{0}") == 0
+
+
+def test_kernels_read_write_and_flops_by_hand():
+    ks = by_name(hlo_cost.kernels(HLO))
+    # free instructions (parameters, tuples, the while itself) are not kernels
+    assert set(ks) == {"f1", "g", "d", "neg.0", "att", "cp"}
+    f1 = ks["f1"]  # reads 4 of a's 12 rows through a slice, and all of b
+    assert (f1.read, f1.written, f1.flops) == (4 * 768 * 4 + 4 * 768 * 4, 4 * 768 * 4, 0)
+    assert f1.category == "layer elementwise"
+    g = ks["g"]
+    assert (g.read, g.written) == (64 * 128 * 2 + 128 * 256 * 2, 64 * 256 * 2)
+    assert g.flops == 2 * 64 * 256 * 128 and g.category == "matmul"
+    d = ks["d"]  # in place: a neither read nor rewritten; the update and the index read
+    assert (d.read, d.written) == (768 * 4 + 4, 768 * 4)
+    neg = ks["neg.0"]  # inside the while: 5 executions
+    assert (neg.count, neg.read, neg.written) == (5, 64 * 256 * 4, 64 * 256 * 4)
+    assert neg.category == "embedding and head"
+    att = ks["att"]  # Q, K, V [B=2, L=16, N=4, K=8]: QK^T and PV, 2 * 2*2*4*16*16*8
+    assert att.category == "attention" and att.flops == 4 * 2 * 4 * 16 * 16 * 8
+    assert ks["cp"].category == "copies and transposes"
+
+
+def test_roofline_and_summary_by_hand():
+    ks = hlo_cost.kernels(HLO)
+    g = by_name(ks)["g"]
+    # max(114,688 B / 1e9 B/s, 4,194,304 FLOP / 1e12 FLOP/s) + 1e-6 s
+    assert g.seconds(gemm=1e12, bandwidth=1e9, launch=1e-6) == pytest.approx(
+        114_688 / 1e9 + 1e-6)
+    assert g.seconds(gemm=1e9, bandwidth=1e12, launch=0) == pytest.approx(4_194_304 / 1e9)
+    rows = hlo_cost.summary(ks, launch=0)
+    n, gb, tf, ms = rows["total"]
+    assert n == 1 + 1 + 1 + 5 + 1 + 1
+    moved = sum(k.count * (k.read + k.written) for k in ks)
+    assert gb == pytest.approx(moved / 1e9)
+    assert tf == pytest.approx((2 * 64 * 256 * 128 + 4 * 2 * 4 * 16 * 16 * 8) / 1e12)
+    assert ms == pytest.approx(sum(r[3] for c, r in rows.items() if c != "total"))
+    assert rows["embedding and head"][0] == 5
+
+
+def test_no_entry_is_an_error():
+    with pytest.raises(ValueError, match="no ENTRY"):
+        hlo_cost.kernels("HloModule empty\n")
+
+
+def test_gpu_aot_rehearses_on_the_local_cpu(tmp_path):
+    """The tool's plumbing on this machine (--target=local): it compiles the tiny config and a
+    variant, prints the table and writes one JSON row per compilation."""
+    out = tmp_path / "rows.jsonl"
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "gpu_aot.py"), "--target=local",
+         "--config=" + os.path.join(ROOT, "configs", "tiny.py"), "--config.batch_size=8",
+         "--config.data.max_length=32", "--variant=nodrop:model.dropout_rate=0",
+         f"--json_out={out}", "--top=3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["label"] for x in rows] == ["config", "nodrop"]
+    for x in rows:
+        assert x["summary"]["total"][0] > 0 and x["summary"]["total"][1] > 0
+    assert rows[1]["summary"]["total"][0] < rows[0]["summary"]["total"][0]  # no mask kernels
+    assert "estimated ms (GB moved)" in r.stdout and "nodrop: the 3 largest" in r.stdout
