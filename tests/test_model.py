@@ -240,6 +240,30 @@ def test_tied_logits_backward_equals_autodiff(mkl):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("native_nt", [False, True])
+@pytest.mark.parametrize("rows", [6, 40])
+def test_tied_logits_bf16_routes(rows, native_nt, monkeypatch):
+    """The bf16 head on XLA's products: with fewer rows than the width on a CPU where the
+    table would be copied transposed (AMX), it takes table @ h.T and copies the smaller result
+    instead; every route gives the float32 product rounded once, and the same gradients."""
+    monkeypatch.setattr(cpu_products, "bf16_transposed_b_native", lambda: native_nt)
+    rng = np.random.default_rng(2)
+    r = lambda *s: jnp.asarray(rng.normal(size=s), jnp.bfloat16)  # noqa: E731
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    h, table, bias, g = r(2, rows // 2, 32), r(48, 32), r(48), r(2, rows // 2, 48)
+    assert cpu_products._copies_table(h.reshape(-1, 32), False) == (rows < 32 and not native_nt)
+    y, vjp = jax.vjp(lambda h, t, b: cpu_products.tied_logits(h, t, b), h, table, bias)
+    dh, dt, db = vjp(g)
+    assert y.shape == (2, rows // 2, 48) and y.dtype == jnp.bfloat16
+    want = f32(f32(h) @ f32(table).T).astype(jnp.bfloat16)  # the product, rounded once
+    np.testing.assert_allclose(f32(y), f32(want) + f32(bias), rtol=2 ** -7, atol=2e-2)
+    g2, h2 = f32(g).reshape(rows, 48), f32(h).reshape(rows, 32)
+    np.testing.assert_allclose(f32(dh).reshape(rows, 32), g2 @ f32(table), rtol=2 ** -8,
+                               atol=1e-4)
+    np.testing.assert_allclose(f32(dt), g2.T @ h2, rtol=2 ** -8, atol=1e-4)
+    np.testing.assert_allclose(f32(db), g2.sum(0), rtol=2 ** -8, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype,mkl,rows,native_nt", [
     (jnp.bfloat16, False, 24, False), (jnp.bfloat16, False, 24, True),
     (jnp.float32, False, 24, None), (jnp.float32, True, 150, None),

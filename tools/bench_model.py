@@ -109,6 +109,8 @@ def main():
                    help="robertax with one parameter set per layer instead of stacked ones")
     p.add_argument("--cpu_matmul", choices=("xla", "mkl"), default="xla",
                    help="robertax's model.cpu_matmul: products through XLA:CPU or Intel MKL")
+    p.add_argument("--fold_attention_biases", action="store_true",
+                   help="robertax's model.fold_attention_biases (no key/value bias additions)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.gemms:
@@ -129,7 +131,8 @@ def main():
         config, params = convert.from_hf(d, dropout_rate=0.0, attention_dropout_rate=0.0)
     bf16 = a.dtype == "bfloat16"
     config = config.replace(scan_unroll=a.scan_unroll, dtype=jnp.dtype(a.dtype),
-                            cpu_matmul=a.cpu_matmul)
+                            cpu_matmul=a.cpu_matmul,
+                            fold_attention_biases=a.fold_attention_biases)
     module = (_PerLayerForMaskedLM if a.per_layer else M.RobertaForMaskedLM)(config)
     if a.per_layer:
         params = unstack_layers(params, config.num_layers)
@@ -199,7 +202,8 @@ def main():
     print(f"config: layers {a.layers}, hidden {a.hidden}, heads {a.heads}, vocab {a.vocab}, "
           f"batch {a.batch} x {a.length}, {a.dtype}, head {a.head}, {a.threads} CPU threads, "
           f"{a.reps} interleaved reps{', per-layer parameters' if a.per_layer else ''}, "
-          f"cpu_matmul {a.cpu_matmul}, settle {a.settle}; " + ", ".join(
+          f"cpu_matmul {a.cpu_matmul}, settle {a.settle}"
+          f"{', fold_attention_biases' if a.fold_attention_biases else ''}; " + ", ".join(
               f"{k}={os.environ.get(k, '')!r}"
               for k in ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_CONF")))
     print(f"robertax (jax {jax.__version__}):        median {mj * 1e3:8.1f} ms  "

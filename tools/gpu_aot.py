@@ -185,7 +185,9 @@ def main(argv):
             node[leaf] = val
         rows.append(measure(cfg, label, devices))
     for v in _XLA.value:
-        rows.append(xla_variant(v))
+        row = xla_variant(v)
+        if row is not None:
+            rows.append(row)
     print_table(rows)
     for r in rows:
         if _TOP.value:
@@ -214,7 +216,12 @@ def xla_variant(spec: str) -> dict:
                                                              "--json_out", "--top"))]
         env = {**os.environ, "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} {xla_flags}",
                "GPU_AOT_ROW": out, "GPU_AOT_LABEL": label}
-        subprocess.run([sys.executable, os.path.abspath(__file__), *args], env=env, check=True)
+        r = subprocess.run([sys.executable, os.path.abspath(__file__), *args], env=env,
+                           capture_output=True, text=True)
+        if r.returncode != 0:  # e.g. a flag this XLA rejects: say so, go on with the others
+            print(f"--xla_variant {label} ({xla_flags}) failed:\n{r.stderr[-1500:]}",
+                  file=sys.stderr, flush=True)
+            return None
         with open(out, "rb") as f:
             return pickle.load(f)
 
