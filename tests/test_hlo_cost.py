@@ -140,3 +140,25 @@ def test_gpu_aot_rehearses_on_the_local_cpu(tmp_path):
         assert x["summary"]["total"][0] > 0 and x["summary"]["total"][1] > 0
     assert rows[1]["summary"]["total"][0] < rows[0]["summary"]["total"][0]  # no mask kernels
     assert "estimated ms (GB moved)" in r.stdout and "nodrop: the 3 largest" in r.stdout
+
+
+
+def test_gpu_aot_h200_description():
+    """--target=h200 describes the H100's chip with the H200's memory: only the bandwidth,
+    memory size and name differ, and the roofline's HBM rate scales with the bandwidth."""
+    code = ("import json, re, gpu_aot as g; "
+            "f = lambda t: re.findall(r'(\\w+): (\"[^\"]*\"|\\S+)', t); "
+            "print(json.dumps([[x, y] for x, y in zip(f(g.H100), f(g.H200)) if x != y] + "
+            "[len(f(g.H100)) == len(f(g.H200)), g.RATES['h200']['bandwidth'], "
+            "g.hlo_cost.BANDWIDTH]))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=os.path.join(ROOT, "tools"),
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    *diff, same_len, h200_bw, h100_bw = json.loads(r.stdout.strip().splitlines()[-1])
+    assert same_len
+    assert diff == [[["memory_bandwidth", "3352320000000"], ["memory_bandwidth", "4800000000000"]],
+                    [["device_memory_size", "84929347584"], ["device_memory_size", "149250000000"]],
+                    [["device_description_str", '"NVIDIA H100 80GB HBM3"'],
+                     ["device_description_str", '"NVIDIA H200"']]]
+    assert h200_bw == pytest.approx(h100_bw * 4.8 / 3.35)

@@ -2,8 +2,9 @@
 
 XLA compiles for a GPU it does not have when given the GPU's description (a "deviceless" PJRT
 topology). This compiles the real train step (`robertax.train.build`, the same jit as training)
-for one H100, once per variant, and prints what each compilation's kernels read and write, the
-FLOPs of its products and attention, its memory plan, and a roofline time (tools/hlo_cost.py).
+for one H100 (`--target=h200`: an H200), once per variant, and prints what each compilation's
+kernels read and write, the FLOPs of its products and attention, its memory plan, and a
+roofline time (tools/hlo_cost.py).
 Use it to screen a fast path on the CPU before spending GPU minutes on it: a switch that does
 not cut the bytes moved will not make the step faster. The times are estimates; only
 tools/bench_train.py on a GPU measures.
@@ -51,9 +52,9 @@ _XLA = flags.DEFINE_multi_string(
 _TOP = flags.DEFINE_integer("top", 0, "Also list the N kernels with the largest estimates.")
 _HLO = flags.DEFINE_string("hlo_dir", None, "Write each variant's optimized HLO text here.")
 _JSON = flags.DEFINE_string("json_out", None, "Append one JSON line per variant here.")
-_TARGET = flags.DEFINE_enum("target", "h100", ["h100", "local"], "h100: compile for an H100 "
-                            "without one; local: for this machine's devices (a rehearsal of the "
-                            "tool itself: the model takes this backend's paths).")
+_TARGET = flags.DEFINE_enum("target", "h100", ["h100", "h200", "local"], "h100, h200: compile "
+                            "for that card without one; local: for this machine's devices (a "
+                            "rehearsal of the tool itself: the model takes this backend's paths).")
 
 # The H100 SXM 80GB as XLA describes it (its TargetConfig text format): the numbers nvidia-smi
 # and the CUDA device query give for the card.
@@ -73,14 +74,30 @@ runtime_version { major: 12 minor: 9 }
 device_description_str: "NVIDIA H100 80GB HBM3"
 """
 
+# The H200 (SXM, 141 GB HBM3e at 4.8 TB/s): the same GH100 chip, SM count and clocks as the
+# H100 SXM; only memory size and bandwidth differ (XLA's fusion cost model sees the faster
+# memory: the base step compiles to 1,144 kernels instead of 1,119). The size is the ~139 GiB
+# the device tool reports for the lent card.
+H200 = (H100.replace("memory_bandwidth: 3352320000000", "memory_bandwidth: 4800000000000")
+        .replace("device_memory_size: 84929347584", "device_memory_size: 149250000000")
+        .replace("NVIDIA H100 80GB HBM3", "NVIDIA H200"))
+
+# Roofline rates per target (tools/hlo_cost.py): products and attention run at the H100's
+# measured rates on both; the H200's HBM is taken at the same fraction of its 4.8 TB/s as the
+# H100's 3.0 of its 3.35.
+RATES = {"h100": {}, "local": {},
+         "h200": {"bandwidth": hlo_cost.BANDWIDTH * 4.8 / 3.35}}
+
 
 def target_devices():
-    """One compile-only H100, or (--target=local) this machine's devices."""
+    """One compile-only H100 (or H200), or (--target=local) this machine's devices."""
     if _TARGET.value == "local":
         return jax.devices()
     from jax.experimental import topologies
     try:
-        topo = topologies.get_topology_desc(platform="cuda", topology="1x1x1", target_config=H100)
+        topo = topologies.get_topology_desc(platform="cuda", topology="1x1x1",
+                                              target_config=H200 if _TARGET.value == "h200"
+                                              else H100)
     except (NotImplementedError, RuntimeError) as e:
         raise SystemExit(f"compiling for a GPU needs JAX's CUDA plugin (pip install "
                          f"'jax[cuda12]=={jax.__version__}', see this file's docstring): {e}")
@@ -139,7 +156,7 @@ def measure(config, label: str, devices) -> dict:
     ks = hlo_cost.kernels(text)
     mem = compiled.memory_analysis()
     return {"label": label, "batch": config.batch_size, "compile_s": compile_s, "kernels": ks,
-            "summary": hlo_cost.summary(ks),
+            "summary": hlo_cost.summary(ks, **RATES[_TARGET.value]),
             "temp_gb": mem.temp_size_in_bytes / 1e9 if mem else None,
             "args_gb": mem.argument_size_in_bytes / 1e9 if mem else None}
 
@@ -162,9 +179,12 @@ def print_table(rows: list) -> None:
     print(f"{'temp + args memory GB':<24}" + "".join(
         f"{(r['temp_gb'] or 0) + (r['args_gb'] or 0):>22.1f}" for r in rows))
     print(f"{'compile s (CPU)':<24}" + "".join(f"{r['compile_s']:>22.0f}" for r in rows))
+    rates = RATES[_TARGET.value]
     print("(xN: kernels per step. Roofline: GEMMs %.0f TFLOP/s, attention %.0f, HBM %.1f TB/s, "
-          "%.0f us a launch.)" % (hlo_cost.GEMM_FLOPS / 1e12, hlo_cost.ATTENTION_FLOPS / 1e12,
-                                   hlo_cost.BANDWIDTH / 1e12, hlo_cost.LAUNCH_S * 1e6))
+          "%.0f us a launch.)" % (rates.get("gemm", hlo_cost.GEMM_FLOPS) / 1e12,
+                                   rates.get("attention", hlo_cost.ATTENTION_FLOPS) / 1e12,
+                                   rates.get("bandwidth", hlo_cost.BANDWIDTH) / 1e12,
+                                   hlo_cost.LAUNCH_S * 1e6))
 
 
 def main(argv):
@@ -192,8 +212,9 @@ def main(argv):
     for r in rows:
         if _TOP.value:
             print(f"\n{r['label']}: the {_TOP.value} largest kernel estimates")
-            for k in sorted(r["kernels"], key=lambda k: -k.seconds())[:_TOP.value]:
-                print(f"  {1e3 * k.seconds():7.3f} ms  read {k.read / 1e6:8.1f} MB  write "
+            rates = RATES[_TARGET.value]
+            for k in sorted(r["kernels"], key=lambda k: -k.seconds(**rates))[:_TOP.value]:
+                print(f"  {1e3 * k.seconds(**rates):7.3f} ms  read {k.read / 1e6:8.1f} MB  write "
                       f"{k.written / 1e6:8.1f} MB  {k.flops / 1e12:6.3f} TFLOP  "
                       f"{k.category:<14} {k.op_name[-70:]}")
         if _JSON.value:
