@@ -3,7 +3,8 @@
 # numerics, then time RoBERTa-base and -large (robertax and transformers) and print one table.
 #   bash tools/gpu_check.sh [items...]   (no items: the default list below)
 # items: correct (tools/gpu_correctness.py); profile_base (base timing + a profile table; the
-#   trace and the compiled HLO land in $OUT); base large torch_base torch_large base_b256 large_b96;
+#   trace and the compiled HLO land in $OUT); base large torch_base torch_large base_b256 large_b96
+#   large_b128 (H200: 61.5 GB estimated);
 #   switches: base_scan large_scan (model.scan_unroll=1, the layer loop not unrolled)
 #   base_fused (model.fused_qkv) base_tanh (model.gelu_approximate) base_lnvjp large_lnvjp
 #   (model.layer_norm_vjp) base_fold large_fold (model.fold_attention_biases) base_nodrop
@@ -78,6 +79,7 @@ for it in $items; do case $it in
   torch_large)  run 240 $B $LARGE --label=large --skip_jax --compare_torch --config.model.attention_dropout_rate=0 ;;
   base_b256)    run 150 $B $BASE --label=base-b256 $FAST --config.batch_size=256 ;;
   large_b96)    run 180 $B $LARGE --label=large-b96 $FAST --config.batch_size=96 ;;  # 44 GB at 64
+  large_b128)   run 200 $B $LARGE --label=large-b128 $FAST --config.batch_size=128 ;;  # H200 only
   base_threefry) run 120 $B $BASE --label=base-threefry --config.model.attention_dropout_rate=0 ;;
   base_scan)    run 120 $B $BASE --label=base-scanned $FAST --config.model.scan_unroll=1 ;;
   large_scan)   run 150 $B $LARGE --label=large-scanned $FAST --config.model.scan_unroll=1 ;;
