@@ -247,11 +247,11 @@ def gemms(a):
           f"median of {a.reps}; {a.threads} threads")
     print(f"{'':6} {'M x K x N':>18} {'form':>4} | {'XLA f32':>8} {'MKL f32':>8} "
           f"{'torch f32':>9} | {'XLA bf16':>8} {'MKL bf16':>8} {'torch bf16':>10}")
-    for name, M, K, N in shapes:
+    for name, rows, K, N in shapes:  # rows: M of the [M, K] x [K, N] product
         for form in ("NN", "NT", "TN"):
             # operands as the form stores them: NT multiplies by a [N, K] matrix transposed,
             # TN by a [K, M] one (both as in the backward)
-            xa = rng.normal(size=(M, K) if form != "TN" else (K, M)).astype(np.float32)
+            xa = rng.normal(size=(rows, K) if form != "TN" else (K, rows)).astype(np.float32)
             xb = rng.normal(size=(K, N) if form != "NT" else (N, K)).astype(np.float32)
             fa = (lambda x: x.T) if form == "TN" else (lambda x: x)
             fb = (lambda x: x.T) if form == "NT" else (lambda x: x)
@@ -265,8 +265,8 @@ def gemms(a):
                 tm = (_median_time(lambda: g(ja, jb).block_until_ready(), a.reps) if mkl
                       else float("nan"))
                 tt = _median_time(lambda: torch.matmul(fa(ta), fb(tb)), a.reps)
-                row += [2 * M * K * N / t / 1e9 for t in (tj, tm, tt)]
-            print(f"{name:6} {f'{M} x {K} x {N}':>18} {form:>4} | {row[0]:8.0f} {row[1]:8.0f} "
+                row += [2 * rows * K * N / t / 1e9 for t in (tj, tm, tt)]
+            print(f"{name:6} {f'{rows} x {K} x {N}':>18} {form:>4} | {row[0]:8.0f} {row[1]:8.0f} "
                   f"{row[2]:9.0f} | {row[3]:8.0f} {row[4]:8.0f} {row[5]:10.0f}")
 
 
