@@ -88,7 +88,9 @@ def bf16_transposed_b_native() -> bool:
     --gemms`): on a 2-core Intel Xeon with AMX such products fell back to about 200 GFLOP/s
     against 1,000+ for the plain form, so the operand is copied transposed first; on a 2-core
     AMD EPYC (Zen 4, AVX-512 BF16) they ran at the plain form's 390-420 GFLOP/s, faster than
-    copying first."""
+    copying first. On a Zen 5 EPYC they ran at 345-480 against 800-920 for the plain form, yet
+    copying first made the base model's bf16 step slower (0.95-0.97 of PyTorch's time against
+    0.91-0.93), so the copy stays for AMX only."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "")
