@@ -65,7 +65,7 @@ from robertax.tasks import glue, runner  # noqa: E402
 from robertax.tasks import starting_point as start  # noqa: E402
 
 from robertax.train import (  # noqa: E402  (shared)
-    IN_FLIGHT, PRECISIONS, cli_config, input_checks, make_dropout_rng, run_cli)
+    PRECISIONS, cli_config, input_checks, make_dropout_rng, run_cli)
 INPUT_KEYS = ("input_ids", "attention_mask")
 
 
@@ -392,8 +392,7 @@ def finetune(config, workdir: str) -> dict:
             state, metrics = step_fn(state, _to_global(p.mesh, batch), dropout_rng)
             step += 1
             pending.append(metrics)
-            if len(pending) > IN_FLIGHT:  # see robertax.train.IN_FLIGHT
-                jax.block_until_ready(pending[-IN_FLIGHT - 1])
+            sharding.wait_behind(pending)
             tput.add(int(batch["attention_mask"].sum()), int(batch["weight"].sum()))
             bar.update(1)
             if step % config.log_every == 0 or step == total:

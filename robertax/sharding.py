@@ -230,3 +230,18 @@ def from_all_processes(counts) -> np.ndarray:
     high, low = np.divmod(counts, 1 << 30)
     both = np.asarray(multihost_utils.process_allgather(np.stack([high, low]).astype(np.int32)))
     return both[:, 0].astype(np.int64) * (1 << 30) + both[:, 1]
+
+
+# At most this many steps (or evaluation batches) are dispatched ahead of the devices. XLA's CPU
+# client (jax 0.10.2) deadlocks a multi-process run when more than 32 computations per device
+# are queued: a queued collective's launch waits on that limit while holding one of the client's
+# few threads (2 on a 2-core machine), and the other processes wait in gloo for it. Found with
+# gdb in tests/test_multihost.py's evaluation hang (2026-12-06). Costs a GPU nothing.
+IN_FLIGHT = 8
+
+
+def wait_behind(outputs: list) -> None:
+    """Call after appending each step's outputs: blocks until those dispatched IN_FLIGHT steps
+    before the newest are ready, so that no more than IN_FLIGHT steps are queued."""
+    if len(outputs) > IN_FLIGHT:
+        jax.block_until_ready(outputs[-IN_FLIGHT - 1])

@@ -132,6 +132,9 @@ def check_corpus(config, shard_dir: str) -> dict:
     return manifest
 
 
+_add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))  # one computation for all the sums
+
+
 def evaluate(config, eval_fn, params, mesh, shard_dir) -> dict | None:
     """Held-out MLM loss over up to `eval_batches` batches of `batch_size` rows of the valid
     split, run `microbatches` pieces at a time (so the held-out rows do not depend on it)."""
@@ -150,8 +153,8 @@ def evaluate(config, eval_fn, params, mesh, shard_dir) -> dict | None:
     totals = None
     for i, batch in enumerate(pipeline.iterate(ds[:batches])):
         sums = eval_fn(params, sharding.host_batch_to_global(mesh, step_lib.device_batch(batch)))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        if i % IN_FLIGHT == IN_FLIGHT - 1:  # see IN_FLIGHT
+        totals = sums if totals is None else _add(totals, sums)
+        if i % sharding.IN_FLIGHT == sharding.IN_FLIGHT - 1:  # 2 computations a batch
             jax.block_until_ready(totals)
     if totals is None:
         return None
@@ -163,15 +166,6 @@ def evaluate(config, eval_fn, params, mesh, shard_dir) -> dict | None:
     if "nsp_nll" in totals:
         row["eval_nsp_accuracy"] = float(totals["nsp_correct"] / totals["nsp_count"])
     return row
-
-
-# At most this many steps (or evaluation batches) are dispatched ahead of the device. XLA's CPU
-# client (jax 0.10.2) deadlocks in multi-process runs when more than 32 computations per device
-# are queued: a queued collective's launch blocks on that limit while holding one of its few
-# threads (2 on a 2-core machine), and the peers wait in gloo for it. Found with gdb in
-# tests/test_multihost.py's evaluation hang (2026-12-06); 8 leaves room for the 4 computations
-# an evaluation batch makes, and costs a GPU nothing.
-IN_FLIGHT = 8
 
 
 # Settings a run may change when it resumes: how it runs and reports, not what it computes
@@ -336,8 +330,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> dict:
         state, metrics = p_train(state, gbatch, dropout_rng)
         step += 1
         pending.append(metrics)
-        if len(pending) > IN_FLIGHT:  # see IN_FLIGHT
-            jax.block_until_ready(pending[-IN_FLIGHT - 1])
+        sharding.wait_behind(pending)
         bar.update(1)
         stop = preempt.reached(step) or step == stop_at
         if step % config.log_every == 0 or step == total or stop:  # stop: the partial window

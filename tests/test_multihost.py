@@ -170,7 +170,7 @@ def test_launch_from_environment():
     not os.environ.get("ROBERTAX_TEST_PREEMPT"),
     reason="hung in evaluation now and then (2 of 14 runs on 2026-12-06): XLA's CPU client "
            "deadlocks with more than 32 computations queued per device (gdb; see "
-           "robertax.train.IN_FLIGHT, which now bounds them); 12 preempt-and-resume rounds "
+           "robertax.sharding.IN_FLIGHT, which now bounds them); 12 preempt-and-resume rounds "
            "passed since, too few to re-enable it. ROBERTAX_TEST_PREEMPT=1 runs it; a hang "
            "fails with each process's Python stacks")
 def test_two_hosts_preempted_resume_as_one_process(tmp_path):
