@@ -155,6 +155,25 @@ def test_gathered_head_equals_full_head():
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gather_positions_is_an_exact_gather(dtype):
+    """The one-hot product picks rows exactly, and its backward adds the picked rows'
+    gradients into place (twice where a position repeats), as take_along_axis's scatter does."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 11, 16)) * 1e3, dtype)  # large values: no rounding room
+    pos = jnp.array([[1, 4, 10], [2, 3, 3], [0, 0, 0]])
+    g = jnp.asarray(rng.normal(size=(3, 3, 16)), dtype)
+    out, vjp = jax.vjp(lambda a: M.gather_positions(a, pos), x)
+    # the reference in float32, rounded once: a repeated position's gradients are summed
+    ref, ref_vjp = jax.vjp(lambda a: jnp.take_along_axis(a, pos[..., None], 1),
+                           x.astype(jnp.float32))
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(ref))
+    np.testing.assert_array_equal(
+        np.asarray(vjp(g)[0], np.float32),
+        np.asarray(ref_vjp(g.astype(jnp.float32))[0].astype(dtype), np.float32))
+
+
 def test_packed_segments_equal_separate_inputs():
     """Two inputs packed in one row (segment ids, restarting positions) = each alone."""
     config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
