@@ -74,6 +74,11 @@ class RobertaConfig:
     # is exactly zero). A speed knob for GPUs (2 of the 3 bias additions per layer gone, and
     # their gradients' reductions), not yet measured there (tools/gpu_check.sh base_fold).
     fold_attention_biases: bool = False
+    # The MLM head's positions picked by a product with one-hot rows (exact); False: by
+    # take_along_axis, whose backward scatter left XLA:GPU a zero buffer that every dropout then
+    # read (estimated -1.6% step time, tools/gpu_aot.py 2026-12-06; tools/gpu_check.sh
+    # base_take measures the old form).
+    gather_onehot: bool = True
     # Matrix products on the CPU: "xla" (XLA:CPU's) or "mkl" (Intel MKL through a custom call,
     # float32 or bfloat16; needs `pip install mkl` and a C++ compiler: robertax/mkl_gemm.py).
     # Other backends ignore it.
@@ -557,15 +562,18 @@ class ClassificationHead(nn.Module):
         return _dense(c, self.num_labels, ("embed", None), "out")(drop(h))
 
 
-def gather_positions(x: Array, positions: Array) -> Array:
-    """x [B, L, D], positions [B, P] -> [B, P, D], as a product with one-hot rows (exact: one
-    term each). take_along_axis's backward scatters into a zero [B, L, D] buffer, and XLA:GPU
-    shared that buffer with every dropout's select, which then read it (a 100 MB read in 50
+def gather_positions(x: Array, positions: Array, onehot: bool = True) -> Array:
+    """x [B, L, D], positions [B, P] -> [B, P, D]. onehot: as a product with one-hot rows
+    (exact: one term each; the backward adds a repeated position's gradients in float32).
+    take_along_axis's backward scatters into a zero [B, L, D] buffer, and XLA:GPU shared that
+    buffer with every dropout's select, which then read it (100 MB more read in each of 50
     kernels of the base step at batch 128): the one-hot form cut the step's estimate
     (tools/gpu_aot.py) from 101.0 to 99.3 ms (base) and 154.1 to 151.9 ms (large)."""
-    onehot = (positions[..., None] == jnp.arange(x.shape[1])).astype(x.dtype)  # [B, P, L]
+    if not onehot:
+        return jnp.take_along_axis(x, positions[..., None], axis=1)
+    rows = (positions[..., None] == jnp.arange(x.shape[1])).astype(x.dtype)  # [B, P, L]
     exact = lax.Precision.HIGHEST if x.dtype == jnp.float32 else None  # no TF32 rounding
-    return jnp.einsum("BPL,BLD->BPD", onehot, x, precision=exact)
+    return jnp.einsum("BPL,BLD->BPD", rows, x, precision=exact)
 
 
 @dataclasses.dataclass
@@ -594,14 +602,16 @@ class RobertaForPretraining(nn.Module):
         c = self.config
         encoder = Encoder(c, deterministic, name="encoder")
         x = encoder(input_ids, attention_mask, position_ids, segment_ids, kv_lengths)
-        h = x if masked_positions is None else gather_positions(x, masked_positions)
+        h = x if masked_positions is None else gather_positions(x, masked_positions,
+                                                                 c.gather_onehot)
         logits = MaskedLMHead(c, name="mlm_head")(h, encoder)
         if c.padded_vocab_size != c.vocab_size:
             real = jnp.arange(c.padded_vocab_size) < c.vocab_size
             logits = jnp.where(real, logits, jnp.finfo(logits.dtype).min)
         nsp_logits = None
         if self.nsp:  # BERT's NSP classifier, on each input's <s> vector
-            starts = x[:, :1] if nsp_positions is None else gather_positions(x, nsp_positions)
+            starts = x[:, :1] if nsp_positions is None else gather_positions(
+                x, nsp_positions, c.gather_onehot)
             nsp_logits = ClassificationHead(c, 2, deterministic, name="nsp_head")(starts)
         return PretrainingOutput(logits, nsp_logits)
 
@@ -617,7 +627,8 @@ class RobertaForMaskedLM(nn.Module):
         c = self.config
         encoder = Encoder(c, deterministic, name="encoder")
         x = encoder(input_ids, attention_mask, position_ids, segment_ids)
-        h = x if masked_positions is None else gather_positions(x, masked_positions)
+        h = x if masked_positions is None else gather_positions(x, masked_positions,
+                                                                 c.gather_onehot)
         return MaskedLMHead(c, name="mlm_head")(h, encoder)[..., :c.vocab_size]
 
 

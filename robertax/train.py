@@ -174,7 +174,7 @@ RESUME_MAY_CHANGE = (
     "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
     "microbatches", "mesh.", "data.num_workers", "data.shard_dir", "model.attention",
     "model.remat", "model.scan_unroll", "model.layer_norm_vjp", "model.attention_vjp",
-    "model.fold_attention_biases", "model.cpu_matmul")
+    "model.fold_attention_biases", "model.gather_onehot", "model.cpu_matmul")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

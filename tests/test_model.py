@@ -141,9 +141,10 @@ def test_classification_parity(num_labels, tmp_path):
     assert float(np.abs(again - want).max()) < 1e-5
 
 
-def test_gathered_head_equals_full_head():
+@pytest.mark.parametrize("onehot", [True, False])
+def test_gathered_head_equals_full_head(onehot):
     config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
-                                  intermediate_size=64, pad_vocab_to=128)
+                                  intermediate_size=64, pad_vocab_to=128, gather_onehot=onehot)
     module = M.RobertaForPretraining(config)
     params = M.init_params(module, jax.random.key(0))
     ids = jnp.asarray(padded_batch(300, seed=1)[0])

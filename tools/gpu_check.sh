@@ -7,8 +7,8 @@
 #   large_b128 (H200: 61.5 GB estimated);
 #   switches: base_scan large_scan (model.scan_unroll=1, the layer loop not unrolled)
 #   base_fused (model.fused_qkv) base_tanh (model.gelu_approximate) base_lnvjp large_lnvjp
-#   (model.layer_norm_vjp) base_fold large_fold (model.fold_attention_biases) base_nodrop
-#   base_threefry;
+#   (model.layer_norm_vjp) base_fold large_fold (model.fold_attention_biases) base_take
+#   (model.gather_onehot=false) base_nodrop base_threefry;
 #   XLA flags: base_notriton base_cublaslt base_tanh_cublaslt base_cudnn_ln base_triton_any
 #   base_heroless (each named below); the paper's attention dropout
 #   (XLA attention): base_xla large_xla, and through model.attention_vjp: base_xla_vjp
@@ -47,7 +47,7 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-items=${*:-profile_base large torch_base base_fold correct large_fold base_xla base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
+items=${*:-profile_base large torch_base base_fold correct large_fold base_xla base_take base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
 J="$OUT/bench.jsonl"
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-540}))  # items that would start past it are skipped
 B="python3 tools/bench_train.py --json_out=$J --steps=10 --warmup=2"
@@ -89,6 +89,8 @@ for it in $items; do case $it in
   base_lnvjp)   run 120 $B $BASE --label=base-ln-vjp $FAST --config.model.layer_norm_vjp=true ;;
   base_fold)    run 120 $B $BASE --label=base-fold-biases $FAST --config.model.fold_attention_biases=true ;;
   large_fold)   run 180 $B $LARGE --label=large-fold-biases $FAST --config.model.fold_attention_biases=true ;;
+  # the MLM head's gather before 2026-12-06 (take_along_axis; estimated +1.7% step time)
+  base_take)    run 120 $B $BASE --label=base-take-gather $FAST --config.model.gather_onehot=false ;;
   large_lnvjp)  run 180 $B $LARGE --label=large-ln-vjp $FAST --config.model.layer_norm_vjp=true ;;
   base_notriton) XLA_FLAGS="--xla_gpu_enable_triton_gemm=false" run 120 $B $BASE --label=base-notriton $FAST ;;
   base_cublaslt) XLA_FLAGS="--xla_gpu_enable_cublaslt=true" run 120 $B $BASE --label=base-cublaslt $FAST ;;
