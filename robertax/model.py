@@ -74,10 +74,8 @@ class RobertaConfig:
     # is exactly zero). A speed knob for GPUs (2 of the 3 bias additions per layer gone, and
     # their gradients' reductions), not yet measured there (tools/gpu_check.sh base_fold).
     fold_attention_biases: bool = False
-    # The MLM head's positions picked by a product with one-hot rows (exact); False: by
-    # take_along_axis, whose backward scatter left XLA:GPU a zero buffer that every dropout then
-    # read (estimated -1.6% step time, tools/gpu_aot.py 2026-12-06; tools/gpu_check.sh
-    # base_take measures the old form).
+    # The MLM head's positions picked by a product with one-hot rows (see gather_positions);
+    # False: by take_along_axis, the form before 2026-12-06 (tools/gpu_check.sh base_take).
     gather_onehot: bool = True
     # Matrix products on the CPU: "xla" (XLA:CPU's) or "mkl" (Intel MKL through a custom call,
     # float32 or bfloat16; needs `pip install mkl` and a C++ compiler: robertax/mkl_gemm.py).
