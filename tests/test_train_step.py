@@ -96,6 +96,30 @@ def test_sharded_equals_single_device(data, fsdp, tensor):
         ref_state.params["encoder"]["embed"]["tokens"]["embedding"]), atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["threefry", "hash"])
+def test_dropout_masks_do_not_depend_on_the_mesh(impl):
+    """Counter-based generators hash each element's index, so every device draws its own part of
+    the same masks: with dropout on, a 2 x 2 x 2 mesh trains as one device does."""
+    def dropout_run(mesh_shape):
+        cfg = small_config(dropout_rng=impl)
+        cfg.model.dropout_rate = 0.1
+        cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = mesh_shape
+        mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:int(np.prod(mesh_shape))])
+        state, p_step = setup(cfg, mesh)
+        rng, losses = train.make_dropout_rng(cfg), []
+        for i in range(2):
+            state, m = p_step(state, sharding.host_batch_to_global(mesh, synthetic_batch(i)), rng)
+            losses.append(float(m["loss"]))
+        return losses
+
+    ref, got = dropout_run((1, 1, 1)), dropout_run((2, 2, 2))
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    cfg = small_config(dropout_rng=impl)
+    without = run(cfg, one_device_mesh(), steps=2)[1]
+    # the masks did change the computation, by far more than the mesh's round-off
+    assert np.max(np.abs(np.subtract(ref, without))) > 1e-4, (ref, without)
+
+
 def test_float16_overflow_skips_step_and_lowers_scale():
     config = small_config(precision="float16")
     mesh = one_device_mesh()

@@ -12,12 +12,17 @@ torch.compile on GPU) on the same device and batch.
     # one GPU: RoBERTa-base, bf16, cuDNN flash attention (no attention dropout)
     python tools/bench_train.py --config=configs/base.py --config.batch_size=128 \
         --config.microbatches=1 --config.model.attention_dropout_rate=0 --compare_torch
+    # the dropout generators against each other, alternating in one process
+    python tools/bench_train.py --config=configs/base.py --config.batch_size=8 \
+        --config.data.max_length=128 --config.precision=bfloat16 --steps=9 \
+        --alternate_dropout_rngs=hash,rbg
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -42,6 +47,9 @@ _LABEL = flags.DEFINE_string("label", "", "A name for this configuration in the 
 _PROFILE = flags.DEFINE_string("profile_dir", None, "Trace --profile_steps robertax steps here "
                                "(jax.profiler) and print the ops' time table.")
 _PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 3, "Steps traced with --profile_dir.")
+_ALT_RNG = flags.DEFINE_list("alternate_dropout_rngs", [], "After the timing, also time these "
+                              "dropout generators (config.dropout_rng values) against the "
+                              "config's own, alternating in this process for --steps rounds.")
 _HLO = flags.DEFINE_string("hlo_out", None, "Write the compiled step's HLO text here (to map a "
                            "profile's fusion names to the model's ops).")
 
@@ -95,12 +103,45 @@ def time_jax(config):
     jax.block_until_ready(state)
     dt = (time.perf_counter() - t0) / _STEPS.value
     loss = float(m["loss"])
+    if _ALT_RNG.value:
+        state = alternate_dropout_rngs(p_step, state, batch, config)
     if _PROFILE.value:
         profile(lambda s: p_step(s, batch, drng), state)
     impl = attention_implementation(mc, mc.attention_dropout_rate > 0)
     return {"framework": "robertax", "step_s": dt, "compile_s": compile_s, "loss": loss,
             "attention": impl, "head_positions": P, "masked": n_masked,
             "peak_mem_gb": peak_memory_gb()}
+
+
+def alternate_dropout_rngs(p_step, state, batch, config):
+    """Step times of the same step under several dropout generators, measured in rounds: each
+    round runs, per generator, one untimed step and one timed step, so that drift in the
+    machine's speed reaches all of them. Prints each one's median and its median ratio to the
+    config's generator."""
+    names = [config.get("dropout_rng", "threefry")] + [n for n in _ALT_RNG.value]
+    keys = {}
+    for name in names:
+        with config.unlocked():
+            config.dropout_rng = name
+            keys[name] = train.make_dropout_rng(config)
+    config.dropout_rng = names[0]
+    for k in keys.values():  # compile for each key type
+        state, m = p_step(state, batch, k)
+    jax.block_until_ready(m)
+    times = {n: [] for n in keys}
+    for _ in range(_STEPS.value):
+        for n, k in keys.items():
+            state, m = p_step(state, batch, k)
+            jax.block_until_ready(m)
+            t0 = time.perf_counter()
+            state, m = p_step(state, batch, k)
+            jax.block_until_ready(m)
+            times[n].append(time.perf_counter() - t0)
+    for n, ts in times.items():
+        ratio = statistics.median(a / b for a, b in zip(ts, times[names[0]]))
+        print(f"dropout_rng={n:<10} median {statistics.median(ts):.4f} s a step, "
+              f"median ratio to {names[0]} {ratio:.3f} ({len(ts)} rounds)", flush=True)
+    return state
 
 
 def profile(step, state):

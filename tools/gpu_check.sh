@@ -8,7 +8,9 @@
 #   switches: base_scan large_scan (model.scan_unroll=1, the layer loop not unrolled)
 #   base_fused (model.fused_qkv) base_tanh (model.gelu_approximate) base_lnvjp large_lnvjp
 #   (model.layer_norm_vjp) base_fold large_fold (model.fold_attention_biases) base_take
-#   (model.gather_onehot=false) base_nodrop base_threefry;
+#   (model.gather_onehot=false) base_hash large_hash (dropout_rng=hash) base_fold_hash
+#   large_fold_hash (both switches)
+#   base_nodrop base_threefry;
 #   XLA flags: base_notriton base_cublaslt base_tanh_cublaslt base_cudnn_ln base_triton_any
 #   base_heroless (each named below); the paper's attention dropout
 #   (XLA attention): base_xla large_xla, and through model.attention_vjp: base_xla_vjp
@@ -20,10 +22,11 @@
 # torch_base ~65 s, torch_large ~130 s (torch.compile). The default list is in priority order
 # (about 330 s before `correct`, which then gets the ~210 s left): the base and large timings
 # the issue lacks, with base's PyTorch baseline in the same run, the unrolled step's profile,
-# the untested switch that the CPU-side screen (tools/gpu_aot.py, 2026-11-28) expects to help
-# most (fold_attention_biases, an estimated -2.5% step time), then the correctness checks; the
-# attention-dropout row and the switches the screen expects to slow the step (layer_norm_vjp
-# +3.8%, attention_vjp +15%: measure them to confirm) in a second call if time is left.
+# the two untested switches that the CPU-side screen (tools/gpu_aot.py) expects to help most,
+# together (fold_attention_biases, an estimated -2.5% step time; dropout_rng=hash, -4.6%;
+# both -7.2%), then the correctness checks, then each switch alone; the attention-dropout row
+# and the switches the screen expects to slow the step (layer_norm_vjp +3.8%, attention_vjp
+# +15%: measure them to confirm) in a second call if time is left.
 # Wheels (grain, array_record, ml_collections, tensorboardX, portpicker) are expected in .whl/
 # (`bash tools/gpu_wheels.sh` fetches them; carry [".whl"]).
 # GPU_CHECK_TINY=1: a rehearsal on the CPU before spending device time. Every item runs with a
@@ -47,7 +50,7 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-items=${*:-profile_base large torch_base base_fold correct large_fold base_xla base_take base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
+items=${*:-profile_base large torch_base base_fold_hash correct base_fold base_hash large_fold_hash large_fold base_xla base_take base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
 J="$OUT/bench.jsonl"
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-540}))  # items that would start past it are skipped
 B="python3 tools/bench_train.py --json_out=$J --steps=10 --warmup=2"
@@ -89,6 +92,12 @@ for it in $items; do case $it in
   base_lnvjp)   run 120 $B $BASE --label=base-ln-vjp $FAST --config.model.layer_norm_vjp=true ;;
   base_fold)    run 120 $B $BASE --label=base-fold-biases $FAST --config.model.fold_attention_biases=true ;;
   large_fold)   run 180 $B $LARGE --label=large-fold-biases $FAST --config.model.fold_attention_biases=true ;;
+  # dropout masks from robertax.hash_rng (estimated -4.6% step time: no mask kernels, 22
+  # integer operations an element that the estimate cannot see; threefry's 122 measured slow)
+  base_hash)    run 120 $B $BASE --label=base-hash-dropout $FAST --config.dropout_rng=hash ;;
+  large_hash)   run 180 $B $LARGE --label=large-hash-dropout $FAST --config.dropout_rng=hash ;;
+  base_fold_hash) run 120 $B $BASE --label=base-fold-hash $FAST --config.dropout_rng=hash --config.model.fold_attention_biases=true ;;
+  large_fold_hash) run 180 $B $LARGE --label=large-fold-hash $FAST --config.dropout_rng=hash --config.model.fold_attention_biases=true ;;
   # the MLM head's gather before 2026-12-06 (take_along_axis; estimated +1.7% step time)
   base_take)    run 120 $B $BASE --label=base-take-gather $FAST --config.model.gather_onehot=false ;;
   large_lnvjp)  run 180 $B $LARGE --label=large-ln-vjp $FAST --config.model.layer_norm_vjp=true ;;
