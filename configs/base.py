@@ -86,7 +86,7 @@ def get_config():
 
     # --- loop ---
     c.seed = 0
-    c.dropout_rng = "threefry"    # "threefry" | "rbg" | "hash": rbg, hash draw masks far faster on GPU
+    c.dropout_rng = "threefry"    # "threefry" | "rbg" (far faster on GPU) | "hash" (robertax.hash_rng)
     c.log_every = 100
     c.eval_every = 2000
     c.eval_batches = 50           # held-out batches of batch_size rows (microbatches at a time)

@@ -46,7 +46,7 @@ def get_config():
     c.dropout = 0.1                 # Table 10
     c.attention_dropout = 0.1       # Table 10
     c.microbatches = 1              # gradient accumulation inside the step
-    c.dropout_rng = "rbg"           # "rbg" (quicker to compile and run) | "threefry" | "unsafe_rbg"
+    c.dropout_rng = "rbg"           # "rbg" (quicker to compile and run) | "threefry" | "unsafe_rbg" | "hash"
     c.precision = "auto"            # auto: bfloat16 on GPU/TPU, float32 on CPU | float32 | ...
 
     # --- inputs ---
