@@ -117,6 +117,47 @@ def test_roofline_and_summary_by_hand():
     assert rows["embedding and head"][0] == 5
 
 
+HASH_HLO = """HloModule jit_h, is_scheduled=true
+
+%fused_hash (p.3: u32[], p.4: f32[4,256]) -> f32[4,256] {
+  %p.3 = u32[] parameter(0)
+  %p.4 = f32[4,256]{1,0} parameter(1)
+  %io = u32[4,256]{1,0} iota(), iota_dimension=1
+  %kb = u32[4,256]{1,0} broadcast(%p.3), dimensions={}
+  %x1 = u32[4,256]{1,0} xor(%io, %kb)
+  %c16 = u32[] constant(16)
+  %b16 = u32[4,256]{1,0} broadcast(%c16), dimensions={}
+  %x2 = u32[4,256]{1,0} shift-right-logical(%x1, %b16)
+  %x3 = u32[4,256]{1,0} multiply(%x2, %x1)
+  %t = u32[] constant(100)
+  %tb = u32[4,256]{1,0} broadcast(%t), dimensions={}
+  %m = pred[4,256]{1,0} compare(%x3, %tb), direction=LT
+  %z = f32[] constant(0)
+  %zb = f32[4,256]{1,0} broadcast(%z), dimensions={}
+  %h = f32[4,256]{1,0} multiply(%p.4, %p.4)
+  ROOT %o = f32[4,256]{1,0} select(%m, %h, %zb)
+}
+
+ENTRY %main.2 (k: u32[], x: f32[4,256]) -> f32[4,256] {
+  %k = u32[] parameter(0)
+  %x = f32[4,256]{1,0} parameter(1)
+  ROOT %f = f32[4,256]{1,0} fusion(%k, %x), kind=kLoop, calls=%fused_hash, metadata={op_name="jit(h)/layers/dropout/select_n"}
+}
+"""
+
+
+def test_integer_work_by_hand():
+    """A dropout-like kernel: xor, shift and multiply on uint32 and the compare of a uint32
+    count one operation an element (4 x 1,024); the iota, broadcasts, the float multiply and
+    the select do not. The roofline takes the integer time when it outlasts the bytes."""
+    (k,) = hlo_cost.kernels(HASH_HLO)
+    assert k.int_ops == 4 * 1024 and k.category == "dropout masks"
+    assert (k.read, k.written) == (4 + 4 * 1024, 4 * 1024)
+    assert k.seconds(bandwidth=1e12, launch=0, int_rate=1e9) == pytest.approx(4096 / 1e9)
+    assert k.seconds(bandwidth=1e12, launch=0, int_rate=0) == pytest.approx(8196 / 1e12)
+    assert k.seconds(bandwidth=1e9, launch=0, int_rate=1e12) == pytest.approx(8196 / 1e9)
+
+
 def test_no_entry_is_an_error():
     with pytest.raises(ValueError, match="no ENTRY"):
         hlo_cost.kernels("HloModule empty\n")

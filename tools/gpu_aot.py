@@ -49,6 +49,9 @@ _VARIANTS = flags.DEFINE_multi_string(
 _XLA = flags.DEFINE_multi_string(
     "xla_variant", [], "LABEL:--flag=value[ --flag=value]: also compile the base config with "
     "these XLA flags (each variant compiles in a fresh process).")
+_INT_RATE = flags.DEFINE_float("int_rate", hlo_cost.INT_OPS / 1e12, "Integer operations per "
+                                "second (T) in elementwise kernels; 0 leaves them out (the "
+                                "estimates before 2026-12-07).")
 _TOP = flags.DEFINE_integer("top", 0, "Also list the N kernels with the largest estimates.")
 _HLO = flags.DEFINE_string("hlo_dir", None, "Write each variant's optimized HLO text here.")
 _JSON = flags.DEFINE_string("json_out", None, "Append one JSON line per variant here.")
@@ -87,6 +90,10 @@ H200 = (H100.replace("memory_bandwidth: 3352320000000", "memory_bandwidth: 48000
 # H100's 3.0 of its 3.35.
 RATES = {"h100": {}, "local": {},
          "h200": {"bandwidth": hlo_cost.BANDWIDTH * 4.8 / 3.35}}
+
+
+def rates() -> dict:
+    return {**RATES[_TARGET.value], "int_rate": _INT_RATE.value * 1e12}
 
 
 def target_devices():
@@ -156,7 +163,8 @@ def measure(config, label: str, devices) -> dict:
     ks = hlo_cost.kernels(text)
     mem = compiled.memory_analysis()
     return {"label": label, "batch": config.batch_size, "compile_s": compile_s, "kernels": ks,
-            "summary": hlo_cost.summary(ks, **RATES[_TARGET.value]),
+            "summary": hlo_cost.summary(ks, **rates()),
+            "int_gops": sum(k.count * k.int_ops for k in ks) / 1e9,
             "temp_gb": mem.temp_size_in_bytes / 1e9 if mem else None,
             "args_gb": mem.argument_size_in_bytes / 1e9 if mem else None}
 
@@ -178,13 +186,15 @@ def print_table(rows: list) -> None:
         f"{r['summary']['total'][2]:>22.2f}" for r in rows))
     print(f"{'temp + args memory GB':<24}" + "".join(
         f"{(r['temp_gb'] or 0) + (r['args_gb'] or 0):>22.1f}" for r in rows))
+    print(f"{'integer G-ops':<24}" + "".join(f"{r.get('int_gops', 0):>22.1f}" for r in rows))
     print(f"{'compile s (CPU)':<24}" + "".join(f"{r['compile_s']:>22.0f}" for r in rows))
-    rates = RATES[_TARGET.value]
+    rt = rates()
     print("(xN: kernels per step. Roofline: GEMMs %.0f TFLOP/s, attention %.0f, HBM %.1f TB/s, "
-          "%.0f us a launch.)" % (rates.get("gemm", hlo_cost.GEMM_FLOPS) / 1e12,
-                                   rates.get("attention", hlo_cost.ATTENTION_FLOPS) / 1e12,
-                                   rates.get("bandwidth", hlo_cost.BANDWIDTH) / 1e12,
-                                   hlo_cost.LAUNCH_S * 1e6))
+          "integer ops %.1f T/s, %.0f us a launch.)" % (
+              rt.get("gemm", hlo_cost.GEMM_FLOPS) / 1e12,
+              rt.get("attention", hlo_cost.ATTENTION_FLOPS) / 1e12,
+              rt.get("bandwidth", hlo_cost.BANDWIDTH) / 1e12, rt["int_rate"] / 1e12,
+              hlo_cost.LAUNCH_S * 1e6))
 
 
 def main(argv):
@@ -212,9 +222,9 @@ def main(argv):
     for r in rows:
         if _TOP.value:
             print(f"\n{r['label']}: the {_TOP.value} largest kernel estimates")
-            rates = RATES[_TARGET.value]
-            for k in sorted(r["kernels"], key=lambda k: -k.seconds(**rates))[:_TOP.value]:
-                print(f"  {1e3 * k.seconds(**rates):7.3f} ms  read {k.read / 1e6:8.1f} MB  write "
+            rt = rates()
+            for k in sorted(r["kernels"], key=lambda k: -k.seconds(**rt))[:_TOP.value]:
+                print(f"  {1e3 * k.seconds(**rt):7.3f} ms  read {k.read / 1e6:8.1f} MB  write "
                       f"{k.written / 1e6:8.1f} MB  {k.flops / 1e12:6.3f} TFLOP  "
                       f"{k.category:<14} {k.op_name[-70:]}")
         if _JSON.value:
@@ -222,6 +232,8 @@ def main(argv):
                 f.write(json.dumps({"label": r["label"], "batch": r["batch"],
                                     "compile_s": r["compile_s"],
                                     "temp_gb": r["temp_gb"], "args_gb": r["args_gb"],
+                                    "int_rate": rates()["int_rate"],
+                                    "int_gops": r.get("int_gops"),
                                     "summary": r["summary"]}) + "\n")
 
 

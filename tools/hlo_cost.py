@@ -3,8 +3,12 @@
 Each top-level kernel of the entry computation (a fusion, a library call, a copy; the kernels of
 a while loop's body counted as often as its known trip count) gets the bytes it reads and
 writes and, for matrix products and cuDNN attention, its FLOPs. A roofline turns those into a
-time: max(bytes / bandwidth, FLOPs / rate) + a launch cost, with rates that are parameters
-(defaults below, measured on an H100 in a profile of the base step, 2026-11-26).
+time: max(bytes / bandwidth, FLOPs / rate, integer operations / integer rate) + a launch cost,
+with rates that are parameters (defaults below: the bandwidth and product rates measured on an
+H100 in a profile of the base step, 2026-11-26; the integer rate the card's specification).
+Integer operations are what a random-number hash costs inside an elementwise kernel (threefry's
+20 rounds, robertax.hash_rng's mixer); a kernel whose integer work outlasts its memory traffic
+is bound by it.
 
 This is an estimate from the program, not a measurement: XLA's autotuner, the real kernels'
 efficiency and overlap decide the true time. Its use is to compare two compilations of the same
@@ -30,6 +34,15 @@ GEMM_FLOPS = 770e12
 ATTENTION_FLOPS = 266e12
 BANDWIDTH = 3.0e12
 LAUNCH_S = 3e-6
+# Integer work (random-number hashing) inside memory-bound kernels: H100 SXM issues 64 32-bit
+# integer operations a cycle per SM, 132 SMs at 1.98 GHz. An assumption, not a measurement;
+# `tools/gpu_aot.py --int_rate` changes it.
+INT_OPS = 16.7e12
+INT_TYPES = ("s8", "u8", "s16", "u16", "s32", "u32", "s64", "u64")
+# Ops that move or index data rather than compute on it (their cost is in the bytes).
+_NOT_ALU = {"broadcast", "reshape", "slice", "dynamic-slice", "transpose",
+                             "copy", "concatenate", "pad", "gather", "dynamic-update-slice",
+                             "reverse", "iota"}
 FREE_OPS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
             "opt-barrier", "partition-id", "replica-id", "add-dependency"}
 
@@ -66,12 +79,13 @@ class Kernel:
     written: float
     flops: float
     count: int = 1  # executions per step (a while loop's trip count)
+    int_ops: float = 0.0  # integer operations (elementwise, counted per element)
 
     def seconds(self, gemm=GEMM_FLOPS, attention=ATTENTION_FLOPS, bandwidth=BANDWIDTH,
-                launch=LAUNCH_S) -> float:
+                launch=LAUNCH_S, int_rate=INT_OPS) -> float:
         rate = attention if self.category == "attention" else gemm
-        return self.count * (max((self.read + self.written) / bandwidth,
-                                 self.flops / rate) + launch)
+        return self.count * (max((self.read + self.written) / bandwidth, self.flops / rate,
+                                 self.int_ops / int_rate if int_rate else 0.0) + launch)
 
 
 def type_bytes(text: str) -> float:
@@ -176,6 +190,31 @@ def _fusion_io(fused: list, outer_operands: list, shapes: dict) -> tuple:
     return read, written
 
 
+def _is_int(type_text: str) -> bool:
+    m = _SHAPE.search(type_text)
+    return bool(m) and m.group(1) in INT_TYPES
+
+
+def _elements(type_text: str) -> int:
+    return math.prod(_dims(type_text))
+
+
+def int_ops(instrs: list, shapes: dict) -> float:
+    """Elementwise integer operations of a kernel's instructions, one per output element: ops
+    with an integer result, and compares and converts of integer operands (an index's iota
+    and data movement are left out). XLA:GPU expands RngBitGenerator into such operations
+    (Philox), so rbg's kernels are counted like any hash."""
+    total = 0.0
+    types = {**shapes, **{i.name: i.type for i in instrs}}
+    for i in instrs:
+        if i.op in FREE_OPS or i.op in _NOT_ALU:
+            continue
+        if _is_int(i.type) or (i.op in ("compare", "convert") and i.operands
+                               and _is_int(types.get(i.operands[0], ""))):
+            total += _elements(i.type)
+    return total
+
+
 def _category(instr: Instr, fused: list) -> str:
     target = instr.attr("custom_call_target") or ""
     m = re.search(r'custom_call_target="([^"]+)"', instr.attrs)
@@ -236,8 +275,10 @@ def kernels(text: str) -> list:
                 flops = sum(_dot_flops(d, fshapes) for d in dots) if dots else \
                     _dot_flops(i, shapes)
             m = re.search(r'op_name="([^"]*)"', i.attrs)
+            ints = 0.0 if cat in ("matmul", "attention") else (
+                int_ops(fused, {}) if fused else int_ops([i], shapes))
             out.append(Kernel(i.name, i.op, cat, m.group(1) if m else "", read, written,
-                              flops, count))
+                              flops, count, ints))
 
     walk(comps[None], 1)
     return out
