@@ -4,10 +4,12 @@ Each element's bits are a keyed hash of its position in the array, so, like thre
 masks cost no memory of their own: XLA fuses the hash into the kernel that uses the mask, and
 under a mesh every device hashes only the positions it holds (the masks do not depend on the
 mesh). The hash is two rounds of a 32-bit integer mixer (two multiplies and three shift-xors
-each, the "lowbias32" constants of Wellons' hash-prospector), about 20 integer operations an
-element against threefry's roughly 120 (20 rounds on two words) and Philox's ten
-multiply-high rounds. JAX's own philox2x32 cannot be used under a mesh with jax 0.10.2: its
-`chlo.mulhi` fails to lower once sharded ("Unable to convert MHLO to StableHLO").
+each, the "lowbias32" constants of Wellons' hash-prospector). In the base train step
+compiled for an H100 that is about 23 integer operations a masked element, against threefry's
+126 (20 rounds on two words) and rbg's 43 (Philox, whose bits also go through memory),
+as tools/hlo_cost.py counts them. JAX's own philox2x32 cannot be used under a mesh
+with jax 0.10.2: its `chlo.mulhi` fails to lower once sharded ("Unable to convert MHLO to
+StableHLO").
 
 Keys are threefry keys (two 32-bit words) and are split and folded in by threefry, so only the
 bulk draws are cheap; the bits are a keyed permutation of the element index, statistically

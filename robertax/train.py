@@ -90,7 +90,7 @@ def make_dropout_rng(config, seed: int | None = None) -> jax.Array:
     threefry (JAX's default) is bit-reproducible everywhere; rbg generates dropout masks much
     faster on accelerators, where threefry's hashing can cost a large share of the step; hash
     (`robertax.hash_rng`) is a counter-based hash like threefry, fused into the masks' uses,
-    with about a sixth of its integer work."""
+    with under a fifth of its integer work."""
     impl = config.get("dropout_rng", "threefry")
     if impl not in DROPOUT_RNGS:
         raise ValueError(f"config.dropout_rng must be one of {', '.join(DROPOUT_RNGS)}, "
