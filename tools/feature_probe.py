@@ -65,11 +65,18 @@ def features(model_config, encoder_params, arrays, batch_size: int = 256):
 
 
 def fit_and_score(x_train, y_train, x_dev, y_dev, seed: int = 0) -> dict:
+    import inspect
+
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.preprocessing import StandardScaler
     scaler = StandardScaler().fit(x_train)
+    # plain L2 and the simplified fitted attributes, said explicitly where scikit-learn (1.9+)
+    # warns that their defaults change; the same fit either way
+    params = inspect.signature(LogisticRegressionCV).parameters
+    extra = {k: v for k, v in (("l1_ratios", (0.0,)), ("use_legacy_attributes", False))
+             if k in params}
     clf = LogisticRegressionCV(Cs=[1e-3, 1e-2, 1e-1, 1, 10], cv=5, max_iter=3000, scoring="accuracy",
-                               random_state=seed).fit(scaler.transform(x_train), y_train)
+                               random_state=seed, **extra).fit(scaler.transform(x_train), y_train)
     return {"dev_accuracy": float(clf.score(scaler.transform(x_dev), y_dev)),
             "train_accuracy": float(clf.score(scaler.transform(x_train), y_train)),
             "C": float(np.ravel(clf.C_)[0])}
