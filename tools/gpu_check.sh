@@ -9,7 +9,7 @@
 #   base_fused (model.fused_qkv) base_tanh (model.gelu_approximate) base_lnvjp large_lnvjp
 #   (model.layer_norm_vjp) base_fold large_fold (model.fold_attention_biases) base_take
 #   (model.gather_onehot=false) base_hash large_hash (dropout_rng=hash) base_fold_hash
-#   large_fold_hash (both switches)
+#   large_fold_hash (both switches) large_b96_fold_hash base_b256_fold_hash
 #   base_nodrop base_threefry;
 #   XLA flags: base_notriton base_cublaslt base_tanh_cublaslt base_cudnn_ln base_triton_any
 #   base_heroless (each named below); the paper's attention dropout
@@ -50,7 +50,7 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-items=${*:-profile_base large torch_base base_fold_hash correct base_fold base_hash large_fold_hash large_fold base_xla base_take base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
+items=${*:-profile_base large torch_base base_fold_hash correct large_b96_fold_hash base_fold base_hash large_fold_hash base_b256_fold_hash large_fold base_xla base_take base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
 J="$OUT/bench.jsonl"
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-540}))  # items that would start past it are skipped
 B="python3 tools/bench_train.py --json_out=$J --steps=10 --warmup=2"
@@ -98,6 +98,9 @@ for it in $items; do case $it in
   large_hash)   run 180 $B $LARGE --label=large-hash-dropout $FAST --config.dropout_rng=hash ;;
   base_fold_hash) run 120 $B $BASE --label=base-fold-hash $FAST --config.dropout_rng=hash --config.model.fold_attention_biases=true ;;
   large_fold_hash) run 180 $B $LARGE --label=large-fold-hash $FAST --config.dropout_rng=hash --config.model.fold_attention_biases=true ;;
+  # both switches at the larger batches (estimates 2026-12-07: large 460, base 1,415 seq/s)
+  large_b96_fold_hash) run 200 $B $LARGE --label=large-b96-fold-hash $FAST --config.batch_size=96 --config.dropout_rng=hash --config.model.fold_attention_biases=true ;;
+  base_b256_fold_hash) run 150 $B $BASE --label=base-b256-fold-hash $FAST --config.batch_size=256 --config.dropout_rng=hash --config.model.fold_attention_biases=true ;;
   # the MLM head's gather before 2026-12-06 (take_along_axis; estimated +1.7% step time)
   base_take)    run 120 $B $BASE --label=base-take-gather $FAST --config.model.gather_onehot=false ;;
   large_lnvjp)  run 180 $B $LARGE --label=large-ln-vjp $FAST --config.model.layer_norm_vjp=true ;;
