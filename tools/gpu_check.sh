@@ -24,7 +24,8 @@
 # the issue lacks, with base's PyTorch baseline in the same run, the unrolled step's profile,
 # the two untested switches that the CPU-side screen (tools/gpu_aot.py) expects to help most,
 # together (fold_attention_biases, an estimated -2.5% step time; dropout_rng=hash, -4.6%;
-# both -7.2%), then the correctness checks, then each switch alone; the attention-dropout row
+# both -7.2%), then the correctness checks, then large at batch 96 with both (the one estimate
+# projected past 390 seq/s), then each switch alone; the attention-dropout row
 # and the switches the screen expects to slow the step (layer_norm_vjp +3.8%, attention_vjp
 # +15%: measure them to confirm) in a second call if time is left.
 # Wheels (grain, array_record, ml_collections, tensorboardX, portpicker) are expected in .whl/
