@@ -102,7 +102,7 @@ def test_dropout_masks_do_not_depend_on_the_mesh(impl):
     the same masks: with dropout on, a 2 x 2 x 2 mesh trains as one device does."""
     def dropout_run(mesh_shape):
         cfg = small_config(dropout_rng=impl)
-        cfg.model.dropout_rate = 0.1
+        cfg.model.dropout_rate = cfg.model.attention_dropout_rate = 0.1  # [B, N, L, S] masks too
         cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = mesh_shape
         mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:int(np.prod(mesh_shape))])
         state, p_step = setup(cfg, mesh)
