@@ -100,6 +100,27 @@ def test_gpu_correctness_script_runs_on_cpu():
     assert len(grads) == 4 and all(1e-4 < float(e) < 5e-2 for e in grads.values()), out.stdout
 
 
+def test_bench_train_alternates_dropout_generators():
+    """tools/bench_train.py --alternate_dropout_rngs: the config's generator and the others,
+    timed in alternating rounds in one process, one line each (the config's at ratio 1)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run(
+        [sys.executable, "tools/bench_train.py", "--config=configs/tiny.py", "--steps=2",
+         "--warmup=0", "--config.batch_size=4", "--config.data.max_length=32",
+         "--alternate_dropout_rngs=hash,rbg"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = re.findall(r"^dropout_rng=(\w+) +median ([\d.]+) s a step, median ratio to threefry "
+                      r"([\d.]+) \((\d+) rounds\)", out.stdout, re.M)
+    assert [r[0] for r in rows] == ["threefry", "hash", "rbg"], out.stdout
+    assert rows[0][2] == "1.000" and all(float(r[1]) > 0 and r[3] == "2" for r in rows)
+
+
 def test_gpu_check_rehearses_on_cpu(tmp_path):
     """tools/gpu_check.sh, the one call a GPU session gets, rehearsed here: every default item
     exists, every --config key it sets is a real key, every XLA flag it sets is one this jaxlib

@@ -118,13 +118,12 @@ def alternate_dropout_rngs(p_step, state, batch, config):
     round runs, per generator, one untimed step and one timed step, so that drift in the
     machine's speed reaches all of them. Prints each one's median and its median ratio to the
     config's generator."""
-    names = [config.get("dropout_rng", "threefry")] + [n for n in _ALT_RNG.value]
+    names = [config.get("dropout_rng", "threefry")] + list(_ALT_RNG.value)
     keys = {}
-    for name in names:
-        with config.unlocked():
-            config.dropout_rng = name
-            keys[name] = train.make_dropout_rng(config)
-    config.dropout_rng = names[0]
+    for n in names:
+        c = config.copy_and_resolve_references()
+        c.dropout_rng = n
+        keys[n] = train.make_dropout_rng(c)
     for k in keys.values():  # compile for each key type
         state, m = p_step(state, batch, k)
     jax.block_until_ready(m)
