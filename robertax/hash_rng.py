@@ -6,7 +6,7 @@ under a mesh every device hashes only the positions it holds (the masks do not d
 mesh). The hash is two rounds of a 32-bit integer mixer (two multiplies and three shift-xors
 each, the "lowbias32" constants of Wellons' hash-prospector). In the base train step
 compiled for an H100 that is about 23 integer operations a masked element, against threefry's
-126 (20 rounds on two words) and rbg's 43 (Philox, whose bits also go through memory),
+126 (20 rounds on two words) and rbg's 41 (Philox, whose bits also go through memory),
 as tools/hlo_cost.py counts them. JAX's own philox2x32 cannot be used under a mesh
 with jax 0.10.2: its `chlo.mulhi` fails to lower once sharded ("Unable to convert MHLO to
 StableHLO").

@@ -159,12 +159,12 @@ def evaluate(config, eval_fn, params, mesh, shard_dir) -> dict | None:
     # Hosts may hold one batch more or less of an uneven split: all run as many as the least.
     batches = min(config.eval_batches * config.microbatches,
                   int(sharding.from_all_processes(len(ds)).min()))
-    totals = None
-    for i, batch in enumerate(pipeline.iterate(ds[:batches])):
+    totals, queued = None, []
+    for batch in pipeline.iterate(ds[:batches]):
         sums = eval_fn(params, sharding.host_batch_to_global(mesh, step_lib.device_batch(batch)))
         totals = sums if totals is None else _add(totals, sums)
-        if i % sharding.IN_FLIGHT == sharding.IN_FLIGHT - 1:  # 2 computations a batch
-            jax.block_until_ready(totals)
+        queued.append(totals)  # 2 computations a batch
+        sharding.wait_behind(queued)
     if totals is None:
         return None
     totals = jax.device_get(totals)

@@ -40,9 +40,8 @@ LAUNCH_S = 3e-6
 INT_OPS = 16.7e12
 INT_TYPES = ("s8", "u8", "s16", "u16", "s32", "u32", "s64", "u64")
 # Ops that move or index data rather than compute on it (their cost is in the bytes).
-_NOT_ALU = {"broadcast", "reshape", "slice", "dynamic-slice", "transpose",
-                             "copy", "concatenate", "pad", "gather", "dynamic-update-slice",
-                             "reverse", "iota"}
+_NOT_ALU = {"broadcast", "reshape", "slice", "dynamic-slice", "transpose", "copy", "concatenate",
+            "pad", "gather", "dynamic-update-slice", "reverse", "iota"}
 FREE_OPS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
             "opt-barrier", "partition-id", "replica-id", "add-dependency"}
 
@@ -195,10 +194,6 @@ def _is_int(type_text: str) -> bool:
     return bool(m) and m.group(1) in INT_TYPES
 
 
-def _elements(type_text: str) -> int:
-    return math.prod(_dims(type_text))
-
-
 def int_ops(instrs: list, shapes: dict) -> float:
     """Elementwise integer operations of a kernel's instructions, one per output element: ops
     with an integer result, and compares and converts of integer operands (an index's iota
@@ -211,7 +206,7 @@ def int_ops(instrs: list, shapes: dict) -> float:
             continue
         if _is_int(i.type) or (i.op in ("compare", "convert") and i.operands
                                and _is_int(types.get(i.operands[0], ""))):
-            total += _elements(i.type)
+            total += math.prod(_dims(i.type))
     return total
 
 
@@ -275,8 +270,7 @@ def kernels(text: str) -> list:
                 flops = sum(_dot_flops(d, fshapes) for d in dots) if dots else \
                     _dot_flops(i, shapes)
             m = re.search(r'op_name="([^"]*)"', i.attrs)
-            ints = 0.0 if cat in ("matmul", "attention") else (
-                int_ops(fused, {}) if fused else int_ops([i], shapes))
+            ints = 0.0 if cat in ("matmul", "attention") else int_ops(fused or [i], shapes)
             out.append(Kernel(i.name, i.op, cat, m.group(1) if m else "", read, written,
                               flops, count, ints))
 
