@@ -65,6 +65,7 @@ ENTRY %main.1 (a: f32[12,768], b: f32[4,768], x: bf16[64,128], w: bf16[128,256],
   %tup = (s32[], f32[64,256]{1,0}) tuple(%i, %h)
   %wl = (s32[], f32[64,256]{1,0}) while(%tup), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"5"}}
   %att = (bf16[2,16,4,8]{3,2,1,0}, u8[0]{0}) custom-call(%q, %q, %q), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(f)/attn/dot_product_attention"}
+  %cb = (bf16[64,256]{1,0}, s8[33554432]{0}) custom-call(%x, %w), custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(f)/up/dot_general"}, backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"]}}}
   ROOT %cp = f32[12,768]{1,0} copy(%d)
 }
 """
@@ -83,7 +84,7 @@ def test_type_bytes_by_hand():
 def test_kernels_read_write_and_flops_by_hand():
     ks = by_name(hlo_cost.kernels(HLO))
     # free instructions (parameters, tuples, the while itself) are not kernels
-    assert set(ks) == {"f1", "g", "d", "neg.0", "att", "cp"}
+    assert set(ks) == {"f1", "g", "d", "neg.0", "att", "cb", "cp"}
     f1 = ks["f1"]  # reads 4 of a's 12 rows through a slice, and all of b
     assert (f1.read, f1.written, f1.flops) == (4 * 768 * 4 + 4 * 768 * 4, 4 * 768 * 4, 0)
     assert f1.category == "layer elementwise"
@@ -98,6 +99,9 @@ def test_kernels_read_write_and_flops_by_hand():
     att = ks["att"]  # Q, K, V [B=2, L=16, N=4, K=8]: QK^T and PV, 2 * 2*2*4*16*16*8
     assert att.category == "attention" and att.flops == 4 * 2 * 4 * 16 * 16 * 8
     assert ks["cp"].category == "copies and transposes"
+    cb = ks["cb"]  # cuBLAS: its 32 MiB workspace (the tuple's s8 element) is not written data
+    assert (cb.read, cb.written) == (64 * 128 * 2 + 128 * 256 * 2, 64 * 256 * 2)
+    assert cb.flops == 2 * 64 * 256 * 128 and cb.category == "matmul"
 
 
 def test_roofline_and_summary_by_hand():
@@ -109,10 +113,10 @@ def test_roofline_and_summary_by_hand():
     assert g.seconds(gemm=1e9, bandwidth=1e12, launch=0) == pytest.approx(4_194_304 / 1e9)
     rows = hlo_cost.summary(ks, launch=0)
     n, gb, tf, ms = rows["total"]
-    assert n == 1 + 1 + 1 + 5 + 1 + 1
+    assert n == 1 + 1 + 1 + 5 + 1 + 1 + 1
     moved = sum(k.count * (k.read + k.written) for k in ks)
     assert gb == pytest.approx(moved / 1e9)
-    assert tf == pytest.approx((2 * 64 * 256 * 128 + 4 * 2 * 4 * 16 * 16 * 8) / 1e12)
+    assert tf == pytest.approx((2 * 2 * 64 * 256 * 128 + 4 * 2 * 4 * 16 * 16 * 8) / 1e12)
     assert ms == pytest.approx(sum(r[3] for c, r in rows.items() if c != "total"))
     assert rows["embedding and head"][0] == 5
 

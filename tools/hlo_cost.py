@@ -189,6 +189,16 @@ def _fusion_io(fused: list, outer_operands: list, shapes: dict) -> tuple:
     return read, written
 
 
+def _scratch_bytes(instr: Instr) -> float:
+    """A library call's workspace: the trailing 1-D s8/u8 element of a custom call's result
+    tuple (cuBLAS asks for 32 MiB, cuDNN for some), scratch memory rather than an output."""
+    if instr.op != "custom-call" or not instr.type.startswith("("):
+        return 0.0
+    last = _SHAPE.findall(instr.type)[-1]
+    return type_bytes(f"{last[0]}[{last[1]}]") if last[0] in ("s8", "u8") and \
+        "," not in last[1] else 0.0
+
+
 def _is_int(type_text: str) -> bool:
     m = _SHAPE.search(type_text)
     return bool(m) and m.group(1) in INT_TYPES
@@ -259,7 +269,7 @@ def kernels(text: str) -> list:
                 read, written = _fusion_io(fused, i.operands, shapes)
             else:
                 read = sum(type_bytes(shapes.get(o, "")) for o in i.operands)
-                written = i.out_bytes
+                written = i.out_bytes - _scratch_bytes(i)
             cat = _category(i, fused)
             flops = 0.0
             if cat == "attention":
