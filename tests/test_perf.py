@@ -148,7 +148,7 @@ def test_gpu_check_rehearses_on_cpu(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import jax; print(jax.numpy.ones(2).sum())"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "2.0" in out.stdout, out.stderr[-2000:]
-    run = ["base_lnvjp", "base_cudnn_ln", "base_xla_vjp"]
+    run = ["base_lnvjp", "base_cudnn_ln", "base_xla_vjp", "base_acc_fold_hash"]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as on a GPU
     env.update(GPU_CHECK_TINY="1", OUT=str(tmp_path),  # the script's python3: this one
                PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
@@ -158,8 +158,8 @@ def test_gpu_check_rehearses_on_cpu(tmp_path):
     rows = (tmp_path / "bench.jsonl").read_text().splitlines()
     assert len(rows) == len(run), out.stdout + out.stderr
     summary = out.stdout.split("== summary (seq/s) ==")[1]
-    for label in ("base-ln-vjp", "base-cudnn-ln", "base-xla-vjp-drop"):
-        assert re.search(rf"^{label} +robertax +xla +4 +\d", summary, re.M), summary
+    for label in ("base-ln-vjp", "base-cudnn-ln", "base-xla-vjp-drop", "base-acc8-fold-hash"):
+        assert re.search(rf"^{label} +robertax +xla +8 +\d", summary, re.M), summary
 
 
 def _tiny_bench(*extra, env=None):
