@@ -320,7 +320,14 @@ def _better(a: float, b: float | None) -> bool:
 
 def finetune(config, workdir: str) -> dict:
     """Fine-tunes and evaluates (or only evaluates: config.do_train=False); returns what
-    results.json holds."""
+    results.json holds. Running out of device memory is a ValueError that says what to change
+    (`sharding.memory_hint`)."""
+    with sharding.memory_hint(config.mesh, config.batch_size, config.microbatches,
+                              config.max_length):
+        return _finetune(config, workdir)
+
+
+def _finetune(config, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     t_start = time.perf_counter()
     with input_checks():  # set-up: what is wrong here is the input (config, files, workdir)

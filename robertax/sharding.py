@@ -11,6 +11,7 @@ The same code runs on 1 CPU, 8 fake CPU devices, GPUs and TPU pods. Multi-host: 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import flax.linen as nn
@@ -172,6 +173,36 @@ def check_batch_divisible(mesh: Mesh, batch_size: int, microbatches: int) -> Non
                 f"processes (each reads its own 1/{n} of it), so their data would disagree. "
                 f"Make mesh.data x mesh.fsdp a multiple of {n}, e.g. mesh.tensor within a host "
                 f"(at most {jax.local_device_count()}).")
+
+
+@contextlib.contextmanager
+def memory_hint(mesh_config, batch_size: int, microbatches: int, length: int,
+                remat: str | None = None):
+    """Inside, XLA's out-of-memory error (RESOURCE_EXHAUSTED when a computation is launched,
+    "Out of memory" when it surfaces later) becomes a ValueError marked as bad input, naming
+    each device's share of a microbatch and the settings that shrink it; other errors pass
+    unchanged."""
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" not in text and "Out of memory" not in text:
+            raise
+        mesh = make_mesh(mesh_config)
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        micro = batch_size // microbatches
+        ways = f"raise --config.microbatches (now {microbatches}; it must divide batch_size " \
+               f"{batch_size})"
+        if remat is not None and remat != "full":
+            ways += (", recompute activations (--config.model.remat="
+                     + ("dots or full" if remat == "none" else "full") + f"; now {remat!r})")
+        err = ValueError(
+            f"out of device memory. Each device holds {micro // shards} sequence(s) of {length} "
+            f"tokens at a time (a microbatch of {micro} over {shards} data shard(s)) beside its "
+            f"share of the parameters and optimizer state. To fit, {ways}, or shard the state "
+            f"over more devices (--config.mesh.fsdp). XLA: {text.splitlines()[0]}")
+        err.robertax_bad_input = True
+        raise err from e
 
 
 def host_batch_to_global(mesh: Mesh, batch: dict) -> dict:

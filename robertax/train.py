@@ -259,7 +259,14 @@ class _Preemption:
 
 def train(config, workdir: str, stop_at: int | None = None) -> dict:
     """Runs (or resumes) pretraining; returns the summary numbers. `stop_at` ends this run early
-    at that step with a checkpoint, as a preempted job would."""
+    at that step with a checkpoint, as a preempted job would. Running out of device memory is
+    a ValueError that says what to change (`sharding.memory_hint`)."""
+    with sharding.memory_hint(config.mesh, config.batch_size, config.microbatches,
+                              config.data.max_length, config.model.get("remat")):
+        return _train(config, workdir, stop_at)
+
+
+def _train(config, workdir: str, stop_at: int | None) -> dict:
     from robertax.data import pipeline
 
     with input_checks():  # set-up: what is wrong here is the input (config, files, workdir)

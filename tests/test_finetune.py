@@ -504,3 +504,19 @@ def test_cli_shows_bad_input_as_one_line(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: config.init_checkpoint={missing!r} does not exist")
+
+
+def test_out_of_memory_says_what_to_change(monkeypatch, tmp_path):
+    """finetune() runs inside sharding.memory_hint: XLA's out-of-memory error becomes a
+    ValueError marked as bad input that names the microbatch and --config.microbatches (the
+    message itself is tested with pretraining, tests/test_train.py)."""
+    c = importlib.import_module("configs.finetune.base").get_config()
+    c.batch_size, c.microbatches, c.max_length = 32, 2, 512
+
+    def oom(config, workdir):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to "
+                                         "allocate 9.50GiB.")
+    monkeypatch.setattr(finetune, "_finetune", oom)
+    with pytest.raises(ValueError, match=r"of 512 tokens at a time \(a microbatch of 16 over") as e:
+        finetune.finetune(c, str(tmp_path))
+    assert e.value.robertax_bad_input and "--config.microbatches (now 2;" in str(e.value)

@@ -211,3 +211,50 @@ def test_cli_shows_bad_input_as_one_line(tmp_path):
     c.data.corpus = corpus
     with pytest.raises(FileNotFoundError, match="matches no file"):
         train.train(c, str(tmp_path / "w2"))
+
+
+def _out_of_memory(*_):
+    """A computation XLA:CPU cannot allocate (a 512 GiB sort): its real RESOURCE_EXHAUSTED."""
+    import jax
+    import jax.numpy as jnp
+    return jax.jit(lambda: jnp.sort(jnp.arange(2**37, dtype=jnp.float32))[:2])()
+
+
+def test_out_of_memory_names_the_microbatch_to_change(tmp_path, monkeypatch):
+    """A run that does not fit the device ends with a ValueError marked as bad input (one line
+    from the CLI) that names each device's share and the settings to change. XLA:CPU's real
+    error surfaces after the step is dispatched ("INTERNAL: ... Out of memory"), as a GPU's
+    may; one raised at dispatch says RESOURCE_EXHAUSTED."""
+    import dataclasses
+    import jax
+    from robertax import sharding
+    real = train.build
+    monkeypatch.setattr(train, "build", lambda c, mesh: dataclasses.replace(
+        real(c, mesh), train_step=_out_of_memory))
+    c = config(3)
+    c.microbatches = 2
+    with pytest.raises(ValueError) as e:
+        train.train(c, str(tmp_path))
+    msg = str(e.value)
+    assert e.value.robertax_bad_input
+    assert isinstance(e.value.__cause__, jax.errors.JaxRuntimeError)
+    n = jax.device_count()  # the mesh's data axis takes them all (8 fake CPU devices here)
+    assert msg.startswith(f"out of device memory. Each device holds {8 // n} sequence(s) of 128 "
+                          f"tokens at a time (a microbatch of 8 over {n} data shard(s))"), msg
+    assert "raise --config.microbatches (now 2; it must divide batch_size 16)" in msg
+    assert "(--config.model.remat=dots or full; now 'none')" in msg
+    assert "--config.mesh.fsdp" in msg
+    assert msg.endswith("Out of memory allocating 549755813888 bytes."), msg
+    # at dispatch; other errors and results pass through unchanged
+    with pytest.raises(ValueError) as e:
+        with sharding.memory_hint(c.mesh, 64, 4, 128, "full"):
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying "
+                                             "to allocate 57.31GiB.\ndetails")
+    assert f"holds {16 // n} sequence(s)" in str(e.value) and "remat" not in str(e.value)
+    assert str(e.value).endswith("XLA: RESOURCE_EXHAUSTED: Out of memory while trying to "
+                                 "allocate 57.31GiB.")
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL: something else"):
+        with sharding.memory_hint(c.mesh, 16, 2, 128):
+            raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+    with sharding.memory_hint(c.mesh, 16, 2, 128):
+        assert jax.numpy.ones(2).sum() == 2
