@@ -292,16 +292,31 @@ def position_ids_from_input_ids(input_ids: Array, pad_token_id: int) -> Array:
     return jnp.cumsum(not_pad, axis=1) * not_pad + pad_token_id
 
 
+def compute_capability() -> Optional[tuple]:
+    """The first device's CUDA compute capability, e.g. (9, 0); None where the device does not
+    say (not a CUDA GPU, or a compile-only one), (0, 0) where it says something else."""
+    cc = getattr(jax.devices()[0], "compute_capability", None)
+    if cc is None:
+        return None
+    try:
+        return tuple(int(x) for x in str(cc).split("."))
+    except ValueError:
+        return (0, 0)
+
+
 def attention_implementation(config: RobertaConfig, dropout_active: bool) -> str:
     """Which attention path runs: cuDNN flash where it applies, else XLA.
 
-    cuDNN's fused kernel needs a GPU, half precision and no attention-weight dropout (the
-    paper trains with 0.1; set attention_dropout_rate=0 to use the fast path in training).
+    cuDNN's fused kernel needs a GPU of compute capability 8.0 (Ampere) or newer, half
+    precision and no attention-weight dropout (the paper trains with 0.1; set
+    attention_dropout_rate=0 to use the fast path in training). On older GPUs (a T4, a V100)
+    "auto" takes XLA's path.
     """
     want = config.attention
     if want not in ("auto", "xla", "cudnn"):
         raise ValueError(f"model.attention must be auto, xla or cudnn, got {want!r}")
     half = jnp.dtype(config.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    cc = compute_capability()
     if want == "cudnn":
         if dropout_active:
             raise ValueError("model.attention='cudnn' cannot apply attention dropout; set "
@@ -309,8 +324,13 @@ def attention_implementation(config: RobertaConfig, dropout_active: bool) -> str
         if not half:
             raise ValueError(f"model.attention='cudnn' needs bfloat16/float16 compute, "
                              f"got {jnp.dtype(config.dtype)}")
+        if cc is not None and cc < (8, 0):
+            raise ValueError(f"model.attention='cudnn' needs a GPU of compute capability 8.0 or "
+                             f"newer (cuDNN flash attention); {jax.devices()[0].device_kind} has "
+                             f"{'.'.join(map(str, cc))}. Use model.attention='auto' or 'xla'")
         return "cudnn"
-    if want == "auto" and half and not dropout_active and jax.default_backend() == "gpu":
+    if (want == "auto" and half and not dropout_active and jax.default_backend() == "gpu"
+            and (cc is None or cc >= (8, 0))):
         return "cudnn"
     return "xla"
 

@@ -520,3 +520,19 @@ def test_out_of_memory_says_what_to_change(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=r"of 512 tokens at a time \(a microbatch of 16 over") as e:
         finetune.finetune(c, str(tmp_path))
     assert e.value.robertax_bad_input and "--config.microbatches (now 2;" in str(e.value)
+
+
+@pytest.mark.parametrize("backend, cc, want", [("cpu", None, "float32"), ("gpu", "9.0", "bfloat16"),
+                                               ("gpu", "8.6", "bfloat16"), ("gpu", "7.5", "float16"),
+                                               ("tpu", None, "bfloat16")])
+def test_auto_precision_follows_the_chip(backend, cc, want, monkeypatch):
+    """precision="auto": float32 on CPUs, bfloat16 on TPUs and GPUs from Ampere on, float16
+    (with loss scaling) on older GPUs such as Colab's T4 (7.5), which have no bfloat16 units."""
+    class Device:
+        pass
+    if cc is not None:
+        Device.compute_capability = cc
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(jax, "devices", lambda *a: [Device()])
+    assert finetune._precision("auto") == want
+    assert finetune._precision("float32") == "float32"

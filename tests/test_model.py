@@ -239,6 +239,30 @@ def test_attention_selection_falls_back():
         M.attention_implementation(M.RobertaConfig.tiny(attention="cudnn"), dropout_active=False)
 
 
+@pytest.mark.parametrize("cc, expect", [("9.0", "cudnn"), ("8.0", "cudnn"), ("7.5", "xla"),
+                                        ("7.0", "xla"), (None, "cudnn"), ("gfx90a", "xla")])
+def test_attention_selection_by_gpu_generation(cc, expect, monkeypatch):
+    """On a GPU, "auto" takes cuDNN's flash attention from compute capability 8.0 (Ampere) on,
+    and XLA's path on older cards (Colab's T4 is 7.5, a V100 7.0), where cuDNN has no flash
+    kernel; a device that does not say (a compile-only one) keeps cuDNN. Asking for "cudnn" on
+    an older card is a clear error."""
+    class Device:
+        device_kind = "Tesla T4"
+    if cc is not None:
+        Device.compute_capability = cc
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "devices", lambda *a: [Device()])
+    bf16 = M.RobertaConfig.tiny(dtype=jnp.bfloat16)
+    assert M.attention_implementation(bf16, dropout_active=False) == expect
+    assert M.attention_implementation(bf16, dropout_active=True) == "xla"
+    cudnn = M.RobertaConfig.tiny(attention="cudnn", dtype=jnp.float16)
+    if expect == "cudnn":
+        assert M.attention_implementation(cudnn, dropout_active=False) == "cudnn"
+    else:
+        with pytest.raises(ValueError, match=r"compute capability 8.0 or newer .*Tesla T4 has"):
+            M.attention_implementation(cudnn, dropout_active=False)
+
+
 @pytest.mark.parametrize("mkl", [False, True])
 def test_tied_logits_backward_equals_autodiff(mkl):
     """The CPU head's hand-written backward computes the same gradients as autodiff, with

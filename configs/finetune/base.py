@@ -47,7 +47,8 @@ def get_config():
     c.attention_dropout = 0.1       # Table 10
     c.microbatches = 1              # gradient accumulation inside the step
     c.dropout_rng = "rbg"           # "rbg" (quicker to compile and run) | "threefry" | "unsafe_rbg" | "hash"
-    c.precision = "auto"            # auto: bfloat16 on GPU/TPU, float32 on CPU | float32 | ...
+    c.precision = "auto"            # auto: bfloat16 on TPU and GPUs from Ampere on, float16 on
+                                    # older GPUs, float32 on CPU | float32 | bfloat16 | float16
 
     # --- inputs ---
     c.max_length = 512              # RoBERTa's maximum (Section 5); cut to the model's positions
