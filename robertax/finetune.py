@@ -148,7 +148,7 @@ def _precision(name: str) -> str:
         if jax.default_backend() == "cpu":  # CPUs; float16 on older GPUs (a T4, a V100),
             return "float32"                # which have no bfloat16 units
         cc = compute_capability()
-        return "float16" if cc is not None and cc < (8, 0) else "bfloat16"
+        return "float16" if cc and cc < (8, 0) else "bfloat16"  # (): not CUDA (ROCm)
     if name not in PRECISIONS:
         raise ValueError(f"config.precision must be auto or one of {sorted(PRECISIONS)}, "
                          f"got {name!r}")

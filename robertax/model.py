@@ -294,14 +294,15 @@ def position_ids_from_input_ids(input_ids: Array, pad_token_id: int) -> Array:
 
 def compute_capability() -> Optional[tuple]:
     """The first device's CUDA compute capability, e.g. (9, 0); None where the device does not
-    say (not a CUDA GPU, or a compile-only one), (0, 0) where it says something else."""
+    say (a CPU, a TPU, a compile-only GPU); () for a GPU that names something else (ROCm
+    gives its architecture, e.g. "gfx90a")."""
     cc = getattr(jax.devices()[0], "compute_capability", None)
     if cc is None:
         return None
     try:
         return tuple(int(x) for x in str(cc).split("."))
     except ValueError:
-        return (0, 0)
+        return ()
 
 
 def attention_implementation(config: RobertaConfig, dropout_active: bool) -> str:
@@ -325,9 +326,10 @@ def attention_implementation(config: RobertaConfig, dropout_active: bool) -> str
             raise ValueError(f"model.attention='cudnn' needs bfloat16/float16 compute, "
                              f"got {jnp.dtype(config.dtype)}")
         if cc is not None and cc < (8, 0):
+            has = ".".join(map(str, cc)) if cc else "no CUDA compute capability"
             raise ValueError(f"model.attention='cudnn' needs a GPU of compute capability 8.0 or "
                              f"newer (cuDNN flash attention); {jax.devices()[0].device_kind} has "
-                             f"{'.'.join(map(str, cc))}. Use model.attention='auto' or 'xla'")
+                             f"{has}. Use model.attention='auto' or 'xla'")
         return "cudnn"
     if (want == "auto" and half and not dropout_active and jax.default_backend() == "gpu"
             and (cc is None or cc >= (8, 0))):

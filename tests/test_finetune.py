@@ -522,12 +522,13 @@ def test_out_of_memory_says_what_to_change(monkeypatch, tmp_path):
     assert e.value.robertax_bad_input and "--config.microbatches (now 2;" in str(e.value)
 
 
-@pytest.mark.parametrize("backend, cc, want", [("cpu", None, "float32"), ("gpu", "9.0", "bfloat16"),
-                                               ("gpu", "8.6", "bfloat16"), ("gpu", "7.5", "float16"),
-                                               ("tpu", None, "bfloat16")])
+@pytest.mark.parametrize("backend, cc, want", [
+    ("cpu", None, "float32"), ("gpu", "9.0", "bfloat16"), ("gpu", "8.6", "bfloat16"),
+    ("gpu", "7.5", "float16"), ("gpu", "gfx90a", "bfloat16"), ("tpu", None, "bfloat16")])
 def test_auto_precision_follows_the_chip(backend, cc, want, monkeypatch):
     """precision="auto": float32 on CPUs, bfloat16 on TPUs and GPUs from Ampere on, float16
-    (with loss scaling) on older GPUs such as Colab's T4 (7.5), which have no bfloat16 units."""
+    (with loss scaling) on older CUDA GPUs such as Colab's T4 (7.5), which have no bfloat16
+    units; a ROCm GPU names its architecture instead of a capability and keeps bfloat16."""
     class Device:
         pass
     if cc is not None:
