@@ -60,7 +60,7 @@ import optax  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
 from robertax import checkpoint, observe, optim, sharding  # noqa: E402
-from robertax.model import RobertaConfig, compute_capability  # noqa: E402
+from robertax.model import RobertaConfig, half_precision  # noqa: E402
 from robertax.tasks import glue, runner  # noqa: E402
 from robertax.tasks import starting_point as start  # noqa: E402
 
@@ -144,11 +144,8 @@ class Prepared:
 
 
 def _precision(name: str) -> str:
-    if name == "auto":  # bfloat16 where it is fast (TPUs, GPUs from Ampere on); float32 on
-        if jax.default_backend() == "cpu":  # CPUs; float16 on older GPUs (a T4, a V100),
-            return "float32"                # which have no bfloat16 units
-        cc = compute_capability()
-        return "float16" if cc and cc < (8, 0) else "bfloat16"  # (): not CUDA (ROCm)
+    if name == "auto":  # float32 on CPUs; on accelerators the 16-bit float they compute fast
+        return "float32" if jax.default_backend() == "cpu" else half_precision()
     if name not in PRECISIONS:
         raise ValueError(f"config.precision must be auto or one of {sorted(PRECISIONS)}, "
                          f"got {name!r}")

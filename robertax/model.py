@@ -305,6 +305,13 @@ def compute_capability() -> Optional[tuple]:
         return ()
 
 
+def half_precision() -> str:
+    """The 16-bit float this accelerator computes fast: float16 on CUDA GPUs older than
+    compute capability 8.0 (a T4, a V100: no bfloat16 units), bfloat16 elsewhere."""
+    cc = compute_capability()
+    return "float16" if cc and cc < (8, 0) else "bfloat16"  # (): not CUDA (ROCm)
+
+
 def attention_implementation(config: RobertaConfig, dropout_active: bool) -> str:
     """Which attention path runs: cuDNN flash where it applies, else XLA.
 

@@ -83,6 +83,11 @@ def build(config, mesh, donate: bool = True, materialize: bool = True) -> Run:
     return Run(mc, module, state, abstract_state, p_train, p_eval)
 
 
+# config.dropout_rng -> JAX key implementation
+DROPOUT_RNGS = {"threefry": "threefry2x32", "rbg": "rbg", "unsafe_rbg": "unsafe_rbg",
+                "hash": hash_rng.HASH_IMPL}
+
+
 def make_dropout_rng(config, seed: int | None = None) -> jax.Array:
     """The base key of the dropout masks (folded with the step inside the train step), from
     `seed` (default config.seed + 1).
@@ -97,11 +102,6 @@ def make_dropout_rng(config, seed: int | None = None) -> jax.Array:
                          f"got {impl!r}")
     seed = config.seed + 1 if seed is None else seed
     return jax.random.key(seed, impl=DROPOUT_RNGS[impl])
-
-
-# config.dropout_rng -> JAX key implementation
-DROPOUT_RNGS = {"threefry": "threefry2x32", "rbg": "rbg", "unsafe_rbg": "unsafe_rbg",
-                "hash": hash_rng.HASH_IMPL}
 
 
 def state_layout(config, module, tx, mesh, rng):
@@ -165,6 +165,7 @@ def evaluate(config, eval_fn, params, mesh, shard_dir) -> dict | None:
         totals = sums if totals is None else _add(totals, sums)
         queued.append(totals)  # 2 computations a batch
         sharding.wait_behind(queued)
+        del queued[:-sharding.IN_FLIGHT]  # the older ones are done
     if totals is None:
         return None
     totals = jax.device_get(totals)
