@@ -28,6 +28,7 @@ def get_config():
     m.initializer_range = 0.02
     m.pad_vocab_to = 128          # vocabulary padded to a multiple of this (speed); sliced on export
     m.attention = "auto"          # "auto" | "xla" | "cudnn": auto picks cuDNN flash on GPU if it applies
+    #                               "pallas": robertax's fused kernel, with attention dropout
     m.remat = "none"              # "none" | "full" | "dots": rematerialization per layer
     m.scan_unroll = 0             # layers per scan iteration; 0: all (unrolled: 1.42x on an H100)
     m.fused_qkv = False           # Q, K, V from one matrix product (same parameters and math)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from robertax import cpu_attention, cpu_products, vjp_ops
+from robertax import cpu_attention, cpu_products, flash_attention, vjp_ops
 
 Array = jax.Array
 
@@ -47,7 +47,9 @@ class RobertaConfig:
     pad_vocab_to: int = 1  # embedding rows padded to a multiple of this (128 is fast on GPUs)
     dtype: Any = jnp.float32  # compute dtype
     param_dtype: Any = jnp.float32
-    attention: str = "auto"  # "auto" | "xla" | "cudnn"
+    # "auto" | "xla" | "cudnn" | "pallas" (robertax's fused kernel with attention dropout,
+    # `flash_attention`; on a GPU Triton, elsewhere Pallas's interpreter, slow: for tests)
+    attention: str = "auto"
     remat: str = "none"  # "none" | "full" | "dots"
     # Layers per iteration of the layer scan; 0: all of them (the loop unrolled). Unrolled is
     # the default: on an H100 (base, bf16, batch 128) 1,083 vs 762 sequences/s and 32 vs 44 GB,
@@ -318,11 +320,14 @@ def attention_implementation(config: RobertaConfig, dropout_active: bool) -> str
     cuDNN's fused kernel needs a GPU of compute capability 8.0 (Ampere) or newer, half
     precision and no attention-weight dropout (the paper trains with 0.1; set
     attention_dropout_rate=0 to use the fast path in training). On older GPUs (a T4, a V100)
-    "auto" takes XLA's path.
+    "auto" takes XLA's path. "pallas" (asked for by name) is robertax's own fused kernel,
+    with attention dropout (`flash_attention`).
     """
     want = config.attention
-    if want not in ("auto", "xla", "cudnn"):
-        raise ValueError(f"model.attention must be auto, xla or cudnn, got {want!r}")
+    if want not in ("auto", "xla", "cudnn", "pallas"):
+        raise ValueError(f"model.attention must be auto, xla, cudnn or pallas, got {want!r}")
+    if want == "pallas":
+        return "pallas"
     half = jnp.dtype(config.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     cc = compute_capability()
     if want == "cudnn":
@@ -349,9 +354,11 @@ class AttentionMask:
     """How attention is restricted: a dense boolean mask and/or per-row key lengths."""
     mask: Optional[Array] = None  # [B, 1, L, S] bool, True where attending is allowed
     kv_lengths: Optional[Array] = None  # [B] int32: keys 0..len-1 are real (padding at the end)
+    keys: Optional[Array] = None  # [B, S] bool: the real keys, where `mask` is only padding
 
 
-jax.tree_util.register_dataclass(AttentionMask, data_fields=["mask", "kv_lengths"], meta_fields=[])
+jax.tree_util.register_dataclass(AttentionMask, data_fields=["mask", "kv_lengths", "keys"],
+                                 meta_fields=[])
 
 
 def make_attention_mask(input_ids: Array, pad_token_id: int, attention_mask=None,
@@ -366,8 +373,9 @@ def make_attention_mask(input_ids: Array, pad_token_id: int, attention_mask=None
         attention_mask = input_ids != pad_token_id
     B, L = input_ids.shape[0], input_ids.shape[-1]
     # Broadcast to [B, 1, L, S]: cuDNN wants the full query length (XLA fuses it away).
-    mask = attention_mask.astype(bool)[:, None, None, :]
-    return AttentionMask(mask=jnp.broadcast_to(mask, (B, 1, L, mask.shape[-1])))
+    keys = attention_mask.astype(bool)
+    mask = jnp.broadcast_to(keys[:, None, None, :], (B, 1, L, keys.shape[-1]))
+    return AttentionMask(mask=mask, keys=keys)
 
 
 def _dense_mask(amask: AttentionMask, S: int) -> Optional[Array]:
@@ -375,6 +383,16 @@ def _dense_mask(amask: AttentionMask, S: int) -> Optional[Array]:
     if amask.kv_lengths is None:
         return amask.mask
     return (jnp.arange(S)[None, :] < amask.kv_lengths[:, None])[:, None, None, :]
+
+
+def _real_keys(amask: AttentionMask, S: int) -> Optional[Array]:
+    """The [B, S] real keys for `flash_attention` (None: all are), where the mask is padding."""
+    if amask.kv_lengths is not None:
+        return jnp.arange(S)[None, :] < amask.kv_lengths[:, None]
+    if amask.mask is not None and amask.keys is None:
+        raise ValueError("model.attention='pallas' takes padding masks only, not packed rows "
+                         "(segment_ids); use model.attention='auto' there")
+    return amask.keys
 
 
 def _cpu_float16(config: RobertaConfig) -> bool:
@@ -443,7 +461,12 @@ class SelfAttention(nn.Module):
             if fold:
                 value_bias = nn.unbox(value.variables["params"]["bias"])  # [N, K]
         impl = attention_implementation(c, dropout)
-        if impl == "xla" and _attention_core(c):  # bf16 on the CPU; with or without dropout
+        if impl == "pallas":
+            rate = c.attention_dropout_rate if dropout else 0.0
+            seed = (jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32) if dropout
+                    else jnp.zeros((2,), jnp.uint32))
+            out = flash_attention.attention(q, k, v, _real_keys(amask, k.shape[1]), seed, rate)
+        elif impl == "xla" and _attention_core(c):  # bf16 on the CPU; with or without dropout
             keep = None
             if dropout:
                 B, L, N, _ = q.shape

@@ -162,6 +162,36 @@ def test_integer_work_by_hand():
     assert k.seconds(bandwidth=1e9, launch=0, int_rate=1e12) == pytest.approx(8196 / 1e9)
 
 
+# robertax.flash_attention's kernels as XLA prints them (the Triton IR's bytes left out).
+FLASH_HLO = """HloModule jit_g, is_scheduled=true
+
+ENTRY %main.3 (ids: u32[4], q: bf16[2,128,4,64], b: f32[2,128], lse: f32[2,4,128]) -> bf16[2,128,4,64] {
+  %ids = u32[4]{0} parameter(0)
+  %q = bf16[2,128,4,64]{3,2,1,0} parameter(1)
+  %b = f32[2,128]{1,0} parameter(2)
+  %lse = f32[2,4,128]{2,1,0} parameter(3)
+  %fwd = (bf16[2,128,4,64]{3,2,1,0}, f32[2,4,128]{2,1,0}) custom-call(%ids, %q, %q, %q, %b), custom_call_target="__gpu$xla.gpu.triton", backend_config={debug = false, grid_x = 1 : i32, ir = "", name = "flash_attention_fwd_dropout", num_stages = 2 : i32}, metadata={op_name="jit(g)/layers/attn/pallas_call"}
+  ROOT %dq = bf16[2,128,4,64]{3,2,1,0} custom-call(%ids, %q, %q, %q, %q, %lse, %lse, %b), custom_call_target="__gpu$xla.gpu.triton", backend_config={debug = false, grid_x = 1 : i32, ir = "", name = "flash_attention_dq", num_stages = 2 : i32}, metadata={op_name="jit(g)/layers/attn/pallas_call"}
+}
+"""
+
+
+def test_flash_attention_kernels_by_hand():
+    """The forward (2 products of 2·B·N·L·S·K) with dropout (20 integer operations a weight)
+    and dQ (3 products, no dropout) are attention kernels timed at the attention rate."""
+    fwd, dq = hlo_cost.kernels(FLASH_HLO)
+    weights = 2 * 4 * 128 * 128
+    assert fwd.category == dq.category == "attention"
+    assert fwd.flops == 2 * 2 * weights * 64 and fwd.int_ops == 20 * weights
+    assert dq.flops == 3 * 2 * weights * 64 and dq.int_ops == 0
+    x = 2 * 128 * 4 * 64 * 2  # one bf16 [2, 128, 4, 64]
+    assert fwd.read == 16 + 3 * x + 2 * 128 * 4 and fwd.written == x + 2 * 4 * 128 * 4
+    assert fwd.seconds(attention=1e12, bandwidth=1e15, launch=0, int_rate=1e15) == \
+        pytest.approx(fwd.flops / 1e12)
+    assert fwd.seconds(attention=1e15, bandwidth=1e15, launch=0, int_rate=1e9) == \
+        pytest.approx(20 * weights / 1e9)
+
+
 def test_no_entry_is_an_error():
     with pytest.raises(ValueError, match="no ENTRY"):
         hlo_cost.kernels("HloModule empty\n")

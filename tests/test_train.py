@@ -39,6 +39,21 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert split == full  # bitwise on the CPU
 
 
+def test_resume_is_exact_with_the_fused_attention_dropout(tmp_path):
+    """model.attention="pallas" hashes its attention-dropout masks from the step's dropout key
+    (no state of its own), so a resumed run draws the same masks: the same losses, bit for
+    bit."""
+    def run(workdir, **kw):
+        c = config(4)
+        c.model.attention = "pallas"
+        train.train(c, str(tmp_path / workdir), **kw)
+        return [r["loss"] for r in observe.read_metrics(str(tmp_path / workdir)) if "loss" in r]
+
+    full = run("full")
+    run("split", stop_at=2)
+    assert run("split") == full and len(full) == 4
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     """A checkpointed run resumes only with the settings that made it (its config.json), except
     those that change how it runs, not what it computes (logging, microbatches, the mesh)."""

@@ -21,6 +21,11 @@ and those sentinels would swamp every norm. Errors are ||a - b|| / ||b||.
 5. Gradients of an MLM-style loss at init (encoder layers): bf16 XLA and bf16 cuDNN vs float32,
    and cuDNN vs XLA, < 5e-2; cuDNN with model.layer_norm_vjp or model.fold_attention_biases
    and XLA with model.attention_vjp no worse than without (1.25x + 1e-3).
+6. robertax's fused attention with dropout (model.attention="pallas", Triton on a GPU, Pallas's
+   interpreter on the CPU) in bf16: logits (padding as key lengths) and gradients vs float32
+   no worse than XLA attention in bf16 (1.25x + 1e-3); the kernel alone with attention dropout
+   0.1 against the same computation in XLA with the same mask (`flash_attention.reference`),
+   output and gradients, float32 reference, no worse than that XLA computation in bf16.
 Prints one line per check with the measured error and PASS/FAIL; exits 1 on any failure.
 Without a GPU the cuDNN checks are skipped and layer_norm_vjp and fold_attention_biases are
 checked with XLA attention
@@ -38,7 +43,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robertax import convert  # noqa: E402
+from robertax import convert, flash_attention  # noqa: E402
 from robertax.model import RobertaConfig, RobertaForPretraining, init_params  # noqa: E402
 
 failures = []
@@ -77,6 +82,32 @@ def transformers_logits(config, params, ids, real):
         with torch.autocast(dev, dtype=torch.bfloat16):
             bf16 = hf(t_ids, attention_mask=t_mask).logits.float().cpu().numpy()
     return f32, bf16
+
+
+def flash_dropout_checks(B, L, N, K, kv):
+    """The fused kernel with attention dropout 0.1 against XLA with the same mask: output and
+    the gradients of a fixed linear loss, bf16 vs float32."""
+    ks = jax.random.split(jax.random.key(1), 4)
+    q, k, v = (jax.random.normal(x, (B, L, N, K), jnp.float32) for x in ks[:3])
+    w = jax.random.normal(ks[3], (B, L, N, K), jnp.float32)
+    valid = jnp.arange(L)[None, :] < kv[:, None]
+    seed = jnp.array([2019, 7], jnp.uint32)
+
+    def out_and_grads(fn, dtype):
+        def loss(q, k, v):
+            o = fn(q.astype(dtype), k.astype(dtype), v.astype(dtype), valid, seed, 0.1)
+            return (o.astype(jnp.float32) * w).sum(), o
+        (_, o), g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+        return o, np.concatenate([np.asarray(x, np.float64).ravel() for x in g])
+
+    with jax.default_matmul_precision("highest"):
+        o32, g32 = out_and_grads(flash_attention.reference, jnp.float32)
+    o_x, g_x = out_and_grads(flash_attention.reference, jnp.bfloat16)
+    o_p, g_p = out_and_grads(flash_attention.attention, jnp.bfloat16)
+    check("bf16 pallas attention dropout 0.1 vs f32 output (<=XLA's)", rel(o_p, o32),
+          1.25 * rel(o_x, o32) + 1e-3)
+    check("bf16 pallas attention dropout 0.1 vs f32 gradients (<=XLA's)", rel(g_p, g32),
+          1.25 * rel(g_x, g32) + 1e-3)
 
 
 def main():
@@ -122,6 +153,9 @@ def main():
               flush=True)
         xla_err = rel(logits(params, base.replace(attention="xla", **bf16)), f32, real)
         check(f"{tag} bf16 XLA vs f32 logits (2x transformers')", xla_err, 2 * torch_err)
+        check(f"{tag} bf16 pallas (kv lengths) vs f32 (<=XLA's)",
+              rel(logits(params, base.replace(attention="pallas", **bf16), kv_lengths=kv), f32,
+                  real), 1.25 * xla_err + 1e-3)
         for name, cfg in (("fused QKV", base.replace(fused_qkv=True)),
                           ("unrolled layers", base.replace(scan_unroll=0))):
             if scale == 1.0 and not gpu:  # structure, not numerics (a GPU spends its time below)
@@ -195,13 +229,20 @@ def main():
     g_core = grad(init, base.replace(attention="xla", attention_vjp=True, **bf16))
     check("bf16 XLA + attention_vjp vs f32 gradients (<=without)", err(g_core),
           1.25 * err(g_x) + 1e-3)
+    g_p = grad(init, base.replace(attention="pallas", **bf16))
+    check("bf16 pallas vs f32 gradients (<=XLA's)", err(g_p), 1.25 * err(g_x) + 1e-3)
+    flash_dropout_checks(B, L, base.num_heads, base.hidden_size // base.num_heads, kv)
     if gpu:
-        # Which kernel really ran: the cuDNN path must compile to cuDNN's fused attention call.
-        for impl in ("xla", "cudnn"):
+        # Which kernel really ran: the cuDNN path must compile to cuDNN's fused attention call,
+        # the pallas path to the three Triton kernels.
+        for impl in ("xla", "cudnn", "pallas"):
             hlo = jax.jit(loss, static_argnums=1).lower(
                 init, base.replace(attention=impl, **bf16)).compile().as_text()
-            print(f"compiled {impl:<5} path: cuDNN fused attention calls: "
-                  f"{hlo.count('__cudnn$fmha')}", flush=True)
+            triton = sum("flash_attention_" in line for line in hlo.splitlines()
+                         if "custom-call(" in line)
+            print(f"compiled {impl:<6} path: cuDNN fused attention calls: "
+                  f"{hlo.count('__cudnn$fmha')}, robertax Triton attention kernels: {triton}",
+                  flush=True)
     else:
         print("cuDNN checks skipped: no GPU", flush=True)
     print("correctness:", "ALL PASS" if not failures else f"FAILED {failures}", flush=True)

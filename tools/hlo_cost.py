@@ -154,6 +154,28 @@ def _attention_flops(instr: Instr, shapes: dict) -> float:
     return forward * (2.5 if "Backward" in instr.attrs or "backward" in instr.attrs else 1.0)
 
 
+# robertax.flash_attention's Triton kernels (model.attention="pallas"): the products each one
+# runs, in units of 2·B·N·L·S·K, timed at the cuDNN attention rate (an assumption until
+# measured), and with dropout the integer operations of each weight's keep bit (two rounds of
+# hash_rng.mix, 8 each, and 4 to index, key and compare).
+_FLASH_PRODUCTS = {"fwd": 2, "dkdv": 4, "dq": 3}
+_FLASH_HASH_OPS = 20
+_FLASH = re.compile(r'name = \\?"flash_attention_(fwd|dkdv|dq)(_dropout)?')
+
+
+def _flash_cost(instr: Instr, shapes: dict) -> tuple[float, float]:
+    """(FLOPs, integer ops) of a flash_attention kernel: operands (ids, q [B, L, N, K],
+    k [B, S, N, K], ...)."""
+    m = _FLASH.search(instr.attrs)
+    q, k = (_dims(shapes.get(o, "")) for o in instr.operands[1:3])
+    if not m or len(q) != 4 or len(k) != 4:
+        return 0.0, 0.0
+    b, lq, n, d = q
+    weights = float(b * n * lq * k[1])
+    return (_FLASH_PRODUCTS[m.group(1)] * 2.0 * weights * d,
+            weights * _FLASH_HASH_OPS if m.group(2) else 0.0)
+
+
 def _fusion_io(fused: list, outer_operands: list, shapes: dict) -> tuple:
     """Bytes a fusion reads and writes, looking inside it: parameters used only through
     slices/gathers count what those take, an in-place dynamic-update-slice writes its update."""
@@ -224,7 +246,8 @@ def _category(instr: Instr, fused: list) -> str:
     target = instr.attr("custom_call_target") or ""
     m = re.search(r'custom_call_target="([^"]+)"', instr.attrs)
     target = m.group(1) if m else target
-    if "fmha" in target or "cudnn$fmha" in target:
+    if "fmha" in target or "cudnn$fmha" in target or (target.endswith("triton")
+                                                       and _FLASH.search(instr.attrs)):
         return "attention"
     if "gemm" in target or "matmul" in target or any(i.op in ("dot", "convolution")
                                                      for i in fused):
@@ -271,8 +294,10 @@ def kernels(text: str) -> list:
                 read = sum(type_bytes(shapes.get(o, "")) for o in i.operands)
                 written = i.out_bytes - _scratch_bytes(i)
             cat = _category(i, fused)
-            flops = 0.0
-            if cat == "attention":
+            flops, ints = 0.0, 0.0
+            if cat == "attention" and _FLASH.search(i.attrs):
+                flops, ints = _flash_cost(i, shapes)
+            elif cat == "attention":
                 flops = _attention_flops(i, shapes)
             elif cat == "matmul":
                 dots = [f for f in fused if f.op == "dot"]
@@ -280,7 +305,8 @@ def kernels(text: str) -> list:
                 flops = sum(_dot_flops(d, fshapes) for d in dots) if dots else \
                     _dot_flops(i, shapes)
             m = re.search(r'op_name="([^"]*)"', i.attrs)
-            ints = 0.0 if cat in ("matmul", "attention") else int_ops(fused or [i], shapes)
+            if cat not in ("matmul", "attention"):
+                ints = int_ops(fused or [i], shapes)
             out.append(Kernel(i.name, i.op, cat, m.group(1) if m else "", read, written,
                               flops, count, ints))
 

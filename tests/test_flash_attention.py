@@ -1,0 +1,193 @@
+"""The fused attention kernel with dropout (`model.attention="pallas"`), run through Pallas's
+interpreter on the CPU: the same output and gradients as plain XLA with the same mask, the mask's
+statistics, the same masks on any mesh, and the model's path."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from robertax import flash_attention as fa
+from robertax import model as M
+
+SEED = jnp.array([123, 456], jnp.uint32)
+
+
+def _qkv(B, L, N, K, dtype=jnp.float32, key=0):
+    ks = jax.random.split(jax.random.key(key), 3)
+    return tuple(jax.random.normal(k, (B, L, N, K), jnp.float32).astype(dtype) for k in ks)
+
+
+def _loss(fn, rate, valid):
+    K = 16
+    weights = jnp.cos(jnp.arange(K, dtype=jnp.float32))  # a cotangent that differs per column
+
+    def loss(q, k, v):
+        return (fn(q, k, v, valid, SEED, rate).astype(jnp.float32) * weights).sum()
+    return loss
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1])
+@pytest.mark.parametrize("L,lengths", [(256, None), (100, (100, 37))])
+def test_matches_xla_with_the_same_mask(rate, L, lengths):
+    """Forward and gradients against `reference` (softmax, the same keep mask, in XLA), float32.
+    256: two query blocks and four key blocks a head; 100: padded inside to 128, and a row
+    whose keys end at 37."""
+    B, N, K = 2, 2, 16
+    q, k, v = _qkv(B, L, N, K)
+    valid = None if lengths is None else jnp.arange(L)[None, :] < jnp.array(lengths)[:, None]
+    out = fa.attention(q, k, v, valid, SEED, rate)
+    ref = fa.reference(q, k, v, valid, SEED, rate)
+    assert out.shape == (B, L, N, K)
+    np.testing.assert_allclose(out, ref, atol=2e-6, rtol=1e-5)
+    grads = jax.grad(_loss(fa.attention, rate, valid), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(_loss(fa.reference, rate, valid), argnums=(0, 1, 2))(q, k, v)
+    for name, g, w in zip("qkv", grads, want):
+        np.testing.assert_allclose(g, w, atol=5e-6, rtol=1e-5, err_msg=f"d{name}")
+    if lengths is not None:  # padded keys get no gradient
+        assert float(jnp.abs(grads[1][1, 37:]).max()) == 0.0
+        assert float(jnp.abs(grads[2][1, 37:]).max()) == 0.0
+
+
+def test_dropout_changes_the_output_and_keeps_its_mean():
+    """With dropout the output differs from no dropout; averaged over many keys it does not
+    (kept weights are scaled by 1 / (1 - rate))."""
+    q, k, v = _qkv(1, 512, 4, 16)
+    q = q * 0  # uniform weights: the output is v's mean, dropout's noise averages out
+    plain = fa.attention(q, k, v, None, SEED, 0.0)
+    dropped = fa.attention(q, k, v, None, SEED, 0.1)
+    assert float(jnp.abs(plain - dropped).max()) > 1e-2
+    assert abs(float(dropped.mean() - plain.mean())) < 5e-3
+
+
+def test_keep_mask_statistics():
+    ids = fa._ids(SEED, jnp.zeros(1, jnp.uint32), jnp.zeros(1, jnp.uint32))
+    B, N, L = 4, 4, 256
+    m = np.asarray(fa.keep_mask(ids, B, N, L, L, 0.1))
+    assert abs(m.mean() - 0.9) < 0.003  # 1M draws: sd 0.0003
+    for b in range(B):  # every (row, head) near 0.9, and each its own mask
+        for n in range(N):
+            assert abs(m[b, n].mean() - 0.9) < 0.01
+    flat = m.reshape(B * N, -1)
+    assert len({row.tobytes() for row in flat}) == B * N
+    x = m.astype(np.float32) - m.mean()  # neighbours along keys and along queries uncorrelated
+    for a, b in ((x[..., 1:], x[..., :-1]), (x[:, :, 1:], x[:, :, :-1])):
+        assert abs((a * b).mean() / x.var()) < 0.01
+    other = np.asarray(fa.keep_mask(fa._ids(SEED + 1, jnp.zeros(1, jnp.uint32),
+                                            jnp.zeros(1, jnp.uint32)), B, N, L, L, 0.1))
+    assert abs((m == other).mean() - (0.9 ** 2 + 0.1 ** 2)) < 0.003  # another key: independent
+    np.testing.assert_array_equal(m, np.asarray(fa.keep_mask(ids, B, N, L, L, 0.1)))
+
+
+def test_the_same_masks_and_gradients_on_a_mesh():
+    """Batch over data x fsdp and heads over tensor (8 devices): each device hashes the global
+    rows and heads it holds, so output and gradients equal the single-device ones."""
+    B, L, N, K = 4, 64, 4, 16
+    q, k, v = _qkv(B, L, N, K)
+    valid = jnp.arange(L)[None, :] < jnp.array([64, 50, 3, 64])[:, None]
+
+    def run(q, k, v, valid):
+        loss = _loss(fa.attention, 0.2, valid)
+        return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v), fa.attention(
+            q, k, v, valid, SEED, 0.2)
+
+    (l1, g1), o1 = jax.jit(run)(q, k, v, valid)
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    xs = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
+    vs = NamedSharding(mesh, P(("data", "fsdp"), None))
+    args = [jax.device_put(x, xs) for x in (q, k, v)] + [jax.device_put(valid, vs)]
+    (l2, g2), o2 = jax.jit(run)(*args)
+    assert o2.sharding.spec[0] == ("data", "fsdp") and o2.sharding.spec[2] == "tensor"
+    np.testing.assert_allclose(o2, o1, atol=1e-6)
+    for a, b in zip(g2, g1):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_bfloat16_is_as_accurate_as_xla_in_bfloat16():
+    """In bf16 the kernel's error (against float32) is no larger than XLA's bf16 attention's."""
+    q32, k32, v32 = _qkv(2, 128, 2, 16)
+    exact = fa.reference(q32, k32, v32, None, SEED, 0.1)
+    q, k, v = (x.astype(jnp.bfloat16) for x in (q32, k32, v32))
+    ours = fa.attention(q, k, v, None, SEED, 0.1).astype(jnp.float32)
+    xla = fa.reference(q, k, v, None, SEED, 0.1).astype(jnp.float32)
+    err, err_xla = float(jnp.abs(ours - exact).max()), float(jnp.abs(xla - exact).max())
+    assert err <= 1.5 * err_xla + 1e-3, (err, err_xla)
+
+
+def test_bad_shapes_are_named():
+    q, k, v = _qkv(1, 32, 1, 24)
+    with pytest.raises(ValueError, match="power-of-two head dimension.*24"):
+        fa.attention(q, k, v, None, SEED, 0.1)
+    q, k, v = _qkv(1, 32, 1, 16)
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\)"):
+        fa.attention(q, k, v, None, SEED, 1.0)
+
+
+def test_padded_length():
+    assert [fa.padded_length(n) for n in (1, 16, 17, 100, 128, 129, 384, 512)] == \
+        [16, 16, 32, 128, 128, 256, 384, 512]
+
+
+# --- the model's path --------------------------------------------------------------------------
+
+def _tiny(**kw):
+    return M.RobertaConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2,
+                           intermediate_size=64, max_position_embeddings=130, **kw)
+
+
+def _batch():
+    ids = jax.random.randint(jax.random.key(1), (3, 128), 3, 300)
+    am = (jnp.arange(128)[None] < jnp.array([128, 100, 17])[:, None]).astype(jnp.int32)
+    return jnp.where(am == 1, ids, 1), am
+
+
+def test_model_path_matches_xla_without_dropout():
+    ids, am = _batch()
+    xla = M.RobertaForMaskedLM(_tiny())
+    params = xla.init(jax.random.key(0), ids)["params"]
+    ours = M.RobertaForMaskedLM(_tiny(attention="pallas"))
+    a = xla.apply({"params": params}, ids, attention_mask=am, deterministic=True)
+    b = ours.apply({"params": params}, ids, attention_mask=am, deterministic=True)
+    np.testing.assert_allclose(b, a, atol=2e-6)
+    assert M.attention_implementation(_tiny(attention="pallas"), True) == "pallas"
+
+
+def test_model_path_masks_follow_the_dropout_key():
+    """Training: the same dropout key gives the same loss and gradients (so a resumed run draws
+    the same masks), another key other masks."""
+    ids, am = _batch()
+    model = M.RobertaForMaskedLM(_tiny(attention="pallas"))
+    params = model.init(jax.random.key(0), ids)["params"]
+
+    def loss(p, key):
+        out = model.apply({"params": p}, ids, attention_mask=am, deterministic=False,
+                          rngs={"dropout": key})
+        return out.astype(jnp.float32).std()
+
+    step = jax.jit(jax.value_and_grad(loss))
+    (l1, g1), (l2, g2), (l3, _) = (step(params, jax.random.key(s)) for s in (5, 5, 6))
+    assert float(l1) == float(l2) and float(l1) != float(l3)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_array_equal(a, b)
+    # attention dropout is applied: without it (hidden dropout alone) the loss differs
+    plain = M.RobertaForMaskedLM(_tiny(attention="pallas", attention_dropout_rate=0.0))
+    l4 = plain.apply({"params": params}, ids, attention_mask=am, deterministic=False,
+                     rngs={"dropout": jax.random.key(5)}).astype(jnp.float32).std()
+    assert float(l4) != float(l1)
+
+
+def test_model_path_refuses_packed_rows():
+    ids, _ = _batch()
+    model = M.RobertaForMaskedLM(_tiny(attention="pallas"))
+    params = M.RobertaForMaskedLM(_tiny()).init(jax.random.key(0), ids)["params"]
+    seg = jnp.ones_like(ids)
+    with pytest.raises(ValueError, match="padding masks only.*segment_ids"):
+        model.apply({"params": params}, ids, segment_ids=seg, deterministic=True)
+
+
+def test_unknown_attention_is_named():
+    with pytest.raises(ValueError, match="auto, xla, cudnn or pallas.*'flash'"):
+        M.attention_implementation(dataclasses.replace(_tiny(), attention="flash"), False)
