@@ -188,7 +188,7 @@ def prepare(config) -> Prepared:
     precision = _precision(config.precision)
     mc = dataclasses.replace(mc, dropout_rate=config.dropout,
                              attention_dropout_rate=config.attention_dropout,
-                             dtype=PRECISIONS[precision])
+                             attention=config.attention, dtype=PRECISIONS[precision])
     with config.unlocked():
         config.precision = precision
         if config.max_length > mc.max_length:

@@ -13,16 +13,17 @@ The dropout mask is never stored either: each weight's keep bit is a keyed hash 
 So the forward, the backward and a rematerialized forward see the same mask, the mask is a
 function of the step's dropout key alone (a resumed run draws the same masks; cuDNN's own
 dropout keeps a host-side counter instead, which restarts with the process), and under a mesh
-each device hashes the global row and head indices it holds (`_global_offsets`), so the masks
+each device hashes the global row and head indices it holds (`_ids`), so the masks
 do not depend on the mesh either.
 
     keep[b, n, i, j] = mix(mix(i * 2**16 + j ^ k0) ^ k1) >= rate * 2**32
     k0 = mix(mix(b ^ seed0) ^ n),  k1 = mix(k0 ^ seed1)
 
-Kept weights are scaled by 1 / (1 - rate), as `flax.linen.Dropout` does. Padding is passed as a
-[B, S] boolean of the keys that are real. Lengths are padded up to whole blocks here (masked
-keys, discarded queries; 512 needs none); lengths up to 65,536 and a power-of-two head
-dimension of at least 16 (64 in base and large).
+Kept weights are scaled by 1 / (1 - rate), as `flax.linen.Dropout` does. Padding comes as a
+[B, S] boolean of the real keys, packed rows (DOC-SENTENCES, SENTENCE-PAIR+NSP) as [B, L]
+segment ids; both become per-query and per-key segment ids that the kernels compare. Lengths
+are padded up to whole blocks here (masked keys, discarded queries; 512 needs none). Lengths up
+to 65,536 and a power-of-two head dimension of at least 16 (64 in base and large).
 """
 
 from __future__ import annotations
@@ -88,28 +89,31 @@ def _iota(n: int, start, axis: int) -> Array:
     return lax.broadcasted_iota(jnp.uint32, shape, axis) + start.astype(jnp.uint32)
 
 
-def _logits(q, k, bias, scale):
-    return _dot(q, k, (1, 1)) * scale + bias[None, :]  # [bq, bk]
+def _logits(q, k, qseg, kseg, scale):
+    """Scaled q k^T, _MASKED where a query may not see a key: another input of a packed row
+    (segment ids differ) or padding (key segment 0)."""
+    allowed = (qseg[:, None] == kseg[None, :]) & (kseg[None, :] != 0)
+    return jnp.where(allowed, _dot(q, k, (1, 1)) * scale, _MASKED)  # [bq, bk]
 
 
 # ---------------------------------------------------------------------------------------------
 # Kernels. Refs hold one (batch row, head)'s blocks: q/o/do [bq, K], k/v [S, K] or [bk, K],
-# lse/delta [L] or [bq], bias [S] or [bk]. Grids are (B, N, blocks).
+# lse/delta/qseg [L] or [bq], kseg [S] or [bk]. Grids are (B, N, blocks).
 
-def _fwd_kernel(ids_ref, q_ref, k_ref, v_ref, bias_ref, o_ref, lse_ref, *, rate, scale,
-                block_k):
+def _fwd_kernel(ids_ref, q_ref, k_ref, v_ref, qseg_ref, kseg_ref, o_ref, lse_ref, *, rate,
+                scale, block_k):
     i = pl.program_id(2)
     bq, K = q_ref.shape
     S = k_ref.shape[0]
     k0, k1 = _program_keys(ids_ref)
     rows = _iota(bq, i * bq, 0)
-    q = q_ref[...]
+    q, qseg = q_ref[...], qseg_ref[...]
 
     def body(j, carry):
         acc, m, l = carry
         start = pl.multiple_of(j * block_k, block_k)
         kb, vb = k_ref[pl.ds(start, block_k), :], v_ref[pl.ds(start, block_k), :]
-        s = _logits(q, kb, bias_ref[pl.ds(start, block_k)], scale)
+        s = _logits(q, kb, qseg, kseg_ref[pl.ds(start, block_k)], scale)
         m_new = jnp.maximum(m, jnp.max(s, axis=1))
         alpha = jnp.exp(m - m_new)
         p = jnp.exp(s - m_new[:, None])
@@ -134,9 +138,9 @@ def _program_keys(ids_ref) -> tuple[Array, Array]:
     return head_keys(ids, pl.program_id(0), pl.program_id(1))
 
 
-def _weights_grads(keys, q, k, v, do, lse, delta, bias, rows, cols, *, rate, scale):
+def _weights_grads(keys, q, k, v, do, lse, delta, qseg, kseg, rows, cols, *, rate, scale):
     """One block's dropped weights and ds (the logits' gradient)."""
-    p = jnp.exp(_logits(q, k, bias, scale) - lse[:, None])  # [bq, bk]
+    p = jnp.exp(_logits(q, k, qseg, kseg, scale) - lse[:, None])  # [bq, bk]
     dp = _dot(do, v, (1, 1))  # the dropped weights' gradient
     if rate:
         k0, k1 = keys
@@ -150,13 +154,13 @@ def _weights_grads(keys, q, k, v, do, lse, delta, bias, rows, cols, *, rate, sca
     return pd, p * (dp - delta[:, None])
 
 
-def _dkdv_kernel(ids_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, bias_ref, dk_ref,
-                 dv_ref, *, rate, scale, block_q):
+def _dkdv_kernel(ids_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref,
+                 dk_ref, dv_ref, *, rate, scale, block_q):
     j = pl.program_id(2)
     bk, K = k_ref.shape
     L = q_ref.shape[0]
     k, v = k_ref[...], v_ref[...]
-    bias = bias_ref[...]
+    kseg = kseg_ref[...]
     cols = _iota(bk, j * bk, 1)
     keys = _program_keys(ids_ref)
 
@@ -166,7 +170,8 @@ def _dkdv_kernel(ids_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, bias_
         q = q_ref[pl.ds(start, block_q), :]
         do = do_ref[pl.ds(start, block_q), :]
         pd, ds = _weights_grads(keys, q, k, v, do, lse_ref[pl.ds(start, block_q)],
-                                delta_ref[pl.ds(start, block_q)], bias,
+                                delta_ref[pl.ds(start, block_q)],
+                                qseg_ref[pl.ds(start, block_q)], kseg,
                                 _iota(block_q, start, 0), cols, rate=rate, scale=scale)
         dv = dv + _dot(pd.astype(do.dtype), do, (0, 0))
         dk = dk + _dot(ds.astype(q.dtype), q, (0, 0))
@@ -178,20 +183,21 @@ def _dkdv_kernel(ids_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, bias_
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _dq_kernel(ids_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, bias_ref, dq_ref, *,
-               rate, scale, block_k):
+def _dq_kernel(ids_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_ref, kseg_ref,
+               dq_ref, *, rate, scale, block_k):
     i = pl.program_id(2)
     bq, K = q_ref.shape
     S = k_ref.shape[0]
-    q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
+    q, do, lse, delta, qseg = (q_ref[...], do_ref[...], lse_ref[...], delta_ref[...],
+                               qseg_ref[...])
     rows = _iota(bq, i * bq, 0)
     keys = _program_keys(ids_ref)
 
     def body(j, dq):
         start = pl.multiple_of(j * block_k, block_k)
         kb, vb = k_ref[pl.ds(start, block_k), :], v_ref[pl.ds(start, block_k), :]
-        _, ds = _weights_grads(keys, q, kb, vb, do, lse, delta,
-                               bias_ref[pl.ds(start, block_k)], rows,
+        _, ds = _weights_grads(keys, q, kb, vb, do, lse, delta, qseg,
+                               kseg_ref[pl.ds(start, block_k)], rows,
                                _iota(block_k, start, 1), rate=rate, scale=scale)
         return dq + _dot(ds.astype(kb.dtype), kb, (1, 0))
 
@@ -200,8 +206,8 @@ def _dq_kernel(ids_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, bias_re
 
 
 # ---------------------------------------------------------------------------------------------
-# pallas_calls on one device's shard: ids uint32[4], q [B, L, N, K], k/v [B, S, N, K], bias
-# [B, S] float32 (0 for a real key, _MASKED for padding).
+# pallas_calls on one device's shard: ids uint32[4], q [B, L, N, K], k/v [B, S, N, K], qseg
+# [B, L] and kseg [B, S] int32 segment ids (a query sees the keys of its own segment; 0: padding).
 
 def _name(kernel: str, rate: float) -> str:
     """The kernel's name in the compiled program (tools/hlo_cost.py reads it)."""
@@ -220,8 +226,9 @@ def _params(num_warps: int, num_stages: int):
 
 
 def _specs(L, S, K, bq, bk, q_whole: bool, k_whole: bool):
-    """BlockSpecs for ids, the [B, L|S, N, K] arrays, the [B, N, L] rows and the [B, S] bias,
-    on a (B, N, blocks) grid; the blocked side of q or k is indexed by the grid's last axis."""
+    """BlockSpecs for ids, the [B, L|S, N, K] arrays, the [B, N, L] rows and the [B, L] and
+    [B, S] segment ids, on a (B, N, blocks) grid; the blocked side of q or k is indexed by the
+    grid's last axis."""
     q_rows, k_rows = (L if q_whole else bq), (S if k_whole else bk)
     q = pl.BlockSpec((None, q_rows, None, K),
                      (lambda b, n, i: (b, 0, n, 0)) if q_whole else (lambda b, n, i: (b, i, n, 0)))
@@ -229,48 +236,51 @@ def _specs(L, S, K, bq, bk, q_whole: bool, k_whole: bool):
                      (lambda b, n, i: (b, 0, n, 0)) if k_whole else (lambda b, n, i: (b, i, n, 0)))
     row = pl.BlockSpec((None, None, q_rows),
                        (lambda b, n, i: (b, n, 0)) if q_whole else (lambda b, n, i: (b, n, i)))
-    bias = pl.BlockSpec((None, k_rows),
+    qseg = pl.BlockSpec((None, q_rows),
+                        (lambda b, n, i: (b, 0)) if q_whole else (lambda b, n, i: (b, i)))
+    kseg = pl.BlockSpec((None, k_rows),
                         (lambda b, n, i: (b, 0)) if k_whole else (lambda b, n, i: (b, i)))
-    return pl.BlockSpec((4,), lambda b, n, i: (0,)), q, k, row, bias
+    return pl.BlockSpec((4,), lambda b, n, i: (0,)), q, k, row, qseg, kseg
 
 
-def _forward_local(ids, q, k, v, bias, rate):
+def _forward_local(ids, q, k, v, qseg, kseg, rate):
     B, L, N, K = q.shape
     S = k.shape[1]
     bq, bk = min(BLOCK_Q, L), min(BLOCK_K, S)
-    ids_s, q_s, k_s, row_s, bias_s = _specs(L, S, K, bq, bk, q_whole=False, k_whole=True)
+    ids_s, q_s, k_s, row_s, qseg_s, kseg_s = _specs(L, S, K, bq, bk, q_whole=False,
+                                                    k_whole=True)
     kernel = functools.partial(_fwd_kernel, rate=rate, scale=1 / math.sqrt(K), block_k=bk)
     return pl.pallas_call(
         kernel, grid=(B, N, L // bq),
-        in_specs=[ids_s, q_s, k_s, k_s, bias_s], out_specs=[q_s, row_s],
+        in_specs=[ids_s, q_s, k_s, k_s, qseg_s, kseg_s], out_specs=[q_s, row_s],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((B, N, L), jnp.float32)],
         compiler_params=_params(4, 2), interpret=_interpret(), name=_name("fwd", rate),
-    )(ids, q, k, v, bias)
+    )(ids, q, k, v, qseg, kseg)
 
 
-def _backward_local(ids, q, k, v, bias, o, lse, do, rate):
+def _backward_local(ids, q, k, v, qseg, kseg, o, lse, do, rate):
     B, L, N, K = q.shape
     S = k.shape[1]
     bq, bk = min(BLOCK_BWD, L), min(BLOCK_BWD, S)
     delta = jnp.einsum("BLNK,BLNK->BNL", o.astype(jnp.float32), do.astype(jnp.float32))
     common = dict(rate=rate, scale=1 / math.sqrt(K))
     # dK, dV: a block of keys per program, looping over all queries.
-    ids_s, qw, kb, roww, biasb = _specs(L, S, K, bq, bk, q_whole=True, k_whole=False)
+    ids_s, qw, kb, roww, qsegw, ksegb = _specs(L, S, K, bq, bk, q_whole=True, k_whole=False)
     dk, dv = pl.pallas_call(
         functools.partial(_dkdv_kernel, block_q=bq, **common), grid=(B, N, S // bk),
-        in_specs=[ids_s, qw, kb, kb, qw, roww, roww, biasb], out_specs=[kb, kb],
+        in_specs=[ids_s, qw, kb, kb, qw, roww, roww, qsegw, ksegb], out_specs=[kb, kb],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         compiler_params=_params(4, 2), interpret=_interpret(), name=_name("dkdv", rate),
-    )(ids, q, k, v, do, lse, delta, bias)
+    )(ids, q, k, v, do, lse, delta, qseg, kseg)
     # dQ: a block of queries per program, looping over all keys.
-    ids_s, qb, kw, rowb, biasw = _specs(L, S, K, bq, bk, q_whole=False, k_whole=True)
+    ids_s, qb, kw, rowb, qsegb, ksegw = _specs(L, S, K, bq, bk, q_whole=False, k_whole=True)
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, block_k=bk, **common), grid=(B, N, L // bq),
-        in_specs=[ids_s, qb, kw, kw, qb, rowb, rowb, biasw], out_specs=qb,
+        in_specs=[ids_s, qb, kw, kw, qb, rowb, rowb, qsegb, ksegw], out_specs=qb,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=_params(4, 2), interpret=_interpret(), name=_name("dq", rate),
-    )(ids, q, k, v, do, lse, delta, bias)
+    )(ids, q, k, v, do, lse, delta, qseg, kseg)
     return dq, dk, dv
 
 
@@ -292,11 +302,11 @@ def _shardings(mesh, arg_shapes, kinds):
     batch, heads = _axes(arg_shapes)
     named = {"seed": P(None), "rows": P(batch), "heads": P(heads),
              "x": P(batch, None, heads, None), "lse": P(batch, heads, None),
-             "bias": P(batch, None)}
+             "seg": P(batch, None)}
     return tuple(NamedSharding(mesh, named[kind]) for kind in kinds)
 
 
-_ARGS = ("seed", "rows", "heads", "x", "x", "x", "bias", "x", "lse", "x")
+_ARGS = ("seed", "rows", "heads", "x", "x", "x", "seg", "seg", "x", "lse", "x")
 
 
 def _partitioned(local, n_args: int, outs: tuple[str, ...], rule: str):
@@ -315,18 +325,18 @@ def _partitioned(local, n_args: int, outs: tuple[str, ...], rule: str):
     return fn
 
 
-def _forward_shard(seed, rows, heads, q, k, v, bias, rate):
-    return tuple(_forward_local(_ids(seed, rows, heads), q, k, v, bias, rate))
+def _forward_shard(seed, rows, heads, q, k, v, qseg, kseg, rate):
+    return tuple(_forward_local(_ids(seed, rows, heads), q, k, v, qseg, kseg, rate))
 
 
-def _backward_shard(seed, rows, heads, q, k, v, bias, o, lse, do, rate):
-    return _backward_local(_ids(seed, rows, heads), q, k, v, bias, o, lse, do, rate)
+def _backward_shard(seed, rows, heads, q, k, v, qseg, kseg, o, lse, do, rate):
+    return _backward_local(_ids(seed, rows, heads), q, k, v, qseg, kseg, o, lse, do, rate)
 
 
-_forward = _partitioned(_forward_shard, 7, ("x", "lse"),
-                        "s, b, n, b l n k, b t n k, b t n k, b t -> b l n k, b n l")
-_backward = _partitioned(_backward_shard, 10, ("x", "x", "x"),
-                         "s, b, n, b l n k, b t n k, b t n k, b t, b l n k, b n l, b l n k "
+_forward = _partitioned(_forward_shard, 8, ("x", "lse"),
+                        "s, b, n, b l n k, b t n k, b t n k, b l, b t -> b l n k, b n l")
+_backward = _partitioned(_backward_shard, 11, ("x", "x", "x"),
+                         "s, b, n, b l n k, b t n k, b t n k, b l, b t, b l n k, b n l, b l n k "
                          "-> b l n k, b t n k, b t n k")
 
 
@@ -351,60 +361,76 @@ def padded_length(n: int) -> int:
     return -(-n // block) * block
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _attention(seed, q, k, v, bias, rate):
-    return _run_forward(seed, q, k, v, bias, rate)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _attention(seed, q, k, v, qseg, kseg, rate):
+    return _run_forward(seed, q, k, v, qseg, kseg, rate)[0]
 
 
-def _run_forward(seed, q, k, v, bias, rate):
+def _run_forward(seed, q, k, v, qseg, kseg, rate):
     rows = jnp.arange(q.shape[0], dtype=jnp.uint32)
     heads = jnp.arange(q.shape[2], dtype=jnp.uint32)
-    o, lse = _forward(seed, rows, heads, q, k, v, bias, rate)
-    return o, (seed, q, k, v, bias, o, lse)
+    o, lse = _forward(seed, rows, heads, q, k, v, qseg, kseg, rate)
+    return o, (seed, q, k, v, qseg, kseg, o, lse)
 
 
 def _attention_bwd(rate, res, do):
-    seed, q, k, v, bias, o, lse = res
+    seed, q, k, v, qseg, kseg, o, lse = res
     rows = jnp.arange(q.shape[0], dtype=jnp.uint32)
     heads = jnp.arange(q.shape[2], dtype=jnp.uint32)
-    dq, dk, dv = _backward(seed, rows, heads, q, k, v, bias, o, lse, do.astype(q.dtype), rate)
-    return None, dq, dk, dv, None
+    dq, dk, dv = _backward(seed, rows, heads, q, k, v, qseg, kseg, o, lse, do.astype(q.dtype),
+                           rate)
+    return None, dq, dk, dv, None, None
 
 
 _attention.defvjp(_run_forward, _attention_bwd)
 
 
+def _segments(B: int, L: int, S: int, kv_valid: Optional[Array],
+              segment_ids: Optional[Array]) -> tuple[Array, Array]:
+    """Query and key segment ids, int32 [B, L] and [B, S]: a query sees the keys of its own
+    segment, and no key of segment 0 (padding)."""
+    if segment_ids is not None:
+        if L != S:
+            raise ValueError(f"segment_ids are for self-attention; got {L} queries, {S} keys")
+        seg = segment_ids.astype(jnp.int32)
+        kseg = seg if kv_valid is None else jnp.where(kv_valid, seg, 0)
+        return seg, kseg
+    kseg = jnp.ones((B, S), jnp.int32) if kv_valid is None else kv_valid.astype(jnp.int32)
+    return jnp.ones((B, L), jnp.int32), kseg
+
+
 def attention(q: Array, k: Array, v: Array, kv_valid: Optional[Array], seed: Array,
-              rate: float) -> Array:
+              rate: float, segment_ids: Optional[Array] = None) -> Array:
     """softmax(q k^T / sqrt(K)) with dropout `rate` on the weights, times v.
 
     q [B, L, N, K], k and v [B, S, N, K] (the same dtype); kv_valid [B, S] bool (True for a real
     key) or None; seed uint32[2] (the layer's dropout key); rate a Python float (0: no
-    dropout). Returns [B, L, N, K].
+    dropout); segment_ids [B, L] (self-attention over packed rows: a query attends to the keys
+    of its own segment; 0 is padding) or None. Returns [B, L, N, K].
     """
     _check(q, k, rate)
     B, L, S = q.shape[0], q.shape[1], k.shape[1]
+    qseg, kseg = _segments(B, L, S, kv_valid, segment_ids)
     Lp, Sp = padded_length(L), padded_length(S)
-    real = jnp.ones((B, S), bool) if kv_valid is None else kv_valid.astype(bool)
-    real = jnp.pad(real, ((0, 0), (0, Sp - S)))  # padded keys are masked
-    bias = jnp.where(real, 0.0, _MASKED).astype(jnp.float32)
-    if Lp != L:
+    if Lp != L:  # padded queries (segment 0) see no key; their rows are dropped below
         q = jnp.pad(q, ((0, 0), (0, Lp - L), (0, 0), (0, 0)))
-    if Sp != S:
+        qseg = jnp.pad(qseg, ((0, 0), (0, Lp - L)))
+    if Sp != S:  # padded keys are segment 0: masked
         k, v = (jnp.pad(x, ((0, 0), (0, Sp - S), (0, 0), (0, 0))) for x in (k, v))
-    out = _attention(jnp.asarray(seed, jnp.uint32).reshape(2), q, k, v, bias, float(rate))
+        kseg = jnp.pad(kseg, ((0, 0), (0, Sp - S)))
+    out = _attention(jnp.asarray(seed, jnp.uint32).reshape(2), q, k, v, qseg, kseg, float(rate))
     return out[:, :L] if Lp != L else out
 
 
 def reference(q: Array, k: Array, v: Array, kv_valid: Optional[Array], seed: Array,
-              rate: float) -> Array:
+              rate: float, segment_ids: Optional[Array] = None) -> Array:
     """The same attention, mask and all, in plain XLA operations (for tests)."""
     B, L, N, K = q.shape
     S = k.shape[1]
+    qseg, kseg = _segments(B, L, S, kv_valid, segment_ids)
     logits = jnp.einsum("BLNK,BSNK->BNLS", q, k, preferred_element_type=jnp.float32)
-    logits = logits / math.sqrt(K)
-    if kv_valid is not None:
-        logits = logits + jnp.where(kv_valid, 0.0, _MASKED)[:, None, None, :]
+    allowed = (qseg[:, :, None] == kseg[:, None, :]) & (kseg[:, None, :] != 0)
+    logits = jnp.where(allowed[:, None], logits / math.sqrt(K), _MASKED)
     w = jax.nn.softmax(logits, axis=-1)
     if rate:
         ids = _ids(jnp.asarray(seed, jnp.uint32).reshape(2), jnp.zeros(1, jnp.uint32),

@@ -355,9 +355,11 @@ class AttentionMask:
     mask: Optional[Array] = None  # [B, 1, L, S] bool, True where attending is allowed
     kv_lengths: Optional[Array] = None  # [B] int32: keys 0..len-1 are real (padding at the end)
     keys: Optional[Array] = None  # [B, S] bool: the real keys, where `mask` is only padding
+    segments: Optional[Array] = None  # [B, L] int: packed rows' segment ids, where `mask` is that
 
 
-jax.tree_util.register_dataclass(AttentionMask, data_fields=["mask", "kv_lengths", "keys"],
+jax.tree_util.register_dataclass(AttentionMask,
+                                 data_fields=["mask", "kv_lengths", "keys", "segments"],
                                  meta_fields=[])
 
 
@@ -368,7 +370,7 @@ def make_attention_mask(input_ids: Array, pad_token_id: int, attention_mask=None
     if segment_ids is not None:  # packed rows: attend only within the same input
         seg = segment_ids
         mask = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)  # [B, L, S]
-        return AttentionMask(mask=mask[:, None])
+        return AttentionMask(mask=mask[:, None], segments=seg)
     if attention_mask is None:
         attention_mask = input_ids != pad_token_id
     B, L = input_ids.shape[0], input_ids.shape[-1]
@@ -385,14 +387,12 @@ def _dense_mask(amask: AttentionMask, S: int) -> Optional[Array]:
     return (jnp.arange(S)[None, :] < amask.kv_lengths[:, None])[:, None, None, :]
 
 
-def _real_keys(amask: AttentionMask, S: int) -> Optional[Array]:
-    """The [B, S] real keys for `flash_attention` (None: all are), where the mask is padding."""
+def _flash_masks(amask: AttentionMask, S: int) -> dict:
+    """The mask as `flash_attention.attention` takes it: the [B, S] real keys and/or the
+    [B, L] segment ids of packed rows."""
     if amask.kv_lengths is not None:
-        return jnp.arange(S)[None, :] < amask.kv_lengths[:, None]
-    if amask.mask is not None and amask.keys is None:
-        raise ValueError("model.attention='pallas' takes padding masks only, not packed rows "
-                         "(segment_ids); use model.attention='auto' there")
-    return amask.keys
+        return dict(kv_valid=jnp.arange(S)[None, :] < amask.kv_lengths[:, None])
+    return dict(kv_valid=amask.keys, segment_ids=amask.segments)
 
 
 def _cpu_float16(config: RobertaConfig) -> bool:
@@ -465,7 +465,8 @@ class SelfAttention(nn.Module):
             rate = c.attention_dropout_rate if dropout else 0.0
             seed = (jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32) if dropout
                     else jnp.zeros((2,), jnp.uint32))
-            out = flash_attention.attention(q, k, v, _real_keys(amask, k.shape[1]), seed, rate)
+            out = flash_attention.attention(q, k, v, seed=seed, rate=rate,
+                                            **_flash_masks(amask, k.shape[1]))
         elif impl == "xla" and _attention_core(c):  # bf16 on the CPU; with or without dropout
             keep = None
             if dropout:

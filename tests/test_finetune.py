@@ -115,9 +115,10 @@ GLUE_CASES = {  # config file -> metric names in results.json
 def test_glue_task_end_to_end(name, pretrained, glue_dir, tmp_path):
     predict = name in ("sst2", "stsb")  # leaderboard files for a classifier and the regressor
     # RTE also runs gradient accumulation (2 microbatches of 8, one row per fake device), WNLI
-    # draws its dropout masks from the hash generator.
+    # draws its dropout masks from the hash generator, CoLA runs attention (with its dropout)
+    # through the fused kernel, model.attention="pallas".
     extra = {"rte": {"batch_size": 16, "microbatches": 2},
-             "wnli": {"dropout_rng": "hash"}}.get(name, {})
+             "wnli": {"dropout_rng": "hash"}, "cola": {"attention": "pallas"}}.get(name, {})
     results = run(name, pretrained, tmp_path, data_dir=str(glue_dir), predict_test=predict,
                   **extra)
     check_outputs(tmp_path, results, GLUE_CASES[name])

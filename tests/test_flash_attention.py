@@ -21,30 +21,33 @@ def _qkv(B, L, N, K, dtype=jnp.float32, key=0):
     return tuple(jax.random.normal(k, (B, L, N, K), jnp.float32).astype(dtype) for k in ks)
 
 
-def _loss(fn, rate, valid):
+def _loss(fn, rate, valid, segment_ids=None):
     K = 16
     weights = jnp.cos(jnp.arange(K, dtype=jnp.float32))  # a cotangent that differs per column
 
     def loss(q, k, v):
-        return (fn(q, k, v, valid, SEED, rate).astype(jnp.float32) * weights).sum()
+        out = fn(q, k, v, valid, SEED, rate, segment_ids)
+        return (out.astype(jnp.float32) * weights).sum()
     return loss
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.1])
-@pytest.mark.parametrize("L,lengths", [(256, None), (100, (100, 37))])
-def test_matches_xla_with_the_same_mask(rate, L, lengths):
+@pytest.mark.parametrize("L,lengths,packed", [(256, None, False), (100, (100, 37), False),
+                                              (128, (128, 37), True)])
+def test_matches_xla_with_the_same_mask(rate, L, lengths, packed):
     """Forward and gradients against `reference` (softmax, the same keep mask, in XLA), float32.
     256: two query blocks and four key blocks a head; 100: padded inside to 128, and a row
-    whose keys end at 37."""
+    whose keys end at 37; packed: rows of two inputs (segment ids 1, 2) and padding."""
     B, N, K = 2, 2, 16
     q, k, v = _qkv(B, L, N, K)
     valid = None if lengths is None else jnp.arange(L)[None, :] < jnp.array(lengths)[:, None]
-    out = fa.attention(q, k, v, valid, SEED, rate)
-    ref = fa.reference(q, k, v, valid, SEED, rate)
+    seg = jnp.where(jnp.arange(L)[None] < jnp.array([50, 20])[:, None], 1, 2) if packed else None
+    out = fa.attention(q, k, v, valid, SEED, rate, seg)
+    ref = fa.reference(q, k, v, valid, SEED, rate, seg)
     assert out.shape == (B, L, N, K)
     np.testing.assert_allclose(out, ref, atol=2e-6, rtol=1e-5)
-    grads = jax.grad(_loss(fa.attention, rate, valid), argnums=(0, 1, 2))(q, k, v)
-    want = jax.grad(_loss(fa.reference, rate, valid), argnums=(0, 1, 2))(q, k, v)
+    grads = jax.grad(_loss(fa.attention, rate, valid, seg), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(_loss(fa.reference, rate, valid, seg), argnums=(0, 1, 2))(q, k, v)
     for name, g, w in zip("qkv", grads, want):
         np.testing.assert_allclose(g, w, atol=5e-6, rtol=1e-5, err_msg=f"d{name}")
     if lengths is not None:  # padded keys get no gradient
@@ -139,8 +142,8 @@ def _tiny(**kw):
 
 
 def _batch():
-    ids = jax.random.randint(jax.random.key(1), (3, 128), 3, 300)
-    am = (jnp.arange(128)[None] < jnp.array([128, 100, 17])[:, None]).astype(jnp.int32)
+    ids = jax.random.randint(jax.random.key(1), (3, 64), 3, 300)
+    am = (jnp.arange(64)[None] < jnp.array([64, 50, 17])[:, None]).astype(jnp.int32)
     return jnp.where(am == 1, ids, 1), am
 
 
@@ -179,13 +182,38 @@ def test_model_path_masks_follow_the_dropout_key():
     assert float(l4) != float(l1)
 
 
-def test_model_path_refuses_packed_rows():
-    ids, _ = _batch()
-    model = M.RobertaForMaskedLM(_tiny(attention="pallas"))
+@pytest.mark.parametrize("variant", [dict(remat="full"), dict(scan_unroll=1)])
+def test_recomputed_and_scanned_layers_draw_the_same_masks(variant):
+    """Rematerialized layers recompute attention, and a scanned layer loop runs one kernel call
+    for every layer: the masks (and so loss and gradients) are those of the plain model."""
+    ids, am = _batch()
     params = M.RobertaForMaskedLM(_tiny()).init(jax.random.key(0), ids)["params"]
-    seg = jnp.ones_like(ids)
-    with pytest.raises(ValueError, match="padding masks only.*segment_ids"):
-        model.apply({"params": params}, ids, segment_ids=seg, deterministic=True)
+
+    def run(cfg):
+        model = M.RobertaForMaskedLM(cfg)
+
+        def loss(p):
+            return model.apply({"params": p}, ids, attention_mask=am, deterministic=False,
+                               rngs={"dropout": jax.random.key(3)}).astype(jnp.float32).std()
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (l1, g1), (l2, g2) = run(_tiny(attention="pallas")), run(_tiny(attention="pallas",
+                                                                   **variant))
+    assert float(l2) == pytest.approx(float(l1), abs=1e-7)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-7)
+
+
+def test_model_path_takes_packed_rows():
+    """Packed rows (segment ids, as DOC-SENTENCES and SENTENCE-PAIR+NSP feed them): each input
+    attends within itself, as on XLA's path."""
+    ids, _ = _batch()
+    seg = jnp.where(jnp.arange(64)[None] < jnp.array([30, 64, 10])[:, None], 1, 2)
+    seg = seg.at[2, 40:].set(0)  # padding after the second input
+    params = M.RobertaForMaskedLM(_tiny()).init(jax.random.key(0), ids)["params"]
+    out = {att: M.RobertaForMaskedLM(_tiny(attention=att)).apply(
+        {"params": params}, ids, segment_ids=seg, deterministic=True) for att in ("xla", "pallas")}
+    np.testing.assert_allclose(out["pallas"], out["xla"], atol=2e-6)
 
 
 def test_unknown_attention_is_named():

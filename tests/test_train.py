@@ -44,8 +44,8 @@ def test_resume_is_exact_with_the_fused_attention_dropout(tmp_path):
     (no state of its own), so a resumed run draws the same masks: the same losses, bit for
     bit."""
     def run(workdir, **kw):
-        c = config(4)
-        c.model.attention = "pallas"
+        c = config(4, batch_size=8, eval_batches=1)
+        c.model.attention, c.model.num_layers = "pallas", 1
         train.train(c, str(tmp_path / workdir), **kw)
         return [r["loss"] for r in observe.read_metrics(str(tmp_path / workdir)) if "loss" in r]
 

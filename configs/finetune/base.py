@@ -45,6 +45,9 @@ def get_config():
     c.grad_clip_norm = 0.0          # fairseq GLUE recipe: --clip-norm 0.0 (off)
     c.dropout = 0.1                 # Table 10
     c.attention_dropout = 0.1       # Table 10
+    c.attention = "auto"            # model.attention: auto (cuDNN flash where it applies, i.e.
+                                    # in evaluation on a GPU; else XLA) | xla | cudnn | pallas
+                                    # (robertax's fused kernel, with attention dropout)
     c.microbatches = 1              # gradient accumulation inside the step
     c.dropout_rng = "rbg"           # "rbg" (quicker to compile and run) | "threefry" | "unsafe_rbg" | "hash"
     c.precision = "auto"            # auto: bfloat16 on TPU and GPUs from Ampere on, float16 on
