@@ -45,8 +45,11 @@ from robertax.hash_rng import mix
 Array = jax.Array
 
 _MASKED = -1e30  # added to a padded key's logit: exp() of it is 0, and no inf - inf NaN
+# Untuned: FlashAttention-2's usual sizes for a head dimension of 64 (tools/bench_attention.py
+# times others on a GPU by setting these).
 BLOCK_Q, BLOCK_K = 128, 64  # the forward's query and key blocks
 BLOCK_BWD = 64  # both blocks of the backward's two kernels
+NUM_WARPS, NUM_STAGES = 4, 2  # Triton's launch: warps a program, software-pipelining stages
 
 
 def threshold(rate: float) -> np.uint32:
@@ -218,11 +221,11 @@ def _interpret() -> bool:
     return jax.default_backend() != "gpu"
 
 
-def _params(num_warps: int, num_stages: int):
+def _params():
     if _interpret():
         return None
     from jax.experimental.pallas import triton as plgpu
-    return plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+    return plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
 
 def _specs(L, S, K, bq, bk, q_whole: bool, k_whole: bool):
@@ -255,7 +258,7 @@ def _forward_local(ids, q, k, v, qseg, kseg, rate):
         in_specs=[ids_s, q_s, k_s, k_s, qseg_s, kseg_s], out_specs=[q_s, row_s],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((B, N, L), jnp.float32)],
-        compiler_params=_params(4, 2), interpret=_interpret(), name=_name("fwd", rate),
+        compiler_params=_params(), interpret=_interpret(), name=_name("fwd", rate),
     )(ids, q, k, v, qseg, kseg)
 
 
@@ -271,7 +274,7 @@ def _backward_local(ids, q, k, v, qseg, kseg, o, lse, do, rate):
         functools.partial(_dkdv_kernel, block_q=bq, **common), grid=(B, N, S // bk),
         in_specs=[ids_s, qw, kb, kb, qw, roww, roww, qsegw, ksegb], out_specs=[kb, kb],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        compiler_params=_params(4, 2), interpret=_interpret(), name=_name("dkdv", rate),
+        compiler_params=_params(), interpret=_interpret(), name=_name("dkdv", rate),
     )(ids, q, k, v, do, lse, delta, qseg, kseg)
     # dQ: a block of queries per program, looping over all keys.
     ids_s, qb, kw, rowb, qsegb, ksegw = _specs(L, S, K, bq, bk, q_whole=False, k_whole=True)
@@ -279,7 +282,7 @@ def _backward_local(ids, q, k, v, qseg, kseg, o, lse, do, rate):
         functools.partial(_dq_kernel, block_k=bk, **common), grid=(B, N, L // bq),
         in_specs=[ids_s, qb, kw, kw, qb, rowb, rowb, qsegb, ksegw], out_specs=qb,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=_params(4, 2), interpret=_interpret(), name=_name("dq", rate),
+        compiler_params=_params(), interpret=_interpret(), name=_name("dq", rate),
     )(ids, q, k, v, do, lse, delta, qseg, kseg)
     return dq, dk, dv
 

@@ -243,3 +243,25 @@ def test_bench_model_runs_under_cpu_env():
     stdout, ours, theirs = _tiny_bench(env=env)
     assert abs(ours - theirs) < 1e-5 * abs(theirs), stdout
     assert "LD_PRELOAD='" + env["LD_PRELOAD"] in stdout
+
+
+def test_bench_attention_times_every_path_and_restores_the_kernel_settings(tmp_path):
+    """tools/bench_attention.py on the CPU (the kernel in Pallas's interpreter): one row per
+    path and setting, the module's block settings back as they were, a bad setting named."""
+    import json
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+    import bench_attention
+    from robertax import flash_attention as fa
+    before = (fa.BLOCK_Q, fa.BLOCK_K, fa.BLOCK_BWD, fa.NUM_WARPS, fa.NUM_STAGES)
+    out = tmp_path / "rows.jsonl"
+    bench_attention.main(["--batch=1", "--length=64", "--heads=2", "--reps=1",
+                          "--pallas_configs=32x32/16/4/2", f"--json_out={out}"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == ["xla-drop", "pallas", "pallas-drop",
+                                         "pallas 32x32/16/4/2", "pallas-drop 32x32/16/4/2"]
+    assert all(r["ms"] > 0 and r["length"] == 64 for r in rows)
+    assert (fa.BLOCK_Q, fa.BLOCK_K, fa.BLOCK_BWD, fa.NUM_WARPS, fa.NUM_STAGES) == before
+    with pytest.raises(SystemExit, match="BLOCK_K 48 is not a power of two"):
+        bench_attention.parse_config("64x48/32/4/2")

@@ -17,7 +17,8 @@
 #   (XLA attention): base_xla large_xla, with hash dropout base_xla_hash large_xla_hash, and
 #   through model.attention_vjp: base_xla_vjp
 #   large_xla_vjp; the paper's attention dropout through robertax's fused Triton kernel
-#   (model.attention=pallas, hash dropout): base_pallas large_pallas; profile_large; train.
+#   (model.attention=pallas, hash dropout): base_pallas large_pallas, and its kernel alone against
+#   cuDNN and XLA (tools/bench_attention.py): attn; profile_large; train.
 # Every robertax row uses bf16, the unrolled layer loop, cuDNN flash attention and rbg dropout
 # unless its label says otherwise.
 # GPU_CHECK_BUDGET_S (default 540): items that would start after it are skipped. Measured on an
@@ -54,7 +55,7 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-items=${*:-profile_base large torch_base base_fold_hash correct base_pallas large_b96_fold_hash large_acc_fold_hash base_fold base_hash large_fold_hash base_b256_fold_hash large_fold base_xla base_xla_hash large_pallas base_take base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
+items=${*:-profile_base large torch_base base_fold_hash correct attn base_pallas large_b96_fold_hash large_acc_fold_hash base_fold base_hash large_fold_hash base_b256_fold_hash large_fold base_xla base_xla_hash large_pallas base_take base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
 J="$OUT/bench.jsonl"
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-540}))  # items that would start past it are skipped
 B="python3 tools/bench_train.py --json_out=$J --steps=10 --warmup=2"
@@ -67,11 +68,12 @@ run() {
   [ "$t" -gt "$left" ] && t=$left
   case "$*" in *bench_train.py*) set -- "$@" ${TINY[@]+"${TINY[@]}"} ;;
     *gpu_correctness.py*) [ ${#TINY[@]} -gt 0 ] && set -- "$@" --small ;;
+    *bench_attention.py*) [ ${#TINY[@]} -gt 0 ] && set -- "$@" --batch=2 --length=64 --heads=2 --reps=2 ;;
     *robertax.train*) [ ${#TINY[@]} -gt 0 ] && set -- "$@" --config.optim.total_steps=4 \
       --config.data.num_workers=0 ;;
   esac
   echo "== [$SECONDS s] $*" >&2
-  timeout "$t" "$@" 2>&1 | grep -vE "^(W|I)[0-9]{4} |Warning|warn" | tee -a "$OUT/log.txt" | grep -E "^profile|^  [A-Za-z_]|seq/s|FLOPs|rel err|correctness|compiled|unsupported|Error|error|trained|loss .* nats|\[1x|\[3x"
+  timeout "$t" "$@" 2>&1 | grep -vE "^(W|I)[0-9]{4} |Warning|warn" | tee -a "$OUT/log.txt" | grep -E "^profile|^  [A-Za-z_]|seq/s|FLOPs|rel err|correctness|compiled|unsupported|Error|error|trained|loss .* nats|\[1x|\[3x|^attention fwd|^(path|xla-drop|cudnn|pallas)[ -]"
 }
 for it in $items; do case $it in
   correct)      run 240 python3 tools/gpu_correctness.py ;;
@@ -135,6 +137,9 @@ for it in $items; do case $it in
   # The paper's attention dropout 0.1 through robertax.flash_attention (Triton): the weights
   # and their masks never reach memory (estimates 2026-12-07, hash dropout: base 128 138.1 ->
   # 101.5 ms, 47.8 -> 23.6 GB; compare base_xla_hash, which fits only at batch 64)
+  # the attention core alone (base's shapes, batch 16): XLA with dropout, cuDNN, the fused
+  # kernel with and without dropout, and three other block/launch settings of it
+  attn)         run 120 python3 tools/bench_attention.py --json_out="$OUT/attention.jsonl" --pallas_configs=64x64/64/4/2,128x64/64/4/3,128x128/64/8/2 ;;
   base_pallas)  run 150 $B $BASE --label=base-pallas-drop --config.model.attention=pallas --config.model.attention_dropout_rate=0.1 --config.dropout_rng=hash ;;
   large_pallas) run 200 $B $LARGE --label=large-pallas-drop --config.model.attention=pallas --config.model.attention_dropout_rate=0.1 --config.dropout_rng=hash ;;
   train)        run 150 python3 -m robertax.train --workdir="$(mktemp -d /tmp/wd_gpu.XXXX)" --config.optim.total_steps=60 --config.precision=bfloat16 ;;

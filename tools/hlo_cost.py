@@ -2,10 +2,11 @@
 
 Each top-level kernel of the entry computation (a fusion, a library call, a copy; the kernels of
 a while loop's body counted as often as its known trip count) gets the bytes it reads and
-writes and, for matrix products and cuDNN attention, its FLOPs. A roofline turns those into a
-time: max(bytes / bandwidth, FLOPs / rate, integer operations / integer rate) + a launch cost,
-with rates that are parameters (defaults below: the bandwidth and product rates measured on an
-H100 in a profile of the base step, 2026-11-26; the integer rate the card's specification).
+writes and, for matrix products and fused attention (cuDNN's, robertax.flash_attention's), its
+FLOPs. A roofline turns those into a time: max(bytes / bandwidth, FLOPs / rate, integer
+operations / integer rate) + a launch cost, with rates that are parameters (defaults below:
+the bandwidth and product rates measured on an H100 in a profile of the base step, 2026-11-26;
+the integer rate the card's specification).
 Integer operations are what a random-number hash costs inside an elementwise kernel (threefry's
 20 rounds, robertax.hash_rng's mixer); a kernel whose integer work outlasts its memory traffic
 is bound by it.
