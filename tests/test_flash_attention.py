@@ -137,8 +137,9 @@ def test_padded_length():
 # --- the model's path --------------------------------------------------------------------------
 
 def _tiny(**kw):
-    return M.RobertaConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2,
-                           intermediate_size=64, max_position_embeddings=130, **kw)
+    kw = {"num_layers": 1, **kw}
+    return M.RobertaConfig(vocab_size=300, hidden_size=32, num_heads=2, intermediate_size=64,
+                           max_position_embeddings=130, **kw)
 
 
 def _batch():
@@ -148,13 +149,17 @@ def _batch():
 
 
 def test_model_path_matches_xla_without_dropout():
+    """Without dropout the model's output equals XLA's path: with padding, and with packed rows
+    (segment ids, as DOC-SENTENCES and SENTENCE-PAIR+NSP feed them; padding after the second
+    input of the last row), each input attending within itself."""
     ids, am = _batch()
-    xla = M.RobertaForMaskedLM(_tiny())
-    params = xla.init(jax.random.key(0), ids)["params"]
-    ours = M.RobertaForMaskedLM(_tiny(attention="pallas"))
-    a = xla.apply({"params": params}, ids, attention_mask=am, deterministic=True)
-    b = ours.apply({"params": params}, ids, attention_mask=am, deterministic=True)
-    np.testing.assert_allclose(b, a, atol=2e-6)
+    seg = jnp.where(jnp.arange(64)[None] < jnp.array([30, 64, 10])[:, None], 1, 2)
+    seg = seg.at[2, 40:].set(0)
+    params = M.RobertaForMaskedLM(_tiny()).init(jax.random.key(0), ids)["params"]
+    for kw in (dict(attention_mask=am), dict(segment_ids=seg)):
+        xla, ours = (M.RobertaForMaskedLM(_tiny(attention=a)).apply(
+            {"params": params}, ids, deterministic=True, **kw) for a in ("xla", "pallas"))
+        np.testing.assert_allclose(ours, xla, atol=2e-6)
     assert M.attention_implementation(_tiny(attention="pallas"), True) == "pallas"
 
 
@@ -182,12 +187,12 @@ def test_model_path_masks_follow_the_dropout_key():
     assert float(l4) != float(l1)
 
 
-@pytest.mark.parametrize("variant", [dict(remat="full"), dict(scan_unroll=1)])
-def test_recomputed_and_scanned_layers_draw_the_same_masks(variant):
+def test_recomputed_and_scanned_layers_draw_the_same_masks():
     """Rematerialized layers recompute attention, and a scanned layer loop runs one kernel call
     for every layer: the masks (and so loss and gradients) are those of the plain model."""
+    variant = dict(remat="full", scan_unroll=1)
     ids, am = _batch()
-    params = M.RobertaForMaskedLM(_tiny()).init(jax.random.key(0), ids)["params"]
+    params = M.RobertaForMaskedLM(_tiny(num_layers=2)).init(jax.random.key(0), ids)["params"]
 
     def run(cfg):
         model = M.RobertaForMaskedLM(cfg)
@@ -197,23 +202,11 @@ def test_recomputed_and_scanned_layers_draw_the_same_masks(variant):
                                rngs={"dropout": jax.random.key(3)}).astype(jnp.float32).std()
         return jax.jit(jax.value_and_grad(loss))(params)
 
-    (l1, g1), (l2, g2) = run(_tiny(attention="pallas")), run(_tiny(attention="pallas",
-                                                                   **variant))
+    (l1, g1) = run(_tiny(attention="pallas", num_layers=2))
+    (l2, g2) = run(_tiny(attention="pallas", num_layers=2, **variant))
     assert float(l2) == pytest.approx(float(l1), abs=1e-7)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, atol=1e-7)
-
-
-def test_model_path_takes_packed_rows():
-    """Packed rows (segment ids, as DOC-SENTENCES and SENTENCE-PAIR+NSP feed them): each input
-    attends within itself, as on XLA's path."""
-    ids, _ = _batch()
-    seg = jnp.where(jnp.arange(64)[None] < jnp.array([30, 64, 10])[:, None], 1, 2)
-    seg = seg.at[2, 40:].set(0)  # padding after the second input
-    params = M.RobertaForMaskedLM(_tiny()).init(jax.random.key(0), ids)["params"]
-    out = {att: M.RobertaForMaskedLM(_tiny(attention=att)).apply(
-        {"params": params}, ids, segment_ids=seg, deterministic=True) for att in ("xla", "pallas")}
-    np.testing.assert_allclose(out["pallas"], out["xla"], atol=2e-6)
 
 
 def test_unknown_attention_is_named():
