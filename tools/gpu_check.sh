@@ -28,7 +28,9 @@
 # the issue lacks, with base's PyTorch baseline in the same run, the unrolled step's profile,
 # the two untested switches that the CPU-side screen (tools/gpu_aot.py) expects to help most,
 # together (fold_attention_biases, an estimated -2.5% step time; dropout_rng=hash, -4.6%;
-# both -7.2%), then the correctness checks, then large at batch 96 with both (the one estimate
+# both -7.2%), then the correctness checks (the fused attention-dropout kernel's among them),
+# then that kernel alone against cuDNN and XLA (attn, ~1 minute estimated, unmeasured) and in
+# the paper's recipe (base_pallas), then large at batch 96 with both (the one estimate
 # projected past 390 seq/s), then each switch alone; the attention-dropout row
 # and the switches the screen expects to slow the step (layer_norm_vjp +3.8%, attention_vjp
 # +15%: measure them to confirm) in a second call if time is left.
