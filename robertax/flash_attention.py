@@ -370,16 +370,15 @@ def _attention(seed, q, k, v, qseg, kseg, rate):
 
 
 def _run_forward(seed, q, k, v, qseg, kseg, rate):
+    # The global batch-row and head indices, sharded with q (see _partitioned).
     rows = jnp.arange(q.shape[0], dtype=jnp.uint32)
     heads = jnp.arange(q.shape[2], dtype=jnp.uint32)
     o, lse = _forward(seed, rows, heads, q, k, v, qseg, kseg, rate)
-    return o, (seed, q, k, v, qseg, kseg, o, lse)
+    return o, (seed, rows, heads, q, k, v, qseg, kseg, o, lse)
 
 
 def _attention_bwd(rate, res, do):
-    seed, q, k, v, qseg, kseg, o, lse = res
-    rows = jnp.arange(q.shape[0], dtype=jnp.uint32)
-    heads = jnp.arange(q.shape[2], dtype=jnp.uint32)
+    seed, rows, heads, q, k, v, qseg, kseg, o, lse = res
     dq, dk, dv = _backward(seed, rows, heads, q, k, v, qseg, kseg, o, lse, do.astype(q.dtype),
                            rate)
     return None, dq, dk, dv, None, None
