@@ -16,8 +16,12 @@ dropout keeps a host-side counter instead, which restarts with the process), and
 each device hashes the global row and head indices it holds (`_ids`), so the masks
 do not depend on the mesh either.
 
-    keep[b, n, i, j] = mix(mix(i * 2**16 + j ^ k0) ^ k1) >= rate * 2**32
+    h = mix(mix((i * 2**15 + j // 2) ^ k0) ^ k1)      one hash for keys j = 2c, 2c + 1
+    keep[b, n, i, j] = (h >> 16 if j is even else h & 0xFFFF) >= round(rate * 2**16)
     k0 = mix(mix(b ^ seed0) ^ n),  k1 = mix(k0 ^ seed1)
+
+Sixteen bits a weight give the rate to within 2**-17 and halve the hashing, which by the
+instruction count is most of the kernels' non-product work (tools/gpu_estimates.md).
 
 Kept weights are scaled by 1 / (1 - rate), as `flax.linen.Dropout` does. Padding comes as a
 [B, S] boolean of the real keys, packed rows (DOC-SENTENCES, SENTENCE-PAIR+NSP) as [B, L]
@@ -53,8 +57,9 @@ NUM_WARPS, NUM_STAGES = 4, 2  # Triton's launch: warps a program, software-pipel
 
 
 def threshold(rate: float) -> np.uint32:
-    """A weight is kept where its 32 hash bits are >= this (probability 1 - rate)."""
-    return np.uint32(min(round(rate * 2 ** 32), 2 ** 32 - 1))
+    """A weight is kept where its 16 hash bits are >= this (probability 1 - rate, to within
+    2**-17)."""
+    return np.uint32(min(round(rate * 2 ** 16), 2 ** 16 - 1))
 
 
 def head_keys(ids, b: Array, n: Array) -> tuple[Array, Array]:
@@ -66,9 +71,13 @@ def head_keys(ids, b: Array, n: Array) -> tuple[Array, Array]:
     return k0, mix(k0 ^ ids[1])
 
 
-def keep_bits(k0: Array, k1: Array, rows: Array, cols: Array) -> Array:
-    """The hash bits of weights (rows, cols) of one head (uint32, broadcast together)."""
-    return mix(mix(((rows << 16) + cols) ^ k0) ^ k1)
+def keep_bits(k0: Array, k1: Array, rows: Array, pairs: Array) -> Array:
+    """16 hash bits (uint32 below 2**16) for each weight of rows x keys 2·pairs, 2·pairs + 1 of
+    one head: one 32-bit hash per pair of neighbouring keys, its high half for the even key and
+    its low half for the odd one (inputs broadcast together; the last axis doubles)."""
+    h = mix(mix(((rows << 15) + pairs) ^ k0) ^ k1)
+    halves = jnp.stack([h >> 16, h & np.uint32(0xFFFF)], axis=-1)
+    return halves.reshape(*halves.shape[:-2], 2 * halves.shape[-2])
 
 
 def keep_mask(ids: Array, B: int, N: int, L: int, S: int, rate: float) -> Array:
@@ -77,8 +86,8 @@ def keep_mask(ids: Array, B: int, N: int, L: int, S: int, rate: float) -> Array:
     n = lax.broadcasted_iota(jnp.uint32, (B, N, 1, 1), 1)
     k0, k1 = head_keys(ids, b, n)
     rows = lax.broadcasted_iota(jnp.uint32, (1, 1, L, 1), 2)
-    cols = lax.broadcasted_iota(jnp.uint32, (1, 1, 1, S), 3)
-    return keep_bits(k0, k1, rows, cols) >= threshold(rate)
+    pairs = lax.broadcasted_iota(jnp.uint32, (1, 1, 1, (S + 1) // 2), 3)
+    return (keep_bits(k0, k1, rows, pairs) >= threshold(rate))[..., :S]
 
 
 def _dot(a: Array, b: Array, contract: tuple[int, int]) -> Array:
@@ -122,8 +131,8 @@ def _fwd_kernel(ids_ref, q_ref, k_ref, v_ref, qseg_ref, kseg_ref, o_ref, lse_ref
         p = jnp.exp(s - m_new[:, None])
         l = l * alpha + jnp.sum(p, axis=1)  # the softmax's sum counts dropped weights too
         if rate:
-            keep = keep_bits(k0, k1, rows, _iota(block_k, start, 1)) >= threshold(rate)
-            p = jnp.where(keep, p, 0.0)
+            pairs = _iota(block_k // 2, j * (block_k // 2), 1)
+            p = jnp.where(keep_bits(k0, k1, rows, pairs) >= threshold(rate), p, 0.0)
         acc = acc * alpha[:, None] + _dot(p.astype(vb.dtype), vb, (1, 0))
         return acc, m_new, l
 
@@ -141,13 +150,14 @@ def _program_keys(ids_ref) -> tuple[Array, Array]:
     return head_keys(ids, pl.program_id(0), pl.program_id(1))
 
 
-def _weights_grads(keys, q, k, v, do, lse, delta, qseg, kseg, rows, cols, *, rate, scale):
-    """One block's dropped weights and ds (the logits' gradient)."""
+def _weights_grads(keys, q, k, v, do, lse, delta, qseg, kseg, rows, pairs, *, rate, scale):
+    """One block's dropped weights and ds (the logits' gradient); pairs: its keys' pair
+    indices (keep_bits)."""
     p = jnp.exp(_logits(q, k, qseg, kseg, scale) - lse[:, None])  # [bq, bk]
     dp = _dot(do, v, (1, 1))  # the dropped weights' gradient
     if rate:
         k0, k1 = keys
-        keep = keep_bits(k0, k1, rows, cols) >= threshold(rate)
+        keep = keep_bits(k0, k1, rows, pairs) >= threshold(rate)
         inv = 1.0 / (1.0 - rate)
         pd = jnp.where(keep, p * inv, 0.0)
         dp = jnp.where(keep, dp * inv, 0.0)
@@ -164,7 +174,7 @@ def _dkdv_kernel(ids_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_
     L = q_ref.shape[0]
     k, v = k_ref[...], v_ref[...]
     kseg = kseg_ref[...]
-    cols = _iota(bk, j * bk, 1)
+    pairs = _iota(bk // 2, j * (bk // 2), 1)
     keys = _program_keys(ids_ref)
 
     def body(i, carry):
@@ -175,7 +185,7 @@ def _dkdv_kernel(ids_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_
         pd, ds = _weights_grads(keys, q, k, v, do, lse_ref[pl.ds(start, block_q)],
                                 delta_ref[pl.ds(start, block_q)],
                                 qseg_ref[pl.ds(start, block_q)], kseg,
-                                _iota(block_q, start, 0), cols, rate=rate, scale=scale)
+                                _iota(block_q, start, 0), pairs, rate=rate, scale=scale)
         dv = dv + _dot(pd.astype(do.dtype), do, (0, 0))
         dk = dk + _dot(ds.astype(q.dtype), q, (0, 0))
         return dk, dv
@@ -201,7 +211,8 @@ def _dq_kernel(ids_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qseg_re
         kb, vb = k_ref[pl.ds(start, block_k), :], v_ref[pl.ds(start, block_k), :]
         _, ds = _weights_grads(keys, q, kb, vb, do, lse, delta, qseg,
                                kseg_ref[pl.ds(start, block_k)], rows,
-                               _iota(block_k, start, 1), rate=rate, scale=scale)
+                               _iota(block_k // 2, j * (block_k // 2), 1), rate=rate,
+                               scale=scale)
         return dq + _dot(ds.astype(kb.dtype), kb, (1, 0))
 
     dq = lax.fori_loop(0, S // block_k, body, jnp.zeros((bq, K), jnp.float32))

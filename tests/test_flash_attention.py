@@ -67,6 +67,9 @@ def test_dropout_changes_the_output_and_keeps_its_mean():
 
 
 def test_keep_mask_statistics():
+    """Each weight keeps 16 bits of a hash shared with its neighbouring key: the masks still
+    keep 1 - rate of the weights, independently of neighbours (the two halves included), of
+    other (row, head)s and of another key."""
     ids = fa._ids(SEED, jnp.zeros(1, jnp.uint32), jnp.zeros(1, jnp.uint32))
     B, N, L = 4, 4, 256
     m = np.asarray(fa.keep_mask(ids, B, N, L, L, 0.1))
@@ -77,12 +80,18 @@ def test_keep_mask_statistics():
     flat = m.reshape(B * N, -1)
     assert len({row.tobytes() for row in flat}) == B * N
     x = m.astype(np.float32) - m.mean()  # neighbours along keys and along queries uncorrelated
-    for a, b in ((x[..., 1:], x[..., :-1]), (x[:, :, 1:], x[:, :, :-1])):
+    for a, b in ((x[..., 1:], x[..., :-1]), (x[:, :, 1:], x[:, :, :-1]),
+                 (x[..., 0::2], x[..., 1::2])):  # the last: the two halves of one hash
         assert abs((a * b).mean() / x.var()) < 0.01
     other = np.asarray(fa.keep_mask(fa._ids(SEED + 1, jnp.zeros(1, jnp.uint32),
                                             jnp.zeros(1, jnp.uint32)), B, N, L, L, 0.1))
     assert abs((m == other).mean() - (0.9 ** 2 + 0.1 ** 2)) < 0.003  # another key: independent
     np.testing.assert_array_equal(m, np.asarray(fa.keep_mask(ids, B, N, L, L, 0.1)))
+    # an odd number of keys: the last pair's second half is cut, the rest is the same mask
+    np.testing.assert_array_equal(np.asarray(fa.keep_mask(ids, B, N, L, L - 1, 0.1)),
+                                  m[..., :L - 1])
+    for rate in (0.1, 0.3, 1e-6):  # 16 bits a weight: the rate to within 2**-17
+        assert abs(float(fa.threshold(rate)) / 2 ** 16 - rate) <= 2 ** -17
 
 
 def test_the_same_masks_and_gradients_on_a_mesh():

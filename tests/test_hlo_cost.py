@@ -1,5 +1,6 @@
 """tools/hlo_cost.py and tools/gpu_aot.py: bytes, FLOPs and kernel counts read from HLO text,
-against numbers worked by hand; the AOT tool's plumbing rehearsed on this machine's CPU."""
+against numbers worked by hand; the AOT tool's plumbing rehearsed on this machine's CPU;
+tools/kernel_ptx.py's counts of a PTX loop worked by hand."""
 
 import json
 import os
@@ -12,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import hlo_cost  # noqa: E402
+import kernel_ptx  # noqa: E402
 
 # The shapes of XLA's optimized GPU HLO text (as `compiled.as_text()` prints it), trimmed.
 HLO = """HloModule jit_f, is_scheduled=true
@@ -177,19 +179,53 @@ ENTRY %main.3 (ids: u32[4], q: bf16[2,128,4,64], b: f32[2,128], lse: f32[2,4,128
 
 
 def test_flash_attention_kernels_by_hand():
-    """The forward (2 products of 2·B·N·L·S·K) with dropout (20 integer operations a weight)
+    """The forward (2 products of 2·B·N·L·S·K) with dropout (12 integer operations a weight)
     and dQ (3 products, no dropout) are attention kernels timed at the attention rate."""
     fwd, dq = hlo_cost.kernels(FLASH_HLO)
     weights = 2 * 4 * 128 * 128
     assert fwd.category == dq.category == "attention"
-    assert fwd.flops == 2 * 2 * weights * 64 and fwd.int_ops == 20 * weights
+    assert fwd.flops == 2 * 2 * weights * 64 and fwd.int_ops == 12 * weights
     assert dq.flops == 3 * 2 * weights * 64 and dq.int_ops == 0
     x = 2 * 128 * 4 * 64 * 2  # one bf16 [2, 128, 4, 64]
     assert fwd.read == 16 + 3 * x + 2 * 128 * 4 and fwd.written == x + 2 * 4 * 128 * 4
     assert fwd.seconds(attention=1e12, bandwidth=1e15, launch=0, int_rate=1e15) == \
         pytest.approx(fwd.flops / 1e12)
     assert fwd.seconds(attention=1e15, bandwidth=1e15, launch=0, int_rate=1e9) == \
-        pytest.approx(20 * weights / 1e9)
+        pytest.approx(12 * weights / 1e9)
+
+
+# The shape of the PTX that XLA dumps for a Triton kernel, trimmed: a prologue, a loop that a
+# predicated backward branch closes (6 instructions), a forward branch, an epilogue.
+PTX = """.visible .entry flash_attention_fwd_dropout(
+	.param .u64 .ptr .global .align 1 flash_attention_fwd_dropout_param_0
+)
+{
+	.reg .b32 	%r<9>;
+	ld.param.u64 	%rd1, [flash_attention_fwd_dropout_param_0];
+	st.shared.v4.b32 	[%r1], {%r2, %r3, %r4, %r5};
+$L__BB0_1:
+	xor.b32 	%r6, %r1, %r2;
+	shr.u32 	%r7, %r6, 16;
+	mul.lo.s32 	%r8, %r7, 2146121005;
+	ld.shared.u32 	%r2, [%r8];
+	setp.lt.u32 	%p1, %r8, 64;
+	@%p1 bra 	$L__BB0_1;
+	bra.uni 	$L__BB0_3;
+$L__BB0_3:
+	shfl.sync.bfly.b32 	%r3, %r2, 1, 31, -1;
+	bar.sync 	0;
+	ret;
+}
+"""
+
+
+def test_kernel_ptx_counts_the_loop_by_hand():
+    """The loop is the block from a label to the branch back to it (6 instructions here; the
+    forward branch closes no loop), and the data-movement counts read every instruction."""
+    assert kernel_ptx.loop_instructions(PTX) == 6
+    counts = kernel_ptx.kernel_counts(PTX)
+    assert counts == {"loop": 6, "st.shared": 1, "ld.shared": 1, "bar": 1, "shfl": 1,
+                      "local": 0, "wgmma": 0}
 
 
 def test_no_entry_is_an_error():

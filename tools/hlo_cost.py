@@ -157,10 +157,12 @@ def _attention_flops(instr: Instr, shapes: dict) -> float:
 
 # robertax.flash_attention's Triton kernels (model.attention="pallas"): the products each one
 # runs, in units of 2·B·N·L·S·K, timed at the cuDNN attention rate (an assumption until
-# measured), and with dropout the integer operations of each weight's keep bit (two rounds of
-# hash_rng.mix, 8 each, and 4 to index, key and compare).
+# measured), and with dropout the integer operations of each weight's keep bit: one 32-bit hash
+# per pair of weights (two rounds of hash_rng.mix, 8 each, and 3 to index and key: 9.5 a
+# weight), then 2 to take the weight's half and compare. The PTX of the H100 compile agrees:
+# the hash adds 13 instructions a weight to the forward kernel's loop (22 with one hash each).
 _FLASH_PRODUCTS = {"fwd": 2, "dkdv": 4, "dq": 3}
-_FLASH_HASH_OPS = 20
+_FLASH_HASH_OPS = 12
 _FLASH = re.compile(r'name = \\?"flash_attention_(fwd|dkdv|dq)(_dropout)?')
 
 
