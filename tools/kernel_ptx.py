@@ -13,7 +13,11 @@ tools/bench_attention.py on a card measures.
 
 Needs JAX's CUDA plugin, as tools/gpu_aot.py does (its docstring: /tmp/aot):
 
-    JAX_PLATFORMS=cpu /tmp/aot/bin/python tools/kernel_ptx.py [--rate=0.1] [--batch=16]
+    JAX_PLATFORMS=cpu /tmp/aot/bin/python tools/kernel_ptx.py [--rate=0.1] [--batch=16] \
+        [--pallas_configs=64x64/64/4/2,128x64/64/4/3,128x128/64/8/2]
+
+Other block and launch settings (`--pallas_configs`) show whether a setting spills registers to
+local memory before the card times it.
 """
 
 from __future__ import annotations
@@ -59,8 +63,9 @@ def kernel_counts(ptx: str) -> dict:
     return out
 
 
-def compile_and_dump(rate: float, batch: int, dump: str) -> dict:
-    """{kernel name: kernel_counts} for one compilation of forward + backward."""
+def compile_and_dump(rate: float, batch: int, dump: str, setting: dict) -> dict:
+    """{kernel name: kernel_counts} for one compilation of forward + backward, with the
+    flash_attention module settings `setting` (BLOCK_Q, ..., NUM_STAGES)."""
     import jax
     import jax.numpy as jnp
     from jax.experimental import topologies
@@ -71,6 +76,8 @@ def compile_and_dump(rate: float, batch: int, dump: str) -> dict:
 
     device = topologies.get_topology_desc(platform="cuda", topology="1x1x1",
                                           target_config=H100).devices[0]
+    for key, value in setting.items():
+        setattr(fa, key, value)
     real_backend = jax.default_backend
     jax.default_backend = lambda: "gpu"  # the kernels take their Triton path, not the interpreter
     try:
@@ -97,10 +104,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rate", type=float, default=0.1, help="attention dropout to compare")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--pallas_configs", default="",
+                    help="comma-separated BLOCK_QxBLOCK_K/BLOCK_BWD/WARPS/STAGES (as "
+                         "tools/bench_attention.py takes them) to compile with dropout too")
     args = ap.parse_args(argv)
+    from tools.bench_attention import parse_config
+    runs = [("", 0.0, {}), ("", args.rate, {})] + [
+        (text, args.rate, parse_config(text))
+        for text in filter(None, args.pallas_configs.split(","))]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     rows = {}
-    for rate in (0.0, args.rate):
+    for text, rate, setting in runs:
         # XLA reads its flags once per process: each compilation dumps from a process of its own.
         with tempfile.TemporaryDirectory() as dump:
             env = {**os.environ, "JAX_PLATFORMS": "cpu",
@@ -108,18 +122,20 @@ def main(argv=None):
                                 + os.environ.get("XLA_FLAGS", "")}
             code = (f"import json, sys; sys.path.insert(0, {root!r}); "
                     f"from tools.kernel_ptx import compile_and_dump; "
-                    f"print(json.dumps(compile_and_dump({rate!r}, {args.batch!r}, {dump!r})))")
+                    f"print(json.dumps(compile_and_dump({rate!r}, {args.batch!r}, {dump!r}, "
+                    f"{setting!r})))")
             done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                   text=True)
             if done.returncode:
                 raise SystemExit(done.stderr[-3000:])
-            rows.update(json.loads(done.stdout.strip().splitlines()[-1]))
+            rows.update({f"{name} {text}".strip(): counts for name, counts in
+                         sorted(json.loads(done.stdout.strip().splitlines()[-1]).items())})
     cols = ["loop", *_COUNTED]
     print(f"robertax.flash_attention on a compile-only H100, B={args.batch} L=512 N=12 K=64 bf16"
           f" (PTX instruction counts; loop: the inner loop's instructions)")
-    print(f"{'kernel':<30}" + "".join(f"{c:>10}" for c in cols))
-    for name in sorted(rows):
-        print(f"{name:<30}" + "".join(f"{rows[name][c]:>10}" for c in cols))
+    print(f"{'kernel':<44}" + "".join(f"{c:>10}" for c in cols))
+    for name in rows:
+        print(f"{name:<44}" + "".join(f"{rows[name][c]:>10}" for c in cols))
 
 
 if __name__ == "__main__":
