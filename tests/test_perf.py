@@ -267,18 +267,37 @@ def test_bench_attention_times_every_path_and_restores_the_kernel_settings(tmp_p
         bench_attention.parse_config("64x48/32/4/2")
 
 
-def test_gpu_correctness_reports_a_check_that_raises_and_goes_on():
-    """A check that raises (robertax's Triton kernels under a JAX that cannot compile them) is
-    one FAIL line naming the exception, counted as a failure, and the next check still runs."""
+def _gpu_correctness():
+    """tools/gpu_correctness.py as a module (its main() runs only as a script)."""
     import importlib.util
-    import io
     import os
-    from contextlib import redirect_stdout
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
                         "gpu_correctness.py")
     spec = importlib.util.spec_from_file_location("gpu_correctness_under_test", path)
-    gc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gc)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_correctness_check_groups():
+    """--checks picks groups (gpu_check.sh's correct_cudnn, correct_pallas, ... items); a
+    misspelt group or argument is an error naming it and the groups, before any work."""
+    gc = _gpu_correctness()
+    assert gc.parse_groups([]) == gc.parse_groups(["--small"]) == set(gc.GROUPS)
+    assert gc.parse_groups(["--small", "--checks=reference,cudnn"]) == {"reference", "cudnn"}
+    with pytest.raises(SystemExit, match=r"unknown group\(s\) \['cudn'\]; the groups are "
+                                         r"reference, cudnn, pallas, switches"):
+        gc.parse_groups(["--checks=cudn"])
+    with pytest.raises(SystemExit, match="unknown argument '--smal'"):
+        gc.parse_groups(["--smal"])
+
+
+def test_gpu_correctness_reports_a_check_that_raises_and_goes_on():
+    """A check that raises (robertax's Triton kernels under a JAX that cannot compile them) is
+    one FAIL line naming the exception, counted as a failure, and the next check still runs."""
+    import io
+    from contextlib import redirect_stdout
+    gc = _gpu_correctness()
     out = io.StringIO()
     with redirect_stdout(out):
         gc.guarded("pallas kernel compiles", lambda: (_ for _ in ()).throw(

@@ -2,7 +2,9 @@
 # One prepared GPU session (< 10 minutes): install the carried wheels, check the fast paths'
 # numerics, then time RoBERTa-base and -large (robertax and transformers) and print one table.
 #   bash tools/gpu_check.sh [items...]   (no items: the default list below)
-# items: correct (tools/gpu_correctness.py); profile_base (base timing + a profile table; the
+# items: correct (tools/gpu_correctness.py, every check) or its groups as items of their own:
+#   correct_cudnn (bf16 and cuDNN against float32 and transformers), correct_pallas (the fused
+#   attention-dropout kernel), correct_switches; profile_base (base timing + a profile table; the
 #   trace and the compiled HLO land in $OUT); base large torch_base torch_large base_b256 large_b96
 #   large_b128 (H200: 61.5 GB estimated);
 #   switches: base_scan large_scan (model.scan_unroll=1, the layer loop not unrolled)
@@ -22,14 +24,15 @@
 # Every robertax row uses bf16, the unrolled layer loop, cuDNN flash attention and rbg dropout
 # unless its label says otherwise.
 # GPU_CHECK_BUDGET_S (default 540): items that would start after it are skipped. Measured on an
-# H100 (2026-11-26): correct up to 240 s, an unrolled base item ~70 s, large ~115 s,
-# torch_base ~65 s, torch_large ~130 s (torch.compile). The default list is in priority order
-# (about 330 s before `correct`, which then gets the ~210 s left): the base and large timings
+# H100 (2026-11-26): correct (then without the pallas checks) cut at 240 s before its cuDNN
+# checks, an unrolled base item ~70 s, large ~115 s, torch_base ~65 s, torch_large ~130 s
+# (torch.compile). The default list is in priority order (about 330 s before `correct_cudnn`,
+# which then gets the ~210 s left): the base and large timings
 # the issue lacks, with base's PyTorch baseline in the same run, the unrolled step's profile,
 # the two untested switches that the CPU-side screen (tools/gpu_aot.py) expects to help most,
 # together (fold_attention_biases, an estimated -2.5% step time; dropout_rng=hash, -4.6%;
-# both -7.2%), then the correctness checks (the fused attention-dropout kernel's among them),
-# then that kernel alone against cuDNN and XLA (attn, ~1 minute estimated, unmeasured) and in
+# both -7.2%), then the cuDNN correctness checks, then the fused attention-dropout kernel's
+# checks, that kernel alone against cuDNN and XLA (attn, ~1 minute estimated, unmeasured) and in
 # the paper's recipe (base_pallas), then large at batch 96 with both (the one estimate
 # projected past 390 seq/s), then each switch alone; the attention-dropout row
 # and the switches the screen expects to slow the step (layer_norm_vjp +3.8%, attention_vjp
@@ -57,7 +60,7 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-items=${*:-profile_base large torch_base base_fold_hash correct attn base_pallas large_b96_fold_hash large_acc_fold_hash base_fold base_hash large_fold_hash base_b256_fold_hash large_fold base_xla base_xla_hash large_pallas base_take base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
+items=${*:-profile_base large torch_base base_fold_hash correct_cudnn correct_pallas attn base_pallas large_b96_fold_hash large_acc_fold_hash base_fold base_hash large_fold_hash base_b256_fold_hash large_fold base_xla base_xla_hash large_pallas correct_switches base_take base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
 J="$OUT/bench.jsonl"
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-540}))  # items that would start past it are skipped
 B="python3 tools/bench_train.py --json_out=$J --steps=10 --warmup=2"
@@ -79,6 +82,9 @@ run() {
 }
 for it in $items; do case $it in
   correct)      run 240 python3 tools/gpu_correctness.py ;;
+  correct_cudnn) run 200 python3 tools/gpu_correctness.py --checks=reference,cudnn ;;
+  correct_pallas) run 150 python3 tools/gpu_correctness.py --checks=pallas ;;
+  correct_switches) run 200 python3 tools/gpu_correctness.py --checks=switches ;;
   base)         run 120 $B $BASE --label=base $FAST ;;
   profile_base) run 200 $B $BASE --label=base $FAST --profile_dir=/tmp/profile_base --hlo_out=/tmp/base_step.hlo.txt
                 gzip -c /tmp/base_step.hlo.txt > "$OUT/base_step.hlo.txt.gz" 2>/dev/null
