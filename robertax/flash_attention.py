@@ -6,7 +6,8 @@ otherwise takes XLA's path, which writes the [B, N, L, S] weights, their dropout
 their gradients to memory in every layer. This is FlashAttention-2's scheme (Dao, 2023) in
 Pallas (Triton on a GPU; Pallas's interpreter elsewhere, for tests): the weights live only in
 registers, a block of keys at a time, with an online softmax, and the backward recomputes them
-from the saved log-sum-exp.
+from the saved log-sum-exp. (JAX deprecated Pallas's Triton backend in 0.11 in favour of Mosaic
+GPU; 0.11.2, the GPU image's, compiles these kernels for an H100, and 0.12.1 still has it.)
 
 The dropout mask is never stored either: each weight's keep bit is a keyed hash of where it is
 (batch row, head, query, key; `hash_rng.mix`, two rounds), recomputed wherever it is needed.

@@ -18,6 +18,8 @@ wheels); in its own environment:
         --config.model.attention_dropout_rate=0 --config.dropout_rng=rbg \\
         --variant=lnvjp:model.layer_norm_vjp=True --variant=scanned:model.scan_unroll=1
 
+The GPU image's jax 0.11.2 needs Python 3.12 on PyPI (`python3.12 -m venv /tmp/aot12`, then the
+same install with "jax[cuda12]==0.11.2"); its compilations give the same estimates.
 (JAX_PLATFORMS=cpu keeps the plugin from looking for a GPU; the model's backend checks are told
 "gpu", so it takes the paths it takes on a GPU: cuDNN attention, XLA products.) Autotuning needs
 the device, so XLA picks its kernels' default configurations (--xla_gpu_autotune_level=0).
@@ -146,7 +148,10 @@ def compile_step(config, devices):
                  "mlm_targets": spec((B, P)), "mlm_weights": spec((B, P), jnp.float32)}
         key = jax.eval_shape(lambda: train.make_dropout_rng(config))
         key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
-        return run.train_step.lower(run.abstract_state, batch, key).compile()
+        # Pallas's Triton lowering (model.attention="pallas") asks the default device for the
+        # GPU's compute capability (jax >= 0.11): make it the compile-only GPU.
+        with jax.default_device(devices[0]):
+            return run.train_step.lower(run.abstract_state, batch, key).compile()
     finally:
         jax.default_backend = real_backend
 

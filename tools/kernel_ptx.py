@@ -11,7 +11,9 @@ as if they overlapped perfectly; the loop's instruction count shows what the dro
 to the work every thread issues, whatever the overlap. Counts, not times: only
 tools/bench_attention.py on a card measures.
 
-Needs JAX's CUDA plugin, as tools/gpu_aot.py does (its docstring: /tmp/aot):
+Needs JAX's CUDA plugin, as tools/gpu_aot.py does (its docstring: /tmp/aot), at jax 0.10.2:
+jax 0.11.2's XLA compiles the kernels for a compile-only H100 too (with the device set as
+below) but dumps no PTX for them.
 
     JAX_PLATFORMS=cpu /tmp/aot/bin/python tools/kernel_ptx.py [--rate=0.1] [--batch=16] \
         [--pallas_configs=64x64/64/4/2,128x64/64/4/3,128x128/64/8/2]
@@ -88,10 +90,16 @@ def compile_and_dump(rate: float, batch: int, dump: str, setting: dict) -> dict:
         x = jax.ShapeDtypeStruct((batch, 512, 12, 64), jnp.bfloat16, sharding=sh)
         w = jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=sh)
         seed = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sh)
-        jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x, w, seed).compile()
+        # Pallas's Triton lowering asks the default device for the GPU's compute capability
+        # (jax >= 0.11): make it the compile-only H100.
+        with jax.default_device(device):
+            jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x, w, seed).compile()
     finally:
         jax.default_backend = real_backend
     out = {}
+    if not glob.glob(os.path.join(dump, "*.ptx")):
+        raise SystemExit(f"XLA dumped no PTX into {dump} under jax {jax.__version__} (0.11.2's "
+                         f"XLA dumps none for a compile-only GPU; use 0.10.2's CUDA plugin)")
     for path in glob.glob(os.path.join(dump, "*.ptx")):
         text = open(path).read()
         m = re.search(r"\.entry (flash_attention_\w+)", text)
