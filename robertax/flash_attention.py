@@ -6,8 +6,10 @@ otherwise takes XLA's path, which writes the [B, N, L, S] weights, their dropout
 their gradients to memory in every layer. This is FlashAttention-2's scheme (Dao, 2023) in
 Pallas (Triton on a GPU; Pallas's interpreter elsewhere, for tests): the weights live only in
 registers, a block of keys at a time, with an online softmax, and the backward recomputes them
-from the saved log-sum-exp. (JAX deprecated Pallas's Triton backend in 0.11 in favour of Mosaic
-GPU; 0.11.2, the GPU image's, compiles these kernels for an H100, and 0.12.1 still has it.)
+from the saved log-sum-exp. The softmax runs in base 2 (logits times log2 e, exp2, a base-2
+log-sum-exp), as FlashAttention's CUDA kernels do: exp2 is one GPU instruction, where exp costs
+about ten. (JAX deprecated Pallas's Triton backend in 0.11 in favour of Mosaic GPU; 0.11.2, the
+GPU image's, compiles these kernels for an H100, and 0.12.1 still has it.)
 
 The dropout mask is never stored either: each weight's keep bit is a keyed hash of where it is
 (batch row, head, query, key; `hash_rng.mix`, two rounds), recomputed wherever it is needed.
@@ -50,6 +52,9 @@ from robertax.hash_rng import mix
 Array = jax.Array
 
 _MASKED = -1e30  # added to a padded key's logit: exp() of it is 0, and no inf - inf NaN
+# The kernels' softmax works in base 2: exp2 is one instruction on a GPU (ex2.approx), where
+# exp's range reduction costs several.
+_LOG2E = math.log2(math.e)
 # Untuned: FlashAttention-2's usual sizes for a head dimension of 64 (tools/bench_attention.py
 # times others on a GPU by setting these).
 BLOCK_Q, BLOCK_K = 128, 64  # the forward's query and key blocks
@@ -102,11 +107,12 @@ def _iota(n: int, start, axis: int) -> Array:
     return lax.broadcasted_iota(jnp.uint32, shape, axis) + start.astype(jnp.uint32)
 
 
-def _logits(q, k, qseg, kseg, scale):
-    """Scaled q k^T, _MASKED where a query may not see a key: another input of a packed row
-    (segment ids differ) or padding (key segment 0)."""
+def _logits2(q, k, qseg, kseg, scale):
+    """The logits q k^T * scale in base 2 (times log2(e), for exp2), _MASKED where a query may
+    not see a key: another input of a packed row (segment ids differ) or padding (key segment
+    0)."""
     allowed = (qseg[:, None] == kseg[None, :]) & (kseg[None, :] != 0)
-    return jnp.where(allowed, _dot(q, k, (1, 1)) * scale, _MASKED)  # [bq, bk]
+    return jnp.where(allowed, _dot(q, k, (1, 1)) * (scale * _LOG2E), _MASKED)  # [bq, bk]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,10 +132,10 @@ def _fwd_kernel(ids_ref, q_ref, k_ref, v_ref, qseg_ref, kseg_ref, o_ref, lse_ref
         acc, m, l = carry
         start = pl.multiple_of(j * block_k, block_k)
         kb, vb = k_ref[pl.ds(start, block_k), :], v_ref[pl.ds(start, block_k), :]
-        s = _logits(q, kb, qseg, kseg_ref[pl.ds(start, block_k)], scale)
+        s = _logits2(q, kb, qseg, kseg_ref[pl.ds(start, block_k)], scale)
         m_new = jnp.maximum(m, jnp.max(s, axis=1))
-        alpha = jnp.exp(m - m_new)
-        p = jnp.exp(s - m_new[:, None])
+        alpha = jnp.exp2(m - m_new)
+        p = jnp.exp2(s - m_new[:, None])
         l = l * alpha + jnp.sum(p, axis=1)  # the softmax's sum counts dropped weights too
         if rate:
             pairs = _iota(block_k // 2, j * (block_k // 2), 1)
@@ -141,7 +147,7 @@ def _fwd_kernel(ids_ref, q_ref, k_ref, v_ref, qseg_ref, kseg_ref, o_ref, lse_ref
             jnp.zeros((bq,), jnp.float32))
     acc, m, l = lax.fori_loop(0, S // block_k, body, init)
     o_ref[...] = (acc * (1.0 / ((1.0 - rate) * l))[:, None]).astype(o_ref.dtype)
-    lse_ref[...] = m + jnp.log(l)
+    lse_ref[...] = m + jnp.log2(l)  # the log-sum-exp in base 2
 
 
 def _program_keys(ids_ref) -> tuple[Array, Array]:
@@ -154,7 +160,7 @@ def _program_keys(ids_ref) -> tuple[Array, Array]:
 def _weights_grads(keys, q, k, v, do, lse, delta, qseg, kseg, rows, pairs, *, rate, scale):
     """One block's dropped weights and ds (the logits' gradient); pairs: its keys' pair
     indices (keep_bits)."""
-    p = jnp.exp(_logits(q, k, qseg, kseg, scale) - lse[:, None])  # [bq, bk]
+    p = jnp.exp2(_logits2(q, k, qseg, kseg, scale) - lse[:, None])  # [bq, bk]
     dp = _dot(do, v, (1, 1))  # the dropped weights' gradient
     if rate:
         k0, k1 = keys
