@@ -51,7 +51,7 @@ from robertax.hash_rng import mix
 
 Array = jax.Array
 
-_MASKED = -1e30  # added to a padded key's logit: exp() of it is 0, and no inf - inf NaN
+_MASKED = -1e30  # a masked key's logit: exp2() of it is 0, and no inf - inf NaN
 # The kernels' softmax works in base 2: exp2 is one instruction on a GPU (ex2.approx), where
 # exp's range reduction costs several.
 _LOG2E = math.log2(math.e)
