@@ -394,34 +394,36 @@ def _finetune(config, workdir: str) -> dict:
     bar = tqdm(total=total, disable=jax.process_index() != 0 or not config.progress,
                dynamic_ncols=True)
     step, epoch, stop = 0, 0, False
-    while step < total and not stop:
-        for batch in batches(p.train, config.batch_size, config.seed, epoch):
-            state, metrics = step_fn(state, _to_global(p.mesh, batch), dropout_rng)
-            step += 1
-            pending.append(metrics)
-            sharding.wait_behind(pending)
-            tput.add(int(batch["attention_mask"].sum()), int(batch["weight"].sum()))
-            bar.update(1)
-            if step % config.log_every == 0 or step == total:
-                _log_train(writer, pending, tput, step, step / steps_per_epoch, fp16, bar)
-                pending = []
-            at_epoch_end = (step % steps_per_epoch == 0)
-            if (step == total or (config.eval_every == 0 and at_epoch_end)
-                    or (config.eval_every > 0 and step % config.eval_every == 0)):
-                if pending:
+    try:  # closed however the loop ends: left to its atexit hook, a traceback under Python 3.12
+        while step < total and not stop:
+            for batch in batches(p.train, config.batch_size, config.seed, epoch):
+                state, metrics = step_fn(state, _to_global(p.mesh, batch), dropout_rng)
+                step += 1
+                pending.append(metrics)
+                sharding.wait_behind(pending)
+                tput.add(int(batch["attention_mask"].sum()), int(batch["weight"].sum()))
+                bar.update(1)
+                if step % config.log_every == 0 or step == total:
                     _log_train(writer, pending, tput, step, step / steps_per_epoch, fp16, bar)
                     pending = []
-                evaluate(step, round(step / steps_per_epoch, 4))
-                if config.early_stopping_patience > 0 and \
-                        bad_evals >= config.early_stopping_patience:
-                    logging.warning("early stopping at step %d: no better %s in %d evaluations",
-                                    step, metric, bad_evals)
-                    stop = True
-            if step == total or stop:
-                break
-        epoch += 1
-    bar.close()
-    writer.close()
+                at_epoch_end = (step % steps_per_epoch == 0)
+                if (step == total or (config.eval_every == 0 and at_epoch_end)
+                        or (config.eval_every > 0 and step % config.eval_every == 0)):
+                    if pending:
+                        _log_train(writer, pending, tput, step, step / steps_per_epoch, fp16, bar)
+                        pending = []
+                    evaluate(step, round(step / steps_per_epoch, 4))
+                    if config.early_stopping_patience > 0 and \
+                            bad_evals >= config.early_stopping_patience:
+                        logging.warning("early stopping at step %d: no better %s in %d evaluations",
+                                        step, metric, bad_evals)
+                        stop = True
+                if step == total or stop:
+                    break
+            epoch += 1
+    finally:
+        bar.close()
+        writer.close()
 
     # Best model, its dev predictions, test-set predictions, results.
     mc32 = dataclasses.replace(p.model_config, dtype=jnp.float32)

@@ -336,64 +336,70 @@ def _train(config, workdir: str, stop_at: int | None) -> dict:
     window = np.zeros(2, np.int64)  # this host's tokens and MLM overflow since the last log
 
     # 6. The loop.
+    # The writer and the bar are closed however the loop ends: an exception (out of memory, a
+    # non-finite loss, Ctrl-C) left tensorboardX's writer to its atexit hook, which Python 3.12
+    # cannot run ("can't create new thread at interpreter shutdown") and reports as a traceback.
     from tqdm import tqdm
     bar = tqdm(total=total, initial=start, disable=jax.process_index() != 0, dynamic_ncols=True)
     step = start
-    while step < total:
-        batch = next(train_iter)
-        window += ((batch["segment_ids"] != 0).sum(),
-                   batch["mlm_overflow"].sum() if "mlm_overflow" in batch else 0)
-        gbatch = sharding.host_batch_to_global(mesh, step_lib.device_batch(batch))
-        state, metrics = p_train(state, gbatch, dropout_rng)
-        step += 1
-        pending.append(metrics)
-        sharding.wait_behind(pending)
-        bar.update(1)
-        stop = preempt.reached(step) or step == stop_at
-        if step % config.log_every == 0 or step == total or stop:  # stop: the partial window
-            rows = jax.device_get(pending)
-            ntok, novf = (int(x) for x in sharding.from_all_processes(window).sum(0))
-            tput.add(ntok, config.batch_size * len(rows))
-            tokens_seen, overflow, window[:] = tokens_seen + ntok, overflow + novf, 0
-            pending = []
-            for i, r in enumerate(rows):
-                if not math.isfinite(float(r["loss"])) and not (fp16 and r["skipped"]):
-                    ckpt.wait()
-                    raise FloatingPointError(
-                        f"loss is {float(r['loss'])} at step {step - len(rows) + i + 1}; stopping. "
-                        f"The last good checkpoint (step {ckpt.latest_step()}) is kept in "
-                        f"{ckpt.directory}")
-            tok_s, seq_s = tput.rates()
-            tput.reset()
-            last = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1]}
-            last.update(loss_bits=last["loss"] / math.log(2), tokens_per_sec=tok_s,
-                        seqs_per_sec=seq_s, skipped_steps=int(jax.device_get(state.skipped_steps)),
-                        learning_rate=float(rows[-1]["learning_rate"]),
-                        mlm_overflow_tokens=overflow)
-            m = perf.mfu(tok_s, flops.total, jax.device_count(), peak)
-            if m is not None:
-                last["mfu"] = m
-            last.pop("skipped", None)
-            first = first or last  # the same dict while there has been one window
-            writer.write(step, last)
-            bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
-        if step % config.eval_every == 0 or step == total:
-            row = evaluate(config, p_eval, state.params, mesh, shard_dir)
-            if row:
-                eval_first, eval_last = eval_first or row, row
-                writer.write(step, row)
-                logging.info("step %d: eval loss %.4f", step, row["eval_loss"])
-        if step % config.checkpoint_every == 0 or step == total or stop:
-            ckpt.save(step, state, train_iter, force=True)
-        if stop:
-            if jax.process_index() == 0:
-                why = f"stop_at={stop_at}" if step == stop_at else "SIGTERM"
-                print(f"stopped at step {step} of {total} ({why}); checkpoint saved: the same "
-                      "command resumes", flush=True)
-            break
-    bar.close()
+    try:
+        while step < total:
+            batch = next(train_iter)
+            window += ((batch["segment_ids"] != 0).sum(),
+                       batch["mlm_overflow"].sum() if "mlm_overflow" in batch else 0)
+            gbatch = sharding.host_batch_to_global(mesh, step_lib.device_batch(batch))
+            state, metrics = p_train(state, gbatch, dropout_rng)
+            step += 1
+            pending.append(metrics)
+            sharding.wait_behind(pending)
+            bar.update(1)
+            stop = preempt.reached(step) or step == stop_at
+            if step % config.log_every == 0 or step == total or stop:  # stop: the partial window
+                rows = jax.device_get(pending)
+                ntok, novf = (int(x) for x in sharding.from_all_processes(window).sum(0))
+                tput.add(ntok, config.batch_size * len(rows))
+                tokens_seen, overflow, window[:] = tokens_seen + ntok, overflow + novf, 0
+                pending = []
+                for i, r in enumerate(rows):
+                    if not math.isfinite(float(r["loss"])) and not (fp16 and r["skipped"]):
+                        ckpt.wait()
+                        raise FloatingPointError(
+                            f"loss is {float(r['loss'])} at step {step - len(rows) + i + 1}; "
+                            f"stopping. The last good checkpoint (step {ckpt.latest_step()}) is "
+                            f"kept in {ckpt.directory}")
+                tok_s, seq_s = tput.rates()
+                tput.reset()
+                last = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1]}
+                last.update(loss_bits=last["loss"] / math.log(2), tokens_per_sec=tok_s,
+                            seqs_per_sec=seq_s,
+                            skipped_steps=int(jax.device_get(state.skipped_steps)),
+                            learning_rate=float(rows[-1]["learning_rate"]),
+                            mlm_overflow_tokens=overflow)
+                m = perf.mfu(tok_s, flops.total, jax.device_count(), peak)
+                if m is not None:
+                    last["mfu"] = m
+                last.pop("skipped", None)
+                first = first or last  # the same dict while there has been one window
+                writer.write(step, last)
+                bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
+            if step % config.eval_every == 0 or step == total:
+                row = evaluate(config, p_eval, state.params, mesh, shard_dir)
+                if row:
+                    eval_first, eval_last = eval_first or row, row
+                    writer.write(step, row)
+                    logging.info("step %d: eval loss %.4f", step, row["eval_loss"])
+            if step % config.checkpoint_every == 0 or step == total or stop:
+                ckpt.save(step, state, train_iter, force=True)
+            if stop:
+                if jax.process_index() == 0:
+                    why = f"stop_at={stop_at}" if step == stop_at else "SIGTERM"
+                    print(f"stopped at step {step} of {total} ({why}); checkpoint saved: the same "
+                          "command resumes", flush=True)
+                break
+    finally:
+        bar.close()
+        writer.close()
     ckpt.close()
-    writer.close()
     seconds = time.perf_counter() - t_start
     result = {"steps": step - start, "tokens": tokens_seen, "seconds": seconds,
               "first": first, "last": last, "eval_first": eval_first, "eval_last": eval_last}

@@ -237,10 +237,15 @@ def test_out_of_memory_names_the_microbatch_to_change(tmp_path, monkeypatch):
     real = train.build
     monkeypatch.setattr(train, "build", lambda c, mesh: dataclasses.replace(
         real(c, mesh), train_step=_out_of_memory))
+    closed = []  # the metric writer is closed on the way out, not left to tensorboardX's atexit
+    real_close = observe.MetricWriter.close  # hook (a traceback at exit under Python 3.12)
+    monkeypatch.setattr(observe.MetricWriter, "close",
+                        lambda self: (closed.append(self._tb is not None), real_close(self)))
     c = config(3)
     c.microbatches = 2
     with pytest.raises(ValueError) as e:
         train.train(c, str(tmp_path))
+    assert closed == [True]
     msg = str(e.value)
     assert e.value.robertax_bad_input
     assert isinstance(e.value.__cause__, jax.errors.JaxRuntimeError)
