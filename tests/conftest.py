@@ -38,3 +38,15 @@ def pretrained(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("pretrain"))
     train.train(c, workdir)
     return workdir
+
+
+@pytest.fixture
+def writer_closes(monkeypatch) -> list:
+    """Records each `observe.MetricWriter.close()` (True: its TensorBoard writer was still
+    open). A run that raises must close it itself: left to tensorboardX's atexit hook, Python
+    3.12 ends the process with a traceback ("can't create new thread at interpreter shutdown")."""
+    from robertax import observe
+    closes, real_close = [], observe.MetricWriter.close
+    monkeypatch.setattr(observe.MetricWriter, "close",
+                        lambda self: (closes.append(self._tb is not None), real_close(self)))
+    return closes

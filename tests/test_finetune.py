@@ -338,20 +338,16 @@ def test_early_stopping_keeps_the_best_evaluation(pretrained, glue_dir, tmp_path
         assert all(s <= max(scores[:-2]) for s in scores[-2:])
 
 
-def test_an_error_mid_run_closes_the_metric_writer(pretrained, glue_dir, tmp_path, monkeypatch):
+def test_an_error_mid_run_closes_the_metric_writer(pretrained, glue_dir, tmp_path, monkeypatch,
+                                                   writer_closes):
     """An exception in the loop (here from the first evaluation) still closes the TensorBoard
-    writer: left to tensorboardX's atexit hook, it ends the process with a traceback under
-    Python 3.12 ("can't create new thread at interpreter shutdown")."""
-    closed, real_close = [], observe.MetricWriter.close
-    monkeypatch.setattr(observe.MetricWriter, "close",
-                        lambda self: (closed.append(self._tb is not None), real_close(self)))
-
+    writer (conftest.writer_closes says why)."""
     def broken(*_):
         raise RuntimeError("evaluation failed")
     monkeypatch.setattr(finetune, "_evaluate", broken)
     with pytest.raises(RuntimeError, match="evaluation failed"):
         run("sst2", pretrained, tmp_path, data_dir=str(glue_dir), max_steps=2, eval_every=1)
-    assert closed == [True]
+    assert writer_closes == [True]
 
 
 # ------------------------------------------------------------- parity with transformers

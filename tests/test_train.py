@@ -226,7 +226,7 @@ def _out_of_memory(*_):
     return jax.jit(lambda: jnp.cumsum(jnp.arange(2**37, dtype=jnp.float32))[:2])()
 
 
-def test_out_of_memory_names_the_microbatch_to_change(tmp_path, monkeypatch):
+def test_out_of_memory_names_the_microbatch_to_change(tmp_path, monkeypatch, writer_closes):
     """A run that does not fit the device ends with a ValueError marked as bad input (one line
     from the CLI) that names each device's share and the settings to change. XLA:CPU's real
     error surfaces after the step is dispatched ("INTERNAL: ... Out of memory"), as a GPU's
@@ -237,15 +237,11 @@ def test_out_of_memory_names_the_microbatch_to_change(tmp_path, monkeypatch):
     real = train.build
     monkeypatch.setattr(train, "build", lambda c, mesh: dataclasses.replace(
         real(c, mesh), train_step=_out_of_memory))
-    closed = []  # the metric writer is closed on the way out, not left to tensorboardX's atexit
-    real_close = observe.MetricWriter.close  # hook (a traceback at exit under Python 3.12)
-    monkeypatch.setattr(observe.MetricWriter, "close",
-                        lambda self: (closed.append(self._tb is not None), real_close(self)))
     c = config(3)
     c.microbatches = 2
     with pytest.raises(ValueError) as e:
         train.train(c, str(tmp_path))
-    assert closed == [True]
+    assert writer_closes == [True]  # closed on the way out (conftest.writer_closes says why)
     msg = str(e.value)
     assert e.value.robertax_bad_input
     assert isinstance(e.value.__cause__, jax.errors.JaxRuntimeError)
