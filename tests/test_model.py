@@ -509,7 +509,7 @@ def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):
         m = M.RobertaForMaskedLM(config.replace(dtype=dtype))
         loss = lambda p: jax.nn.log_softmax(  # noqa: E731
             m.apply({"params": p}, ids).astype(jnp.float32))[..., 7].mean()
-        return jax.value_and_grad(loss)(params)
+        return jax.jit(jax.value_and_grad(loss))(params)
 
     def error(a, b):
         (la, ga), (lb, gb) = a, b
@@ -541,7 +541,8 @@ def test_unrolled_layer_scan_is_the_same_model(unroll):
         jax.tree.structure(params)
     ids = jnp.asarray(padded_batch(300, seed=3)[0])
     loss = lambda m: lambda p: (m.apply({"params": p}, ids) ** 2).mean()  # noqa: E731
-    (la, ga), (lb, gb) = (jax.value_and_grad(loss(m))(params) for m in (scanned, unrolled))
+    (la, ga), (lb, gb) = (jax.jit(jax.value_and_grad(loss(m)))(params)
+                          for m in (scanned, unrolled))
     np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
@@ -566,7 +567,7 @@ def test_speed_switch_is_the_same_model(switch):
     params = jax.tree.map(lambda p: p * 5.0 if p.ndim >= 2 else p + 0.1, params)  # far from init
     ids = jnp.asarray(padded_batch(300, seed=6)[0])
     loss = lambda m: lambda p: (m.apply({"params": p}, ids) ** 2).mean()  # noqa: E731
-    (la, ga), (lb, gb) = (jax.value_and_grad(loss(m))(params) for m in (plain, fused))
+    (la, ga), (lb, gb) = (jax.jit(jax.value_and_grad(loss(m)))(params) for m in (plain, fused))
     np.testing.assert_allclose(float(la), float(lb), rtol=1e-5)
     for g in (ga, gb):  # the gradient reaches the fused projections and the norms
         assert float(jnp.abs(g["encoder"]["layers"]["attn"]["query"]["kernel"]).max()) > 0
@@ -592,8 +593,8 @@ def test_fold_attention_biases_where_it_applies():
 
     def run(c, **kw):
         m = M.RobertaForMaskedLM(c)
-        return jax.value_and_grad(lambda p: (m.apply({"params": p}, ids, **kw) ** 2).mean())(
-            params)
+        return jax.jit(jax.value_and_grad(
+            lambda p: (m.apply({"params": p}, ids, **kw) ** 2).mean()))(params)
 
     (lp, gp), (lf, gf) = (run(config.replace(fold_attention_biases=f)) for f in (False, True))
     np.testing.assert_allclose(float(lf), float(lp), rtol=1e-5)
