@@ -36,6 +36,7 @@ def get_config():
     m.layer_norm_vjp = False      # LayerNorm with a hand-written backward (same math; a speed knob)
     m.attention_vjp = False       # XLA attention through robertax's own core and backward (a speed knob)
     m.fold_attention_biases = False  # no key/value bias additions, the same math (a speed knob)
+    m.fused_norm = False          # residual add + dropout + LayerNorm in one Pallas kernel (a speed knob)
     m.gather_onehot = True        # MLM positions picked by a one-hot product (exact; False: take_along_axis)
     m.cpu_matmul = "xla"          # on the CPU: "xla" | "mkl" (Intel MKL; `pip install mkl`, a C++ compiler)
 

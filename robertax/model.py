@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from robertax import cpu_attention, cpu_products, flash_attention, vjp_ops
+from robertax import cpu_attention, cpu_products, flash_attention, fused_norm, hash_rng, vjp_ops
 
 Array = jax.Array
 
@@ -79,6 +79,13 @@ class RobertaConfig:
     # The MLM head's positions picked by a product with one-hot rows (see gather_positions);
     # False: by take_along_axis, the form before 2026-12-06 (tools/gpu_check.sh base_take).
     gather_onehot: bool = True
+    # Each layer's residual add, dropout and LayerNorm in one Pallas kernel, forward and
+    # backward (`fused_norm`): where XLA compiles each norm into three kernels and writes the
+    # dropout mask. Same parameters and math; dropout needs dropout_rng="hash" (the kernels
+    # recompute nn.Dropout's hash masks, the same masks). On a GPU Triton; elsewhere Pallas's
+    # interpreter (slow: for tests). A speed knob, estimated but not yet measured on a GPU
+    # (tools/gpu_check.sh base_fused_norm).
+    fused_norm: bool = False
     # Matrix products on the CPU: "xla" (XLA:CPU's) or "mkl" (Intel MKL through a custom call,
     # float32 or bfloat16; needs `pip install mkl` and a C++ compiler: robertax/mkl_gemm.py).
     # Other backends ignore it.
@@ -189,8 +196,8 @@ class LayerNorm(nn.Module):
 
 
 def _dense(config: RobertaConfig, features, names, name: str, axis=-1,
-           use_bias: bool = True) -> "Dense":
-    return Dense(config, features, names, axis, use_bias, name=name)
+           use_bias: bool = True, split_bias: bool = False) -> "Dense":
+    return Dense(config, features, names, axis, use_bias, split_bias, name=name)
 
 
 def _reshaped_init(init, flat_shape):
@@ -251,9 +258,11 @@ class Dense(nn.Module):
     names: tuple  # logical axis names of the kernel
     axis: Any = -1  # contracted input axes (trailing)
     use_bias: bool = True  # False: the bias is created but not added
+    # True: returns (x·W, b), the bias (with input_shift's share) left for the caller to add
+    split_bias: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, input_shift: Optional[Array] = None) -> Array:
+    def __call__(self, x: Array, input_shift: Optional[Array] = None):
         """x·W + b, or (x + input_shift)·W + b computed as x·W + (input_shift·W + b)."""
         c = self.config
         features = self.features if isinstance(self.features, tuple) else (self.features,)
@@ -265,7 +274,9 @@ class Dense(nn.Module):
             assert self.use_bias, "input_shift joins the bias"
             bias = bias + jnp.tensordot(input_shift.astype(jnp.float32),
                                         kernel.astype(jnp.float32), len(axis)).astype(bias.dtype)
-        if not self.use_bias:
+        split = bias if self.split_bias else None
+        add_bias = self.use_bias and split is None
+        if not add_bias:
             bias = jnp.zeros_like(bias)
         mkl = _cpu_dense(c)
         if mkl is not None and axis == tuple(range(x.ndim - len(axis), x.ndim)):
@@ -275,10 +286,13 @@ class Dense(nn.Module):
             x = x.astype(c.dtype)
             out = cpu_products.dense(x.reshape(-1, K), kernel.reshape(K, -1), bias.reshape(-1),
                                      mkl)
-            return out.reshape(*x.shape[:x.ndim - len(axis)], *features)
+            out = out.reshape(*x.shape[:x.ndim - len(axis)], *features)
+            return out if split is None else (out, split)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=c.dtype)
         out = lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
-        if not self.use_bias:
+        if split is not None:
+            return out, split
+        if not add_bias:
             return out
         return out + jnp.reshape(bias, (1,) * (out.ndim - len(features)) + features)
 
@@ -440,6 +454,7 @@ def _fused_qkv(config: RobertaConfig, x: Array) -> tuple[Array, Array, Array]:
 class SelfAttention(nn.Module):
     config: RobertaConfig
     deterministic: bool
+    split_bias: bool = False  # return (output without its bias, the bias) (model.fused_norm)
 
     @nn.compact
     def __call__(self, x: Array, amask: AttentionMask) -> Array:
@@ -489,8 +504,8 @@ class SelfAttention(nn.Module):
             out = jax.nn.dot_product_attention(
                 q, k, v, mask=amask.mask, key_value_seq_lengths=amask.kv_lengths,
                 implementation=impl)  # [B, L, N, K]
-        return _dense(c, c.hidden_size, ("heads", "kv", "embed"), "out", axis=(-2, -1))(
-            out, input_shift=value_bias)
+        return _dense(c, c.hidden_size, ("heads", "kv", "embed"), "out", axis=(-2, -1),
+                      split_bias=self.split_bias)(out, input_shift=value_bias)
 
 
 class Layer(nn.Module):
@@ -501,14 +516,69 @@ class Layer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, amask: AttentionMask):
         c = self.config
-        drop = functools.partial(nn.Dropout(c.dropout_rate), deterministic=self.deterministic)
-        h = SelfAttention(c, self.deterministic, name="attn")(x, amask)
-        x = _layer_norm(c, "attn_norm")(x + drop(h))
+        fused = c.fused_norm  # the sublayers' output biases are added in the fused kernel
+        add_norm = self._fused_add_norm() if fused else self._add_norm()
+        h = SelfAttention(c, self.deterministic, split_bias=fused, name="attn")(x, amask)
+        x = add_norm("attn_norm", x, h)
         h = gelu(_dense(c, c.intermediate_size, ("embed", "mlp"), "up")(x),
                  c.gelu_approximate)  # [B, L, F]
-        h = _dense(c, c.hidden_size, ("mlp", "embed"), "down")(h)  # [B, L, D]
-        x = _layer_norm(c, "mlp_norm")(x + drop(h))
+        h = _dense(c, c.hidden_size, ("mlp", "embed"), "down", split_bias=fused)(h)  # [B, L, D]
+        x = add_norm("mlp_norm", x, h)
         return x, None
+
+    def _add_norm(self):
+        """(name, x, h) -> LayerNorm(x + dropout(h)), the norm named `name`."""
+        c = self.config
+        drop = functools.partial(nn.Dropout(c.dropout_rate), deterministic=self.deterministic)
+        return lambda name, x, h: _layer_norm(c, name)(x + drop(h))
+
+    def _fused_add_norm(self):
+        """The same through `fused_norm`, with the dropout keys nn.Dropout would draw here."""
+        c = self.config
+        rate = 0.0 if self.deterministic else c.dropout_rate
+        keys = _DropoutKey(name="Dropout_0") if rate else None  # nn.Dropout's name and keys
+
+        def add_norm(name, x, h_and_bias):
+            h, h_bias = h_and_bias
+            return ResidualNorm(c, name=name)(x, h, h_bias,
+                                              _hash_key_words(keys()) if rate else None, rate)
+        return add_norm
+
+
+class _DropoutKey(nn.Module):
+    """The dropout key that nn.Dropout would draw in its place (give it nn.Dropout's name)."""
+
+    @nn.compact
+    def __call__(self) -> Array:
+        return self.make_rng("dropout")
+
+
+def _hash_key_words(key: Array) -> Array:
+    """A "hash" dropout key's two uint32 words; other generators are refused (the fused
+    kernels draw nn.Dropout's masks by hashing)."""
+    impl = jax.random.key_impl(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else None
+    if impl != jax.random.key_impl(jax.random.key(0, impl=hash_rng.HASH_IMPL)):
+        raise ValueError("model.fused_norm draws dropout masks in its kernels with the hash "
+                         "generator: set config.dropout_rng='hash' (the dropout key here is "
+                         f"{impl or key.dtype})")
+    return jax.random.key_data(key)
+
+
+class ResidualNorm(nn.Module):
+    """LayerNorm(x + dropout(h + h_bias)) through `fused_norm.residual_norm`
+    (`model.fused_norm`), with nn.LayerNorm's parameters ("scale", "bias": the same names,
+    initial values and axes)."""
+    config: RobertaConfig
+
+    @nn.compact
+    def __call__(self, x: Array, h: Array, h_bias: Array, key_words: Optional[Array],
+                 rate: float) -> Array:
+        c = self.config
+        shape = (x.shape[-1],)
+        scale = self.param("scale", _ones(("embed",)), shape, c.param_dtype)
+        bias = self.param("bias", _zeros(("embed",)), shape, c.param_dtype)
+        return fused_norm.residual_norm(x.astype(c.dtype), h.astype(c.dtype), scale, bias,
+                                        key_words, rate, c.layer_norm_eps, h_bias=h_bias)
 
 
 class Embeddings(nn.Module):

@@ -100,6 +100,10 @@ def make_dropout_rng(config, seed: int | None = None) -> jax.Array:
     if impl not in DROPOUT_RNGS:
         raise ValueError(f"config.dropout_rng must be one of {', '.join(DROPOUT_RNGS)}, "
                          f"got {impl!r}")
+    model = config.get("model") or {}
+    if model.get("fused_norm") and impl != "hash" and model.get("dropout_rate", 0.1) > 0:
+        raise ValueError("config.model.fused_norm draws its dropout masks with the hash "
+                         f"generator: set config.dropout_rng='hash' (got {impl!r})")
     seed = config.seed + 1 if seed is None else seed
     return jax.random.key(seed, impl=DROPOUT_RNGS[impl])
 

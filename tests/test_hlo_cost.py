@@ -194,6 +194,31 @@ def test_flash_attention_kernels_by_hand():
         pytest.approx(12 * weights / 1e9)
 
 
+# robertax.fused_norm's two kernels (model.fused_norm), with dropout and without.
+NORM_HLO = """HloModule jit_g, is_scheduled=true
+
+ENTRY %main.3 (ids: u32[4], x: bf16[2,64,96], v: f32[96]) -> bf16[2,64,96] {
+  %ids = u32[4]{0} parameter(0)
+  %x = bf16[2,64,96]{2,1,0} parameter(1)
+  %v = f32[96]{0} parameter(2)
+  %fwd = (bf16[2,64,96]{2,1,0}, bf16[2,64,96]{2,1,0}) custom-call(%ids, %x, %x, %v, %v, %v), custom_call_target="__gpu$xla.gpu.triton", backend_config={debug = false, grid_x = 2 : i32, ir = "", name = "fused_norm_fwd_dropout", num_stages = 1 : i32}, metadata={op_name="jit(g)/layers/mlp_norm/pallas_call"}
+  ROOT %bwd = (bf16[2,64,96]{2,1,0}, f32[2,1,96]{2,1,0}, f32[2,1,96]{2,1,0}, f32[2,1,96]{2,1,0}) custom-call(%ids, %x, %x, %v), custom_call_target="__gpu$xla.gpu.triton", backend_config={debug = false, grid_x = 2 : i32, ir = "", name = "fused_norm_bwd", num_stages = 1 : i32}, metadata={op_name="jit(g)/layers/mlp_norm/pallas_call"}
+}
+"""
+
+
+def test_fused_norm_kernels_by_hand():
+    """Layer-norm kernels, memory-bound; with dropout 22 integer operations an element (the
+    mask's hash), without none."""
+    fwd, bwd = hlo_cost.kernels(NORM_HLO)
+    n = 2 * 64 * 96
+    assert fwd.category == bwd.category == "layer norm" and fwd.flops == bwd.flops == 0
+    assert fwd.int_ops == 22 * n and bwd.int_ops == 0
+    assert fwd.read == 16 + 2 * (2 * n) + 3 * 96 * 4 and fwd.written == 2 * (2 * n)
+    assert bwd.read == 16 + 2 * (2 * n) + 96 * 4 and bwd.written == 2 * n + 3 * 2 * 96 * 4
+    assert fwd.seconds(bandwidth=1e15, launch=0, int_rate=1e9) == pytest.approx(22 * n / 1e9)
+
+
 # The shape of the PTX that XLA dumps for a Triton kernel, trimmed: a prologue, a loop that a
 # predicated backward branch closes (6 instructions), a forward branch, an epilogue.
 PTX = """.visible .entry flash_attention_fwd_dropout(

@@ -549,13 +549,13 @@ def test_unrolled_layer_scan_is_the_same_model(unroll):
 
 
 @pytest.mark.parametrize("switch", ["fused_qkv", "layer_norm_vjp", "attention_vjp",
-                                    "fold_attention_biases"])
+                                    "fold_attention_biases", "fused_norm"])
 def test_speed_switch_is_the_same_model(switch):
     """fused_qkv changes how Q, K, V are computed (one matrix product), layer_norm_vjp how
     LayerNorm's backward is, attention_vjp how attention's core is (cpu_attention in float32),
     fold_attention_biases where the key and value biases act (nowhere and in the output
-    projection's bias); none changes the parameters (same names, shapes and initial values)
-    or the math."""
+    projection's bias), fused_norm where the residual add and LayerNorm run (one kernel);
+    none changes the parameters (same names, shapes and initial values) or the math."""
     config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
                                   intermediate_size=64, num_layers=2)
     plain, fused = (M.RobertaForMaskedLM(config.replace(**{switch: f})) for f in (False, True))

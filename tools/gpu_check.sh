@@ -4,7 +4,7 @@
 #   bash tools/gpu_check.sh [items...]   (no items: the default list below)
 # items: correct (tools/gpu_correctness.py, every check) or its groups as items of their own:
 #   correct_cudnn (bf16 and cuDNN against float32 and transformers), correct_pallas (the fused
-#   attention-dropout kernel), correct_switches; profile_base (base timing + a profile table; the
+#   attention-dropout kernel), correct_switches, correct_norm (model.fused_norm); profile_base (base timing + a profile table; the
 #   trace and the compiled HLO land in $OUT); base large torch_base torch_large base_b256 large_b96
 #   large_b128 (H200: 61.5 GB estimated);
 #   switches: base_scan large_scan (model.scan_unroll=1, the layer loop not unrolled)
@@ -13,6 +13,7 @@
 #   (model.gather_onehot=false) base_hash large_hash (dropout_rng=hash) base_fold_hash
 #   large_fold_hash (both switches) large_b96_fold_hash base_b256_fold_hash
 #   base_acc_fold_hash large_acc_fold_hash (8 accumulated microbatches a step)
+#   base_fused_norm large_fused_norm base_b256_fused_norm (model.fused_norm with both switches)
 #   base_nodrop base_threefry;
 #   XLA flags: base_notriton base_cublaslt base_tanh_cublaslt base_cudnn_ln base_triton_any
 #   base_heroless (each named below); the paper's attention dropout
@@ -26,12 +27,13 @@
 # GPU_CHECK_BUDGET_S (default 540): items that would start after it are skipped. Measured on an
 # H100 (2026-11-26): correct (then without the pallas checks) cut at 240 s before its cuDNN
 # checks, an unrolled base item ~70 s, large ~115 s, torch_base ~65 s, torch_large ~130 s
-# (torch.compile). The default list is in priority order (about 330 s before `correct_cudnn`,
-# which then gets the ~210 s left): the base and large timings
+# (torch.compile). The default list is in priority order (about 400 s before `correct_cudnn`,
+# which then gets the ~140 s left): the base and large timings
 # the issue lacks, with base's PyTorch baseline in the same run, the unrolled step's profile,
 # the two untested switches that the CPU-side screen (tools/gpu_aot.py) expects to help most,
 # together (fold_attention_biases, an estimated -2.5% step time; dropout_rng=hash, -4.6%;
-# both -7.2%), then the cuDNN correctness checks, then the fused attention-dropout kernel's
+# both -7.2%), then with them model.fused_norm (-4.5% more), then the cuDNN correctness
+# checks and fused_norm's, then the fused attention-dropout kernel's
 # checks, that kernel alone against cuDNN and XLA (attn, ~1 minute estimated, unmeasured) and in
 # the paper's recipe (base_pallas), then large at batch 96 with both (the one estimate
 # projected past 390 seq/s), then each switch alone; the attention-dropout row
@@ -60,7 +62,7 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-items=${*:-profile_base large torch_base base_fold_hash correct_cudnn correct_pallas attn base_pallas large_b96_fold_hash large_acc_fold_hash base_fold base_hash large_fold_hash base_b256_fold_hash large_fold base_xla base_xla_hash large_pallas correct_switches base_take base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
+items=${*:-profile_base large torch_base base_fold_hash base_fused_norm correct_cudnn correct_norm correct_pallas attn base_pallas large_b96_fold_hash large_fused_norm large_acc_fold_hash base_b256_fused_norm base_fold base_hash large_fold_hash base_b256_fold_hash large_fold base_xla base_xla_hash large_pallas correct_switches base_take base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
 J="$OUT/bench.jsonl"
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-540}))  # items that would start past it are skipped
 B="python3 tools/bench_train.py --json_out=$J --steps=10 --warmup=2"
@@ -85,6 +87,7 @@ for it in $items; do case $it in
   correct_cudnn) run 200 python3 tools/gpu_correctness.py --checks=reference,cudnn ;;
   correct_pallas) run 150 python3 tools/gpu_correctness.py --checks=pallas ;;
   correct_switches) run 200 python3 tools/gpu_correctness.py --checks=switches ;;
+  correct_norm) run 150 python3 tools/gpu_correctness.py --checks=norm ;;
   base)         run 120 $B $BASE --label=base $FAST ;;
   profile_base) run 200 $B $BASE --label=base $FAST --profile_dir=/tmp/profile_base --hlo_out=/tmp/base_step.hlo.txt
                 gzip -c /tmp/base_step.hlo.txt > "$OUT/base_step.hlo.txt.gz" 2>/dev/null
@@ -120,6 +123,12 @@ for it in $items; do case $it in
   # against 92.2 and 142.1 for one batch; the optimizer runs once a step)
   base_acc_fold_hash) run 200 $B $BASE --label=base-acc8-fold-hash $FAST --config.batch_size=1024 --config.microbatches=8 --config.dropout_rng=hash --config.model.fold_attention_biases=true ;;
   large_acc_fold_hash) run 240 $B $LARGE --label=large-acc8-fold-hash $FAST --config.batch_size=512 --config.microbatches=8 --config.dropout_rng=hash --config.model.fold_attention_biases=true ;;
+  # each layer's residual add, dropout and LayerNorm in one Triton kernel, with both switches
+  # (estimates 2026-12-07, session 27: base 128 92.20 -> 88.07 ms, 256 180.98 -> 172.07, large
+  # 64 142.11 -> 136.58)
+  base_fused_norm) run 120 $B $BASE --label=base-fold-hash-fused-norm $FAST --config.dropout_rng=hash --config.model.fold_attention_biases=true --config.model.fused_norm=true ;;
+  large_fused_norm) run 180 $B $LARGE --label=large-fold-hash-fused-norm $FAST --config.dropout_rng=hash --config.model.fold_attention_biases=true --config.model.fused_norm=true ;;
+  base_b256_fused_norm) run 150 $B $BASE --label=base-b256-fold-hash-fused-norm $FAST --config.batch_size=256 --config.dropout_rng=hash --config.model.fold_attention_biases=true --config.model.fused_norm=true ;;
   # the MLM head's gather before 2026-12-06 (take_along_axis; estimated +1.7% step time)
   base_take)    run 120 $B $BASE --label=base-take-gather $FAST --config.model.gather_onehot=false ;;
   large_lnvjp)  run 180 $B $LARGE --label=large-ln-vjp $FAST --config.model.layer_norm_vjp=true ;;

@@ -26,10 +26,15 @@ and those sentinels would swamp every norm. Errors are ||a - b|| / ||b||.
    no worse than XLA attention in bf16 (1.25x + 1e-3); the kernel alone with attention dropout
    0.1 against the same computation in XLA with the same mask (`flash_attention.reference`),
    output and gradients, float32 reference, no worse than that XLA computation in bf16.
+7. model.fused_norm (each layer's residual add, dropout and LayerNorm in one Triton kernel) in
+   bf16: logits and gradients vs float32 no worse than without it (1.25x + 1e-3); the kernel
+   alone with dropout 0.1 against the same computation in XLA with the same mask
+   (`fused_norm.reference`), output and gradients, float32 reference, no worse than that XLA
+   computation in bf16.
 `--checks=` picks groups (default: all): `reference` (1, 2 and the bf16 XLA gradients),
 `cudnn` (3, the cuDNN gradients, which kernels each path compiles to), `pallas` (6), `switches`
 (4, fused QKV and the unrolled loop with cuDNN, layer_norm_vjp, fold_attention_biases,
-attention_vjp). tools/gpu_check.sh runs them as items of their own (correct_cudnn, ...), so
+attention_vjp), `norm` (7). tools/gpu_check.sh runs them as items of their own (correct_cudnn, ...), so
 that a session's time limit cannot cut the cuDNN checks, as it did on 2026-11-26.
 Prints one line per check with the measured error and PASS/FAIL; exits 1 on any failure. A check
 that raises (the Triton kernels under a JAX whose Triton cannot compile them) is one FAIL line
@@ -50,7 +55,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robertax import convert, flash_attention  # noqa: E402
+from robertax import convert, flash_attention, fused_norm  # noqa: E402
 from robertax.model import RobertaConfig, RobertaForPretraining, init_params  # noqa: E402
 
 failures = []
@@ -117,17 +122,44 @@ def flash_dropout_checks(B, L, N, K, kv):
         (_, o), g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
         return o, np.concatenate([np.asarray(x, np.float64).ravel() for x in g])
 
+    kernel_vs_xla("pallas attention dropout 0.1", out_and_grads, flash_attention.reference,
+                  flash_attention.attention)
+
+
+def kernel_vs_xla(label, out_and_grads, reference, kernel):
+    """`kernel` in bf16 against `reference` (the same computation in XLA) in float32, output
+    and gradients: no worse than `reference` in bf16 (1.25x + 1e-3)."""
     with jax.default_matmul_precision("highest"):
-        o32, g32 = out_and_grads(flash_attention.reference, jnp.float32)
-    o_x, g_x = out_and_grads(flash_attention.reference, jnp.bfloat16)
-    o_p, g_p = out_and_grads(flash_attention.attention, jnp.bfloat16)
-    check("bf16 pallas attention dropout 0.1 vs f32 output (<=XLA's)", rel(o_p, o32),
-          1.25 * rel(o_x, o32) + 1e-3)
-    check("bf16 pallas attention dropout 0.1 vs f32 gradients (<=XLA's)", rel(g_p, g32),
+        o32, g32 = out_and_grads(reference, jnp.float32)
+    o_x, g_x = out_and_grads(reference, jnp.bfloat16)
+    o_k, g_k = out_and_grads(kernel, jnp.bfloat16)
+    check(f"bf16 {label} vs f32 output (<=XLA's)", rel(o_k, o32), 1.25 * rel(o_x, o32) + 1e-3)
+    check(f"bf16 {label} vs f32 gradients (<=XLA's)", rel(g_k, g32),
           1.25 * rel(g_x, g32) + 1e-3)
 
 
-GROUPS = ("reference", "cudnn", "pallas", "switches")
+def fused_norm_dropout_checks(B, L, D):
+    """The fused residual-dropout-LayerNorm kernel with dropout 0.1 against XLA with the same
+    mask: output and the gradients of a fixed linear loss, bf16 vs float32."""
+    ks = jax.random.split(jax.random.key(2), 6)
+    x, h, w = (jax.random.normal(k, (B, L, D), jnp.float32) for k in ks[:3])
+    scale = 1 + 0.2 * jax.random.normal(ks[3], (D,))
+    bias, h_bias = (0.2 * jax.random.normal(k, (D,)) for k in ks[4:])
+    key = jnp.array([2019, 7], jnp.uint32)
+
+    def out_and_grads(fn, dtype):
+        def loss(x, h, hb, scale, bias):
+            y = fn(x.astype(dtype), h.astype(dtype), scale, bias, key, 0.1, 1e-5, h_bias=hb)
+            return (y.astype(jnp.float32) * w).sum(), y
+        (_, y), g = jax.jit(jax.value_and_grad(loss, argnums=range(5), has_aux=True))(
+            x, h, h_bias, scale, bias)
+        return y, np.concatenate([np.asarray(t, np.float64).ravel() for t in g])
+
+    kernel_vs_xla("fused_norm dropout 0.1", out_and_grads, fused_norm.reference,
+                  fused_norm.residual_norm)
+
+
+GROUPS = ("reference", "cudnn", "pallas", "switches", "norm")
 
 
 def parse_groups(argv) -> set:
@@ -200,6 +232,11 @@ def main():
             guarded(name, lambda: check(name, rel(logits(
                 params, base.replace(attention="pallas", **bf16), kv_lengths=kv), f32, real),
                 1.25 * xla_err + 1e-3))
+        if want("norm"):
+            name = f"{tag} bf16 + fused_norm (kv lengths) vs f32 (<=XLA's)"
+            fused = base.replace(attention="cudnn" if gpu else "xla", fused_norm=True, **bf16)
+            guarded(name, lambda: check(name, rel(logits(params, fused, kv_lengths=kv), f32,
+                                                  real), 1.25 * xla_err + 1e-3))
         if want("switches") and scale == 1.0 and not gpu:
             # structure, not numerics (a GPU spends its time below)
             for name, cfg in (("fused QKV", base.replace(fused_qkv=True)),
@@ -266,7 +303,7 @@ def main():
         print(f"bf16 XLA vs f32 gradients (encoder layers): rel err {err(g_x):.2e}", flush=True)
     fast = "cudnn" if gpu else "xla"  # the attention the training default takes
     g_c = g_x
-    if gpu and (want("cudnn") or want("switches")):
+    if gpu and (want("cudnn") or want("switches") or want("norm")):
         g_c = grad(init, base.replace(attention="cudnn", **bf16))
         check("bf16 cuDNN vs f32 gradients (encoder layers)", err(g_c), 5e-2)
         check("bf16 cuDNN vs bf16 XLA gradients (encoder layers)", rel(flat(g_c), flat(g_x)),
@@ -281,6 +318,12 @@ def main():
         g_core = grad(init, base.replace(attention="xla", attention_vjp=True, **bf16))
         check("bf16 XLA + attention_vjp vs f32 gradients (<=without)", err(g_core),
               1.25 * err(g_x) + 1e-3)
+    if want("norm"):
+        name = f"bf16 {fast} + fused_norm vs f32 gradients (<=without)"
+        guarded(name, lambda: check(name, err(grad(init, base.replace(
+            attention=fast, fused_norm=True, **bf16))), 1.25 * err(g_c) + 1e-3))
+        guarded("fused_norm dropout 0.1 (kernel alone)", lambda: fused_norm_dropout_checks(
+            B, L, base.hidden_size))
     if want("pallas"):
         name = "bf16 pallas vs f32 gradients (<=XLA's)"
         guarded(name, lambda: check(name, err(grad(init, base.replace(attention="pallas",

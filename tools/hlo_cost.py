@@ -164,6 +164,11 @@ def _attention_flops(instr: Instr, shapes: dict) -> float:
 _FLASH_PRODUCTS = {"fwd": 2, "dkdv": 4, "dq": 3}
 _FLASH_HASH_OPS = 12
 _FLASH = re.compile(r'name = \\?"flash_attention_(fwd|dkdv|dq)(_dropout)?')
+# robertax.fused_norm's Triton kernels (model.fused_norm): memory-bound; with dropout each
+# element's keep bit costs one hash (two rounds of hash_rng.mix, 8 each; 2 to index it, 2 to key
+# it, 2 to shift and compare: 22), in the forward and again in the backward.
+_NORM_HASH_OPS = 22
+_NORM = re.compile(r'name = \\?"fused_norm_(fwd|bwd)(_dropout)?')
 
 
 def _flash_cost(instr: Instr, shapes: dict) -> tuple[float, float]:
@@ -255,6 +260,8 @@ def _category(instr: Instr, fused: list) -> str:
     if "gemm" in target or "matmul" in target or any(i.op in ("dot", "convolution")
                                                      for i in fused):
         return "matmul"
+    if target.endswith("triton") and _NORM.search(instr.attrs):
+        return "layer norm"
     m = re.search(r'op_name="([^"]*)"', instr.attrs)
     name = m.group(1) if m else ""
     for cat, keys in (("dropout masks", ("rng_bit_generator", "bernoulli", "threefry", "dropout",
@@ -308,7 +315,11 @@ def kernels(text: str) -> list:
                 flops = sum(_dot_flops(d, fshapes) for d in dots) if dots else \
                     _dot_flops(i, shapes)
             m = re.search(r'op_name="([^"]*)"', i.attrs)
-            if cat not in ("matmul", "attention"):
+            norm = _NORM.search(i.attrs) if not fused else None
+            if norm:  # x [B, L, D] is the second operand of both kernels
+                ints = math.prod(_dims(shapes.get(i.operands[1], ""))) * _NORM_HASH_OPS \
+                    if norm.group(2) else 0.0
+            elif cat not in ("matmul", "attention"):
                 ints = int_ops(fused or [i], shapes)
             out.append(Kernel(i.name, i.op, cat, m.group(1) if m else "", read, written,
                               flops, count, ints))
