@@ -44,7 +44,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from robertax.hash_rng import mix
+from robertax.hash_rng import hash_bits32, mix
 
 Array = jax.Array
 
@@ -58,13 +58,14 @@ def threshold(rate: float) -> int:
     return math.ceil(Fraction(float(np.float32(1.0 - rate))) * 2 ** 23)
 
 
+def _kept(bits: Array, rate: float) -> Array:
+    return (bits >> 9) < np.uint32(threshold(rate))
+
+
 def keep_mask(key: Array, shape: tuple[int, int, int], rate: float) -> Array:
-    """The whole [B, L, D] keep mask the kernels apply (for tests)."""
-    B, L, D = shape
-    i = ((lax.broadcasted_iota(jnp.uint32, shape, 0) * np.uint32(L)
-          + lax.broadcasted_iota(jnp.uint32, shape, 1)) * np.uint32(D)
-         + lax.broadcasted_iota(jnp.uint32, shape, 2))
-    return (mix(mix(i ^ key[0]) ^ key[1]) >> 9) < np.uint32(threshold(rate))
+    """The whole [B, L, D] keep mask the kernels apply (for tests): hash_rng's bits, the ones
+    nn.Dropout's bernoulli draws from under a "hash" key with these words."""
+    return _kept(hash_bits32(key[0], key[1], shape, split_leading=False), rate)
 
 
 def _chunk(D: int) -> int:
@@ -107,8 +108,7 @@ def _keep(ids_ref, first, step, sub: int, col, D: int, rate: float) -> Array:
     """The keep mask of loop step `step`'s rows and the columns `col` (a pl.ds)."""
     rows = first + (step * sub).astype(jnp.uint32) + lax.broadcasted_iota(jnp.uint32, (sub, 1), 0)
     cols = lax.broadcasted_iota(jnp.uint32, (1, col.size), 1) + np.uint32(col.start)
-    bits = mix(mix((rows * np.uint32(D) + cols) ^ ids_ref[0]) ^ ids_ref[1])
-    return (bits >> 9) < np.uint32(threshold(rate))
+    return _kept(mix(mix((rows * np.uint32(D) + cols) ^ ids_ref[0]) ^ ids_ref[1]), rate)
 
 
 def _stats(parts: list, D: int, eps: float) -> tuple[Array, Array]:
@@ -178,7 +178,7 @@ def _bwd_kernel(ids_ref, g_ref, s_ref, scale_ref, dx_ref, *refs, L, rate, eps):
             ref[col] = parts[c]
 
 
-def _specs(L: int, D: int, rows: int):
+def _specs(D: int, rows: int):
     grid = lambda b, j: (b, j, 0)  # noqa: E731
     return (pl.BlockSpec((4,), lambda b, j: (0,)), pl.BlockSpec((None, rows, D), grid),
             pl.BlockSpec((D,), lambda b, j: (0,)), pl.BlockSpec((None, None, D), grid))
@@ -197,7 +197,7 @@ def _check(x: Array, h: Array, rate: float) -> None:
 def _forward_local(ids, x, h, h_bias, scale, bias, rate, eps):
     B, L, D = x.shape
     rows = _rows(L)
-    ids_s, x_s, vec_s, _ = _specs(L, D, rows)
+    ids_s, x_s, vec_s, _ = _specs(D, rows)
     return pl.pallas_call(
         functools.partial(_fwd_kernel, L=L, rate=rate, eps=eps), grid=(B, L // rows),
         in_specs=[ids_s, x_s, x_s, vec_s, vec_s, vec_s], out_specs=[x_s, x_s],
@@ -210,7 +210,7 @@ def _forward_local(ids, x, h, h_bias, scale, bias, rate, eps):
 def _backward_local(ids, g, s, scale, rate, eps):
     B, L, D = s.shape
     rows = _rows(L)
-    ids_s, x_s, vec_s, part_s = _specs(L, D, rows)
+    ids_s, x_s, vec_s, part_s = _specs(D, rows)
     part = jax.ShapeDtypeStruct((B, L // rows, D), jnp.float32)
     grads = [jax.ShapeDtypeStruct(s.shape, s.dtype)] * (2 if rate else 1)
     out = pl.pallas_call(

@@ -34,8 +34,9 @@ and those sentinels would swamp every norm. Errors are ||a - b|| / ||b||.
 `--checks=` picks groups (default: all): `reference` (1, 2 and the bf16 XLA gradients),
 `cudnn` (3, the cuDNN gradients, which kernels each path compiles to), `pallas` (6), `switches`
 (4, fused QKV and the unrolled loop with cuDNN, layer_norm_vjp, fold_attention_biases,
-attention_vjp), `norm` (7). tools/gpu_check.sh runs them as items of their own (correct_cudnn, ...), so
-that a session's time limit cannot cut the cuDNN checks, as it did on 2026-11-26.
+attention_vjp), `norm` (7). tools/gpu_check.sh runs them as items of their own
+(correct_cudnn, ...), so that a session's time limit cannot cut the cuDNN checks, as it did on
+2026-11-26.
 Prints one line per check with the measured error and PASS/FAIL; exits 1 on any failure. A check
 that raises (the Triton kernels under a JAX whose Triton cannot compile them) is one FAIL line
 with the exception, and the checks after it still run.
