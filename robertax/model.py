@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Optional
 
 import flax.linen as nn
-from flax.core import meta
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from robertax import cpu_attention, cpu_products, flash_attention, fused_norm, hash_rng, vjp_ops
+from robertax import cpu_attention, cpu_products, flash_attention
+from robertax.layers import (DropoutKey, ResidualNorm, cpu_dense, cpu_mkl, dense, dense_params,
+                             embed_init, gelu, hash_key_words, layer_norm, normal_init, zeros_init)
 
 Array = jax.Array
 
@@ -145,161 +145,6 @@ class RobertaConfig:
         return self.max_position_embeddings - self.pad_token_id - 1
 
 
-def _init(config: RobertaConfig, names):
-    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), names)
-
-
-def _zeros(names):
-    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
-
-
-def _ones(names):
-    return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
-
-
-def _embed_init(config: RobertaConfig, names):
-    """N(0, 0.02) with the padding row zero (and rows past the real vocabulary zero)."""
-    normal = nn.initializers.normal(config.initializer_range)
-
-    def init(key, shape, dtype=jnp.float32):
-        table = normal(key, shape, dtype)
-        rows = jnp.arange(shape[0])[:, None]
-        keep = (rows != config.pad_token_id)
-        if shape[0] == config.padded_vocab_size:
-            keep &= rows < config.vocab_size
-        return jnp.where(keep, table, 0).astype(dtype)
-
-    return nn.with_logical_partitioning(init, names)
-
-
-def _layer_norm(config: RobertaConfig, name: str) -> nn.Module:
-    if config.layer_norm_vjp:
-        return LayerNorm(config, name=name)
-    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=config.dtype,
-                        param_dtype=config.param_dtype, scale_init=_ones(("embed",)),
-                        bias_init=_zeros(("embed",)), name=name)
-
-
-class LayerNorm(nn.Module):
-    """nn.LayerNorm over the last axis (the same "scale" and "bias" parameters, initial values
-    and axis names) through `vjp_ops.layer_norm` (`model.layer_norm_vjp`)."""
-    config: RobertaConfig
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        c = self.config
-        shape = (x.shape[-1],)
-        scale = self.param("scale", _ones(("embed",)), shape, c.param_dtype)
-        bias = self.param("bias", _zeros(("embed",)), shape, c.param_dtype)
-        # normalized from x as it comes (the embeddings' sum may be float32), as nn.LayerNorm
-        return vjp_ops.layer_norm(x, scale, bias, c.layer_norm_eps).astype(c.dtype)
-
-
-def _dense(config: RobertaConfig, features, names, name: str, axis=-1,
-           use_bias: bool = True, split_bias: bool = False) -> "Dense":
-    return Dense(config, features, names, axis, use_bias, split_bias, name=name)
-
-
-def _reshaped_init(init, flat_shape):
-    """Initialize at flat_shape(shape), then reshape (as nn.DenseGeneral does)."""
-    def wrapped(rng, shape, dtype=jnp.float32):
-        value = init(rng, flat_shape(shape), dtype)
-        if isinstance(value, meta.AxisMetadata):
-            return meta.replace_boxed(value, jnp.reshape(value.unbox(), shape))
-        return jnp.reshape(value, shape)
-    return wrapped
-
-
-def _dense_params(module: nn.Module, config: RobertaConfig, names: tuple, in_shape: tuple,
-                  features: tuple) -> tuple[Array, Array]:
-    """A dense layer's kernel [*in_shape, *features] and bias [*features], created in `module`
-    as nn.DenseGeneral creates them (flat initialization, then reshaped)."""
-    nf = len(features)
-    kernel = module.param("kernel", _reshaped_init(_init(config, names), lambda s: (
-        math.prod(s[:-nf]), math.prod(s[-nf:]))), in_shape + features, config.param_dtype)
-    bias = module.param("bias", _reshaped_init(_zeros(names[-nf:]), lambda s: (
-        math.prod(s),)), features, config.param_dtype)
-    return kernel, bias
-
-
-def _cpu_mkl(config: RobertaConfig) -> bool:
-    """Whether products run through MKL: on the CPU with cpu_matmul="mkl"."""
-    if config.cpu_matmul not in ("xla", "mkl"):
-        raise ValueError(f"model.cpu_matmul must be xla or mkl, got {config.cpu_matmul!r}")
-    if config.cpu_matmul == "xla" or jax.default_backend() != "cpu":
-        return False
-    if jnp.dtype(config.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
-        raise ValueError("model.cpu_matmul='mkl' computes in float32 or bfloat16, got "
-                         f"model.dtype={jnp.dtype(config.dtype)}")
-    return True
-
-
-def _cpu_dense(config: RobertaConfig) -> Optional[bool]:
-    """How dense layers run their product: None, XLA's plain dot_general (off the CPU, and
-    float16 on the CPU); else `cpu_products.dense` with this `mkl` (bf16 and float32 on the
-    CPU). In float32 the 2-D products and hand-written backward of `cpu_products.dense` ran the
-    base model's forward + backward in 0.95 of the plain layers' time on a 2-core AMD EPYC
-    (jax 0.10.2): XLA:CPU ran autodiff's products over the [B, L, N, K]-shaped operands slower
-    and with more transposing copies."""
-    if _cpu_mkl(config):
-        return True
-    if jax.default_backend() == "cpu" and jnp.dtype(config.dtype) in (
-            jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)):
-        return False
-    return None
-
-
-class Dense(nn.Module):
-    """nn.DenseGeneral without batch axes: the same parameters (names, shapes, initial values,
-    axis names) and the same operations, except through `cpu_products.dense` on the CPU in bf16
-    or with cpu_matmul="mkl"."""
-    config: RobertaConfig
-    features: Any  # int or tuple
-    names: tuple  # logical axis names of the kernel
-    axis: Any = -1  # contracted input axes (trailing)
-    use_bias: bool = True  # False: the bias is created but not added
-    # True: returns (x·W, b), the bias (with input_shift's share) left for the caller to add
-    split_bias: bool = False
-
-    @nn.compact
-    def __call__(self, x: Array, input_shift: Optional[Array] = None):
-        """x·W + b, or (x + input_shift)·W + b computed as x·W + (input_shift·W + b)."""
-        c = self.config
-        features = self.features if isinstance(self.features, tuple) else (self.features,)
-        axis = self.axis if isinstance(self.axis, tuple) else (self.axis,)
-        axis = tuple(sorted(a % x.ndim for a in axis))
-        in_shape = tuple(x.shape[a] for a in axis)
-        kernel, bias = _dense_params(self, c, self.names, in_shape, features)
-        if input_shift is not None:  # a vector over the contracted axes, in float32
-            assert self.use_bias, "input_shift joins the bias"
-            bias = bias + jnp.tensordot(input_shift.astype(jnp.float32),
-                                        kernel.astype(jnp.float32), len(axis)).astype(bias.dtype)
-        split = bias if self.split_bias else None
-        add_bias = self.use_bias and split is None
-        if not add_bias:
-            bias = jnp.zeros_like(bias)
-        mkl = _cpu_dense(c)
-        if mkl is not None and axis == tuple(range(x.ndim - len(axis), x.ndim)):
-            # kernel and bias stay in their dtype: cpu_products.dense rounds them itself and
-            # returns their gradients unrounded
-            K = math.prod(in_shape)
-            x = x.astype(c.dtype)
-            out = cpu_products.dense(x.reshape(-1, K), kernel.reshape(K, -1), bias.reshape(-1),
-                                     mkl)
-            out = out.reshape(*x.shape[:x.ndim - len(axis)], *features)
-            return out if split is None else (out, split)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=c.dtype)
-        out = lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
-        if split is not None:
-            return out, split
-        if not add_bias:
-            return out
-        return out + jnp.reshape(bias, (1,) * (out.ndim - len(features)) + features)
-
-
-def gelu(x: Array, approximate: bool = False) -> Array:
-    """GELU; RoBERTa uses the exact form x/2 (1 + erf(x/sqrt 2)) (`vjp_ops.gelu_erf`)."""
-    return jax.nn.gelu(x, approximate=True) if approximate else vjp_ops.gelu_erf(x)
 
 
 def position_ids_from_input_ids(input_ids: Array, pad_token_id: int) -> Array:
@@ -426,13 +271,13 @@ def _attention_core(config: RobertaConfig) -> bool:
 
 class _Projection(nn.Module):
     """The parameters of a Dense D -> (N, K), created but not applied (the same as
-    `_dense(config, (N, K), ...)` creates)."""
+    `dense(config, (N, K), ...)` creates)."""
     config: RobertaConfig
 
     @nn.compact
     def __call__(self, D: int):
         c = self.config
-        return _dense_params(self, c, ("embed", "heads", "kv"), (D,), (c.num_heads, c.head_dim))
+        return dense_params(self, c, ("embed", "heads", "kv"), (D,), (c.num_heads, c.head_dim))
 
 
 def _fused_qkv(config: RobertaConfig, x: Array) -> tuple[Array, Array, Array]:
@@ -442,7 +287,7 @@ def _fused_qkv(config: RobertaConfig, x: Array) -> tuple[Array, Array, Array]:
     w = jnp.stack(kernels, axis=1)  # [D, 3, N, K]
     b = jnp.stack(biases, axis=0)  # [3, N, K]
     x = x.astype(config.dtype)
-    mkl = _cpu_dense(config)
+    mkl = cpu_dense(config)
     if mkl is None:
         qkv = jnp.einsum("BLD,DTNK->BLTNK", x, w.astype(config.dtype)) + b.astype(config.dtype)
     else:
@@ -469,9 +314,9 @@ class SelfAttention(nn.Module):
         if c.fused_qkv:
             q, k, v = _fused_qkv(c, x)  # each [B, L, N, K]
         else:
-            q = _dense(c, (N, K), ("embed", "heads", "kv"), "query")(x)  # [B, L, N, K]
-            k = _dense(c, (N, K), ("embed", "heads", "kv"), "key", use_bias=not fold)(x)
-            value = _dense(c, (N, K), ("embed", "heads", "kv"), "value", use_bias=not fold)
+            q = dense(c, (N, K), ("embed", "heads", "kv"), "query")(x)  # [B, L, N, K]
+            k = dense(c, (N, K), ("embed", "heads", "kv"), "key", use_bias=not fold)(x)
+            value = dense(c, (N, K), ("embed", "heads", "kv"), "value", use_bias=not fold)
             v = value(x)  # k, v: [B, S, N, K]
             if fold:
                 value_bias = nn.unbox(value.variables["params"]["bias"])  # [N, K]
@@ -504,7 +349,7 @@ class SelfAttention(nn.Module):
             out = jax.nn.dot_product_attention(
                 q, k, v, mask=amask.mask, key_value_seq_lengths=amask.kv_lengths,
                 implementation=impl)  # [B, L, N, K]
-        return _dense(c, c.hidden_size, ("heads", "kv", "embed"), "out", axis=(-2, -1),
+        return dense(c, c.hidden_size, ("heads", "kv", "embed"), "out", axis=(-2, -1),
                       split_bias=self.split_bias)(out, input_shift=value_bias)
 
 
@@ -520,9 +365,9 @@ class Layer(nn.Module):
         add_norm = self._fused_add_norm() if fused else self._add_norm()
         h = SelfAttention(c, self.deterministic, split_bias=fused, name="attn")(x, amask)
         x = add_norm("attn_norm", x, h)
-        h = gelu(_dense(c, c.intermediate_size, ("embed", "mlp"), "up")(x),
+        h = gelu(dense(c, c.intermediate_size, ("embed", "mlp"), "up")(x),
                  c.gelu_approximate)  # [B, L, F]
-        h = _dense(c, c.hidden_size, ("mlp", "embed"), "down", split_bias=fused)(h)  # [B, L, D]
+        h = dense(c, c.hidden_size, ("mlp", "embed"), "down", split_bias=fused)(h)  # [B, L, D]
         x = add_norm("mlp_norm", x, h)
         return x, None
 
@@ -530,55 +375,21 @@ class Layer(nn.Module):
         """(name, x, h) -> LayerNorm(x + dropout(h)), the norm named `name`."""
         c = self.config
         drop = functools.partial(nn.Dropout(c.dropout_rate), deterministic=self.deterministic)
-        return lambda name, x, h: _layer_norm(c, name)(x + drop(h))
+        return lambda name, x, h: layer_norm(c, name)(x + drop(h))
 
     def _fused_add_norm(self):
         """The same through `fused_norm`, with the dropout keys nn.Dropout would draw here."""
         c = self.config
         rate = 0.0 if self.deterministic else c.dropout_rate
-        keys = _DropoutKey(name="Dropout_0") if rate else None  # nn.Dropout's name and keys
+        keys = DropoutKey(name="Dropout_0") if rate else None  # nn.Dropout's name and keys
 
         def add_norm(name, x, h_and_bias):
             h, h_bias = h_and_bias
             return ResidualNorm(c, name=name)(x, h, h_bias,
-                                              _hash_key_words(keys()) if rate else None, rate)
+                                              hash_key_words(keys()) if rate else None, rate)
         return add_norm
 
 
-class _DropoutKey(nn.Module):
-    """The dropout key that nn.Dropout would draw in its place (give it nn.Dropout's name)."""
-
-    @nn.compact
-    def __call__(self) -> Array:
-        return self.make_rng("dropout")
-
-
-def _hash_key_words(key: Array) -> Array:
-    """A "hash" dropout key's two uint32 words; other generators are refused (the fused
-    kernels draw nn.Dropout's masks by hashing)."""
-    impl = jax.random.key_impl(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else None
-    if impl != jax.random.key_impl(jax.random.key(0, impl=hash_rng.HASH_IMPL)):
-        raise ValueError("model.fused_norm draws dropout masks in its kernels with the hash "
-                         "generator: set config.dropout_rng='hash' (the dropout key here is "
-                         f"{impl or key.dtype})")
-    return jax.random.key_data(key)
-
-
-class ResidualNorm(nn.Module):
-    """LayerNorm(x + dropout(h + h_bias)) through `fused_norm.residual_norm`
-    (`model.fused_norm`), with nn.LayerNorm's parameters ("scale", "bias": the same names,
-    initial values and axes)."""
-    config: RobertaConfig
-
-    @nn.compact
-    def __call__(self, x: Array, h: Array, h_bias: Array, key_words: Optional[Array],
-                 rate: float) -> Array:
-        c = self.config
-        shape = (x.shape[-1],)
-        scale = self.param("scale", _ones(("embed",)), shape, c.param_dtype)
-        bias = self.param("bias", _zeros(("embed",)), shape, c.param_dtype)
-        return fused_norm.residual_norm(x.astype(c.dtype), h.astype(c.dtype), scale, bias,
-                                        key_words, rate, c.layer_norm_eps, h_bias=h_bias)
 
 
 class Embeddings(nn.Module):
@@ -589,13 +400,14 @@ class Embeddings(nn.Module):
         c = self.config
         self.tokens = nn.Embed(c.padded_vocab_size, c.hidden_size, dtype=c.dtype,
                                param_dtype=c.param_dtype,
-                               embedding_init=_embed_init(c, ("vocab", "embed")))
+                               embedding_init=embed_init(c, ("vocab", "embed")))
         self.positions = nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=c.dtype,
                                   param_dtype=c.param_dtype,
-                                  embedding_init=_embed_init(c, (None, "embed")))
+                                  embedding_init=embed_init(c, (None, "embed")))
         self.types = nn.Embed(c.type_vocab_size, c.hidden_size, dtype=c.dtype,
-                              param_dtype=c.param_dtype, embedding_init=_init(c, (None, "embed")))
-        self.norm = _layer_norm(c, "norm")
+                              param_dtype=c.param_dtype,
+                              embedding_init=normal_init(c, (None, "embed")))
+        self.norm = layer_norm(c, "norm")
         self.dropout = nn.Dropout(c.dropout_rate)
 
     def __call__(self, input_ids: Array, position_ids: Array) -> Array:
@@ -638,7 +450,8 @@ class Encoder(nn.Module):
         c = self.config
         if input_ids.shape[-1] > c.max_length:
             raise ValueError(f"input length {input_ids.shape[-1]} exceeds the model's maximum "
-                             f"{c.max_length} (max_position_embeddings {c.max_position_embeddings})")
+                             f"{c.max_length} (max_position_embeddings "
+                             f"{c.max_position_embeddings})")
         if position_ids is None:
             position_ids = position_ids_from_input_ids(input_ids, c.pad_token_id)
         amask = make_attention_mask(input_ids, c.pad_token_id, attention_mask, segment_ids,
@@ -658,13 +471,13 @@ class MaskedLMHead(nn.Module):
     @nn.compact
     def __call__(self, h: Array, encoder: Encoder) -> Array:
         c = self.config
-        h = gelu(_dense(c, c.hidden_size, ("embed", "embed_out"), "dense")(h))  # always erf
-        h = _layer_norm(c, "norm")(h)
-        bias = self.param("bias", _zeros(("vocab",)), (c.padded_vocab_size,), c.param_dtype)
+        h = gelu(dense(c, c.hidden_size, ("embed", "embed_out"), "dense")(h))  # always erf
+        h = layer_norm(c, "norm")(h)
+        bias = self.param("bias", zeros_init(("vocab",)), (c.padded_vocab_size,), c.param_dtype)
         if jax.default_backend() == "cpu":  # same numbers, a faster backward on XLA:CPU
             table = encoder.embed.tokens.embedding.astype(c.dtype)
             return cpu_products.tied_logits(h.astype(c.dtype), table, bias.astype(c.dtype),
-                                            _cpu_mkl(c))  # [..., V]
+                                            cpu_mkl(c))  # [..., V]
         logits = encoder.attend(h)  # [..., V]
         return logits + bias.astype(logits.dtype)
 
@@ -679,8 +492,8 @@ class ClassificationHead(nn.Module):
     def __call__(self, x0: Array) -> Array:
         c = self.config
         drop = functools.partial(nn.Dropout(c.dropout_rate), deterministic=self.deterministic)
-        h = jnp.tanh(_dense(c, c.hidden_size, ("embed", "embed_out"), "dense")(drop(x0)))
-        return _dense(c, self.num_labels, ("embed", None), "out")(drop(h))
+        h = jnp.tanh(dense(c, c.hidden_size, ("embed", "embed_out"), "dense")(drop(x0)))
+        return dense(c, self.num_labels, ("embed", None), "out")(drop(h))
 
 
 def gather_positions(x: Array, positions: Array, onehot: bool = True) -> Array:
@@ -785,7 +598,7 @@ class RobertaForQuestionAnswering(nn.Module):
     def __call__(self, input_ids, attention_mask=None, deterministic=True) -> SpanOutput:
         c = self.config
         x = Encoder(c, deterministic, name="encoder")(input_ids, attention_mask)
-        se = _dense(c, 2, ("embed", None), "span")(x).astype(jnp.float32)  # [B, L, 2]
+        se = dense(c, 2, ("embed", None), "span")(x).astype(jnp.float32)  # [B, L, 2]
         answerable = None
         if self.answerable_head:
             answerable = ClassificationHead(c, 2, deterministic, name="answerable")(x[:, 0])

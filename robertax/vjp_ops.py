@@ -2,7 +2,7 @@
 
 Each computes in at least float32, rounds its output once to its input's dtype, and keeps only
 its input (and, for LayerNorm, each row's statistics) for its backward, recomputing the rest
-there. `model.gelu` uses `gelu_erf` on every backend; `model.LayerNorm` (`model.layer_norm_vjp`)
+there. `layers.gelu` uses `gelu_erf` on every backend; `layers.LayerNorm` (`model.layer_norm_vjp`)
 uses `layer_norm`.
 """
 

@@ -16,7 +16,7 @@ import transformers
 from safetensors.numpy import load_file
 from jax.ad_checkpoint import print_saved_residuals
 
-from robertax import convert, cpu_attention, cpu_products, model as M
+from robertax import convert, cpu_attention, cpu_products, layers, model as M
 
 CONFIGS = [  # odd vocabularies, 1-3 layers, different head counts
     dict(vocab_size=997, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -404,11 +404,12 @@ def test_gelu_is_the_exact_erf_form():
     exact = 0.5 * x * (1 + erf)
     slope = 0.5 * (1 + erf) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
     xf = jnp.asarray(x, jnp.float32)
-    np.testing.assert_allclose(np.asarray(M.gelu(xf)), exact, rtol=0, atol=2e-6)
-    np.testing.assert_allclose(np.asarray(jax.vmap(jax.grad(M.gelu))(xf)), slope, rtol=0,
+    np.testing.assert_allclose(np.asarray(layers.gelu(xf)), exact, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(jax.vmap(jax.grad(layers.gelu))(xf)), slope, rtol=0,
                                atol=1e-6)
     xb = xf.astype(jnp.bfloat16)
-    assert M.gelu(xb).dtype == jax.grad(lambda v: M.gelu(v).sum())(xb).dtype == jnp.bfloat16
+    grad = jax.grad(lambda v: layers.gelu(v).sum())(xb)
+    assert layers.gelu(xb).dtype == grad.dtype == jnp.bfloat16
 
 
 def same_params(ours: nn.Module, ref: nn.Module, x):
@@ -432,9 +433,9 @@ def test_layer_norm_vjp_is_layer_norm(dtype):
     config = M.RobertaConfig.tiny(dtype=dtype, layer_norm_vjp=True)
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(1.5, 2.0, size=(2, 5, 24)), dtype)  # rows with mean and spread
-    ours = M._layer_norm(config, "norm")
-    ref = M._layer_norm(config.replace(layer_norm_vjp=False), "norm")
-    assert isinstance(ours, M.LayerNorm) and isinstance(ref, nn.LayerNorm)
+    ours = layers.layer_norm(config, "norm")
+    ref = layers.layer_norm(config.replace(layer_norm_vjp=False), "norm")
+    assert isinstance(ours, layers.LayerNorm) and isinstance(ref, nn.LayerNorm)
     params = nn.unbox(same_params(ours, ref, x))
     params = {"params": {"scale": params["params"]["scale"] + jnp.linspace(-0.5, 0.5, 24),
                          "bias": params["params"]["bias"] + 0.3}}
@@ -471,16 +472,17 @@ def test_dense_is_dense_general(dtype, monkeypatch):
     config = M.RobertaConfig.tiny(dtype=dtype)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 3, 8)), jnp.float32)
     names = ("heads", "kv", "embed")
-    ours = M.Dense(config, 16, names, axis=(-2, -1))
-    ref = nn.DenseGeneral(16, axis=(-2, -1), dtype=dtype, kernel_init=M._init(config, names),
-                          bias_init=M._zeros(names[-1:]))
+    ours = layers.Dense(config, 16, names, axis=(-2, -1))
+    ref = nn.DenseGeneral(16, axis=(-2, -1), dtype=dtype,
+                          kernel_init=layers.normal_init(config, names),
+                          bias_init=layers.zeros_init(names[-1:]))
     params = jax.tree.map(lambda v: v + 0.1, nn.unbox(same_params(ours, ref, x)))  # bias != 0
     out, out_ref = ours.apply(params, x), ref.apply(params, x)
     assert out.shape == (2, 5, 16) and out.dtype == out_ref.dtype == dtype
     tol = 1e-6 if dtype == jnp.float32 else 2 ** -7
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(out_ref, np.float32),
                                rtol=tol, atol=tol)
-    monkeypatch.setattr(M, "_cpu_dense", lambda config: None)  # the path GPUs take
+    monkeypatch.setattr(layers, "cpu_dense", lambda config: None)  # the path GPUs take
     program = lambda m: jax.jit(jax.grad(  # noqa: E731
         lambda p: m.apply(p, x).astype(jnp.float32).sum())).lower(params).as_text(
             debug_info=False)
@@ -495,9 +497,9 @@ def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):
     config = M.RobertaConfig.tiny(vocab_size=300, hidden_size=32, num_heads=2,
                                   intermediate_size=64, num_layers=2, dropout_rate=0.0,
                                   attention_dropout_rate=0.0)
-    assert M._cpu_dense(config.replace(dtype=jnp.bfloat16)) is False
-    assert M._cpu_dense(config) is False  # float32
-    assert M._cpu_dense(config.replace(dtype=jnp.float16)) is None
+    assert layers.cpu_dense(config.replace(dtype=jnp.bfloat16)) is False
+    assert layers.cpu_dense(config) is False  # float32
+    assert layers.cpu_dense(config.replace(dtype=jnp.float16)) is None
     assert M._attention_core(config.replace(dtype=jnp.bfloat16))
     assert not M._attention_core(config) and M._attention_core(config.replace(attention_vjp=True))
     assert not M._attention_core(config.replace(attention_vjp=True, dtype=jnp.float16))
@@ -520,7 +522,7 @@ def test_cpu_bf16_fast_path_is_as_accurate_as_xlas(monkeypatch):
 
     reference = value_and_grads(jnp.float32)
     ours = error(value_and_grads(jnp.bfloat16), reference)
-    monkeypatch.setattr(M, "_cpu_dense", lambda config: None)
+    monkeypatch.setattr(layers, "cpu_dense", lambda config: None)
     monkeypatch.setattr(M, "_attention_core", lambda config: False)
     xlas = error(value_and_grads(jnp.bfloat16), reference)
     plain_f32 = error(value_and_grads(jnp.float32), reference)
