@@ -4,9 +4,9 @@
 #   bash tools/gpu_check.sh [items...]   (no items: the default list below)
 # items: correct (tools/gpu_correctness.py, every check) or its groups as items of their own:
 #   correct_cudnn (bf16 and cuDNN against float32 and transformers), correct_pallas (the fused
-#   attention-dropout kernel), correct_switches, correct_norm (model.fused_norm); profile_base (base timing + a profile table; the
-#   trace and the compiled HLO land in $OUT); base large torch_base torch_large base_b256 large_b96
-#   large_b128 (H200: 61.5 GB estimated);
+#   attention-dropout kernel), correct_switches, correct_norm (model.fused_norm); profile_base
+#   (base timing + a profile table; the trace and the compiled HLO land in $OUT); base large
+#   torch_base torch_large base_b256 large_b96 large_b128 (H200: 61.5 GB estimated);
 #   switches: base_scan large_scan (model.scan_unroll=1, the layer loop not unrolled)
 #   base_fused (model.fused_qkv) base_tanh (model.gelu_approximate) base_lnvjp large_lnvjp
 #   (model.layer_norm_vjp) base_fold large_fold (model.fold_attention_biases) base_take
@@ -14,6 +14,8 @@
 #   large_fold_hash (both switches) large_b96_fold_hash base_b256_fold_hash
 #   base_acc_fold_hash large_acc_fold_hash (8 accumulated microbatches a step)
 #   base_fused_norm large_fused_norm base_b256_fused_norm (model.fused_norm with both switches)
+#   base_fused_norm_notriton base_b256_fused_norm_notriton large_fused_norm_notriton (the same,
+#   the products without Triton)
 #   base_nodrop base_threefry;
 #   XLA flags: base_notriton base_cublaslt base_tanh_cublaslt base_cudnn_ln base_triton_any
 #   base_heroless (each named below); the paper's attention dropout
@@ -33,7 +35,8 @@
 # the two untested switches that the CPU-side screen (tools/gpu_aot.py) expects to help most,
 # together (fold_attention_biases, an estimated -2.5% step time; dropout_rng=hash, -4.6%;
 # both -7.2%), then with them model.fused_norm (-4.5% more), then the cuDNN correctness
-# checks and fused_norm's, then the fused attention-dropout kernel's
+# checks and fused_norm's, then base at batch 256 with all three and the products left to
+# cuBLAS (the one base estimate projected past 1,300), then the fused attention-dropout kernel's
 # checks, that kernel alone against cuDNN and XLA (attn, ~1 minute estimated, unmeasured) and in
 # the paper's recipe (base_pallas), then large at batch 96 with both (the one estimate
 # projected past 390 seq/s), then each switch alone; the attention-dropout row
@@ -62,7 +65,7 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-items=${*:-profile_base large torch_base base_fold_hash base_fused_norm correct_cudnn correct_norm correct_pallas attn base_pallas large_b96_fold_hash large_fused_norm large_acc_fold_hash base_b256_fused_norm base_fold base_hash large_fold_hash base_b256_fold_hash large_fold base_xla base_xla_hash large_pallas correct_switches base_take base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
+items=${*:-profile_base large torch_base base_fold_hash base_fused_norm correct_cudnn correct_norm base_b256_fused_norm_notriton correct_pallas attn base_pallas large_b96_fold_hash large_fused_norm large_acc_fold_hash base_b256_fused_norm base_fused_norm_notriton large_fused_norm_notriton base_fold base_hash large_fold_hash base_b256_fold_hash large_fold base_xla base_xla_hash large_pallas correct_switches base_take base_lnvjp base_xla_vjp torch_large base_b256 base_tanh_cublaslt base_nodrop base_cublaslt large_xla}
 J="$OUT/bench.jsonl"
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-540}))  # items that would start past it are skipped
 B="python3 tools/bench_train.py --json_out=$J --steps=10 --warmup=2"
@@ -129,6 +132,12 @@ for it in $items; do case $it in
   base_fused_norm) run 120 $B $BASE --label=base-fold-hash-fused-norm $FAST --config.dropout_rng=hash --config.model.fold_attention_biases=true --config.model.fused_norm=true ;;
   large_fused_norm) run 180 $B $LARGE --label=large-fold-hash-fused-norm $FAST --config.dropout_rng=hash --config.model.fold_attention_biases=true --config.model.fused_norm=true ;;
   base_b256_fused_norm) run 150 $B $BASE --label=base-b256-fold-hash-fused-norm $FAST --config.batch_size=256 --config.dropout_rng=hash --config.model.fold_attention_biases=true --config.model.fused_norm=true ;;
+  # the same with the products left to cuBLAS (no Triton GEMM fusions): estimates 2026-12-07,
+  # session 28: base 128 88.07 -> 85.36 ms, 256 172.07 -> 166.99 (projected 1,326 seq/s),
+  # large 64 136.58 -> 132.38
+  base_fused_norm_notriton) XLA_FLAGS="--xla_gpu_enable_triton_gemm=false" run 120 $B $BASE --label=base-fold-hash-fused-norm-notriton $FAST --config.dropout_rng=hash --config.model.fold_attention_biases=true --config.model.fused_norm=true ;;
+  large_fused_norm_notriton) XLA_FLAGS="--xla_gpu_enable_triton_gemm=false" run 180 $B $LARGE --label=large-fold-hash-fused-norm-notriton $FAST --config.dropout_rng=hash --config.model.fold_attention_biases=true --config.model.fused_norm=true ;;
+  base_b256_fused_norm_notriton) XLA_FLAGS="--xla_gpu_enable_triton_gemm=false" run 150 $B $BASE --label=base-b256-fold-hash-fused-norm-notriton $FAST --config.batch_size=256 --config.dropout_rng=hash --config.model.fold_attention_biases=true --config.model.fused_norm=true ;;
   # the MLM head's gather before 2026-12-06 (take_along_axis; estimated +1.7% step time)
   base_take)    run 120 $B $BASE --label=base-take-gather $FAST --config.model.gather_onehot=false ;;
   large_lnvjp)  run 180 $B $LARGE --label=large-ln-vjp $FAST --config.model.layer_norm_vjp=true ;;
