@@ -1,0 +1,144 @@
+"""Extract features: an encoder's hidden states for texts, as fairseq's
+`roberta.extract_features(tokens, return_all_hiddens=...)` and transformers'
+`RobertaModel(..., output_hidden_states=True)` give them.
+
+    python -m robertax.features --model=PATH [--tokenizer=DIR] [--all_layers]
+        (--input=FILE | TEXT ...) --output=FEATURES.npz
+
+PATH is any checkpoint robertax reads (a Hugging Face or fairseq RoBERTa, a robertax model dir,
+a pretraining or fine-tuning workdir); the tokenizer is the checkpoint's own unless --tokenizer
+names one. Each text (a command-line argument, or a line of --input) is encoded as RoBERTa
+encodes one segment, `<s> text </s>`; texts run in batches, where padding attends nowhere and
+is attended by nothing, so a text's features do not depend on its batch (float32).
+The .npz holds `features` (float32: [N, T, D] the last layer, or with --all_layers
+[N, num_layers + 1, T, D], the embeddings' output first), `input_ids` [N, T] (padded with the
+pad id past each text's end) and `lengths` [N]; T is the longest text's length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robertax import convert
+from robertax import tokenizer as tokenizer_lib
+from robertax.model import Encoder, hidden_states
+from robertax.tasks import starting_point
+
+_BUCKET = 32  # batches are padded to a multiple of this many tokens (fewer compilations)
+
+
+class Features:
+    """An encoder checkpoint and its tokenizer, loaded once: `extract(texts, all_layers)`."""
+
+    def __init__(self, path: str, tokenizer: Optional[str] = None):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist")
+        config, params, _, fmt = starting_point.load_checkpoint(path)
+        tok_path = tokenizer or convert.tokenizer_dir(path, fmt)
+        self.tokenizer = tokenizer_lib.load(tok_path)
+        starting_point.check_vocab(config, self.tokenizer, path, tok_path)
+        self.config = config.replace(dtype=jnp.float32, dropout_rate=0.0,
+                                     attention_dropout_rate=0.0)
+        self.params = params["encoder"]
+        encoder = Encoder(self.config)
+        self._last = jax.jit(lambda p, ids: encoder.apply({"params": p}, ids))
+        self._all = jax.jit(lambda p, ids: hidden_states(self.config, p, ids))
+
+    def encode(self, text: str, where: str = "") -> list[int]:
+        """The text's ids, `<s> text </s>`; too long a text is refused, naming `where`."""
+        ids = self.tokenizer.encode(text)
+        if len(ids) > self.config.max_length:
+            raise ValueError(f"{where or repr(text[:40])}: {len(ids)} tokens with <s> and </s>, "
+                             f"more than the model's {self.config.max_length}")
+        return ids
+
+    def extract(self, texts: Sequence[str], all_layers: bool = False, batch_size: int = 32,
+                where: Optional[Sequence[str]] = None) -> list[np.ndarray]:
+        """Each text's features, float32: [T_i, D] (the last layer) or, with all_layers,
+        [num_layers + 1, T_i, D]. `where` names each text in errors (say, FILE:LINE)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        ids = [self.encode(t, where[i] if where else "") for i, t in enumerate(texts)]
+        out: list[Optional[np.ndarray]] = [None] * len(ids)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together
+        run = self._all if all_layers else self._last
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            longest = max(len(ids[i]) for i in rows)
+            length = min(-(-longest // _BUCKET) * _BUCKET, self.config.max_length)
+            padded = np.full((len(rows), length), self.tokenizer.pad_id, np.int32)
+            for r, i in enumerate(rows):
+                padded[r, :len(ids[i])] = ids[i]
+            with jax.default_matmul_precision("highest"):
+                h = np.asarray(run(self.params, padded), np.float32)
+            for r, i in enumerate(rows):  # [.., B, L, D] -> this row's real tokens
+                out[i] = h[..., r, :len(ids[i]), :]
+        return out
+
+
+def read_texts(path: str) -> tuple[list[str], list[str]]:
+    """One text a line; an empty line is refused (FILE:LINE), not skipped."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            raise ValueError(f"{path}:{n}: empty line (one text a line)")
+    return lines, [f"{path}:{n}" for n in range(1, len(lines) + 1)]
+
+
+def save(path: str, features: Sequence[np.ndarray], ids: Sequence[Sequence[int]],
+         pad_id: int) -> None:
+    """The arrays the module docstring names, padded to the longest text."""
+    longest = max(len(i) for i in ids)
+    lead = features[0].shape[:-2]
+    out = np.zeros((len(features), *lead, longest, features[0].shape[-1]), np.float32)
+    input_ids = np.full((len(ids), longest), pad_id, np.int32)
+    for n, (f, i) in enumerate(zip(features, ids)):
+        out[n, ..., :len(i), :] = f
+        input_ids[n, :len(i)] = i
+    np.savez(path, features=out, input_ids=input_ids,
+             lengths=np.array([len(i) for i in ids], np.int32))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m robertax.features",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="a checkpoint: Hugging Face, fairseq, "
+                        "robertax model dir or workdir")
+    parser.add_argument("--tokenizer", default=None, help="a tokenizer dir or file (default: "
+                        "the checkpoint's own)")
+    parser.add_argument("--input", default=None, help="a text file, one text a line")
+    parser.add_argument("--output", required=True, help="the .npz to write")
+    parser.add_argument("--all_layers", action="store_true", help="every layer's output, the "
+                        "embeddings' first (default: the last layer's)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("texts", nargs="*", help="texts (or --input)")
+    args = parser.parse_args(argv)
+    try:
+        if bool(args.input) == bool(args.texts):
+            raise ValueError("give texts on the command line or --input=FILE (one of them)")
+        texts, where = (read_texts(args.input) if args.input
+                        else (args.texts, [f"text {n}" for n in range(1, len(args.texts) + 1)]))
+        if not texts:
+            raise ValueError(f"{args.input}: no texts")
+        extractor = Features(args.model, args.tokenizer)
+        feats = extractor.extract(texts, args.all_layers, args.batch_size, where)
+        ids = [extractor.encode(t) for t in texts]
+        save(args.output, feats, ids, extractor.tokenizer.pad_id)
+    except (OSError, ValueError, KeyError) as e:  # bad input: the message says what and where
+        raise SystemExit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
+    shape = "N, layers + 1, T, D" if args.all_layers else "N, T, D"
+    print(f"{len(texts)} texts, features [{shape}] = "
+          f"{[len(texts), *feats[0].shape[:-2], max(map(len, ids)), feats[0].shape[-1]]}, "
+          f"written to {args.output}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
