@@ -18,16 +18,12 @@ pad id past each text's end) and `lengths` [N]; T is the longest text's length.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from robertax import convert
-from robertax import tokenizer as tokenizer_lib
 from robertax.model import Encoder, hidden_states
 from robertax.tasks import starting_point
 
@@ -38,14 +34,7 @@ class Features:
     """An encoder checkpoint and its tokenizer, loaded once: `extract(texts, all_layers)`."""
 
     def __init__(self, path: str, tokenizer: Optional[str] = None):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} does not exist")
-        config, params, _, fmt = starting_point.load_checkpoint(path)
-        tok_path = tokenizer or convert.tokenizer_dir(path, fmt)
-        self.tokenizer = tokenizer_lib.load(tok_path)
-        starting_point.check_vocab(config, self.tokenizer, path, tok_path)
-        self.config = config.replace(dtype=jnp.float32, dropout_rate=0.0,
-                                     attention_dropout_rate=0.0)
+        self.config, params, self.tokenizer = starting_point.load_for_inference(path, tokenizer)
         self.params = params["encoder"]
         encoder = Encoder(self.config)
         self._last = jax.jit(lambda p, ids: encoder.apply({"params": p}, ids))

@@ -15,7 +15,6 @@ the filled-in text, the fields transformers' pipeline returns.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
@@ -23,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robertax import convert
 from robertax import tokenizer as tokenizer_lib
 from robertax.model import RobertaForMaskedLM
 from robertax.tasks import starting_point
@@ -35,18 +33,14 @@ class FillMask:
     """A masked-LM checkpoint and its tokenizer, loaded once: `fill(text, topk)`."""
 
     def __init__(self, path: str, tokenizer: Optional[str] = None):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} does not exist")
-        config, params, _, fmt = starting_point.load_checkpoint(path)
-        if "mlm_head" not in params:
-            raise ValueError(f"{path}: no masked-LM head (mlm_head) in this checkpoint (it has "
-                             f"{sorted(params)}); a model fine-tuned for a task cannot fill "
-                             "masks, its pretrained starting point can")
-        tok_path = tokenizer or convert.tokenizer_dir(path, fmt)
-        self.tokenizer = tokenizer_lib.load(tok_path)
-        starting_point.check_vocab(config, self.tokenizer, path, tok_path)
-        self.config = config.replace(dtype=jnp.float32, dropout_rate=0.0,
-                                     attention_dropout_rate=0.0)
+        def has_head(params):
+            if "mlm_head" not in params:
+                raise ValueError(f"{path}: no masked-LM head (mlm_head) in this checkpoint (it "
+                                 f"has {sorted(params)}); a model fine-tuned for a task cannot "
+                                 "fill masks, its pretrained starting point can")
+
+        self.config, params, self.tokenizer = starting_point.load_for_inference(
+            path, tokenizer, check_params=has_head)
         self.params = {"encoder": params["encoder"], "mlm_head": params["mlm_head"]}
         module = RobertaForMaskedLM(self.config)
 

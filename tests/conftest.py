@@ -63,3 +63,35 @@ def writer_closes(monkeypatch) -> list:
     monkeypatch.setattr(observe.MetricWriter, "close",
                         lambda self: (closes.append(self._tb is not None), real_close(self)))
     return closes
+
+
+@pytest.fixture(scope="session")
+def random_hf_roberta(test_data):
+    """make(path, num_layers=2, masked_lm=True) -> path: see `_random_hf_roberta`."""
+    return lambda path, **kw: _random_hf_roberta(path, test_data, **kw)
+
+
+def _random_hf_roberta(path: pathlib.Path, test_data: pathlib.Path, num_layers: int = 2,
+                       masked_lm: bool = True) -> pathlib.Path:
+    """A small random transformers RoBERTa (width 32, `RobertaForMaskedLM` or, without the head,
+    `RobertaModel`) over RoBERTa's real 50,265-unit BPE, its weights drawn far from their
+    initial values (so that texts and layers differ), saved as the Hub lays a model out:
+    config.json, model.safetensors, vocab.json, merges.txt."""
+    import shutil
+
+    import torch
+    import transformers
+    config = transformers.RobertaConfig(
+        vocab_size=50265, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
+    torch.manual_seed(0)
+    model = (transformers.RobertaForMaskedLM(config) if masked_lm
+             else transformers.RobertaModel(config, add_pooling_layer=False)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if "LayerNorm.weight" in name else 0.0, 0.3)
+    model.save_pretrained(path)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(test_data / "bpe" / "roberta-base_hf" / name, path / name)
+    return path

@@ -15,22 +15,9 @@ from robertax import model as M
 
 
 @pytest.fixture(scope="module")
-def hf_dir(test_data, tmp_path_factory):
-    """A small random transformers RoBERTa (3 layers) over RoBERTa's real BPE files."""
-    path = tmp_path_factory.mktemp("hf")
-    config = transformers.RobertaConfig(
-        vocab_size=50265, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
-        bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
-    torch.manual_seed(0)
-    model = transformers.RobertaModel(config, add_pooling_layer=False).eval()
-    with torch.no_grad():  # far from init, so that layers differ
-        for name, p in model.named_parameters():
-            p.normal_(1.0 if "LayerNorm.weight" in name else 0.0, 0.3)
-    model.save_pretrained(path)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(test_data / "bpe" / "roberta-base_hf" / name, path / name)
-    return path
+def hf_dir(random_hf_roberta, tmp_path_factory):
+    """A random 3-layer transformers RobertaModel over RoBERTa's real BPE files."""
+    return random_hf_roberta(tmp_path_factory.mktemp("hf"), num_layers=3, masked_lm=False)
 
 
 TEXTS = ["The capital of France is Paris.", "Hello", "A longer text, with a few more words in it"

@@ -1,10 +1,7 @@
 """robertax.fill_mask against transformers' fill-mask pipeline, and its command line."""
 
-import shutil
-
 import numpy as np
 import pytest
-import torch
 import transformers
 from tokenizers import AddedToken
 
@@ -12,23 +9,8 @@ from robertax import checkpoint, convert, fill_mask
 
 
 @pytest.fixture(scope="module")
-def hf_dir(test_data, tmp_path_factory):
-    """A small random transformers RoBERTa over RoBERTa's real 50,265-unit BPE, saved as the
-    Hub lays a model out: config.json, model.safetensors, vocab.json, merges.txt."""
-    path = tmp_path_factory.mktemp("hf")
-    config = transformers.RobertaConfig(
-        vocab_size=50265, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
-        bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
-    torch.manual_seed(0)
-    model = transformers.RobertaForMaskedLM(config).eval()
-    with torch.no_grad():  # far from init, so the guesses differ from text to text
-        for name, p in model.named_parameters():
-            p.normal_(1.0 if "LayerNorm.weight" in name else 0.0, 0.3)
-    model.save_pretrained(path)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(test_data / "bpe" / "roberta-base_hf" / name, path / name)
-    return path
+def hf_dir(random_hf_roberta, tmp_path_factory):
+    return random_hf_roberta(tmp_path_factory.mktemp("hf"))
 
 
 TEXTS = ["The capital of France is <mask>.", "<mask> is a word at the start",
