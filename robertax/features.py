@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (OSError, ValueError, KeyError) as e:  # bad input: the message says what and where
         raise SystemExit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
     shape = "N, layers + 1, T, D" if args.all_layers else "N, T, D"
-    print(f"{len(texts)} texts, features [{shape}] = "
+    print(f"{len(texts)} text{'s' if len(texts) != 1 else ''}, features [{shape}] = "
           f"{[len(texts), *feats[0].shape[:-2], max(map(len, ids)), feats[0].shape[-1]]}, "
           f"written to {args.output}")
 
