@@ -28,6 +28,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from robertax import cli
 from robertax.model import RobertaConfig
 
 
@@ -470,11 +471,8 @@ def _cli(argv=None) -> None:
     """`main` for the shell: bad input is one line, "error: ...", and exit status 1 (argparse's
     usage errors: 2), not a traceback."""
     import pickle
-    try:
+    with cli.bad_input_exits(pickle.UnpicklingError):
         main(argv)
-    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise SystemExit(f"error: {msg}") from None
 
 
 if __name__ == "__main__":

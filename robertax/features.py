@@ -24,8 +24,9 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from robertax import cli
 from robertax.model import Encoder, hidden_states
-from robertax.tasks import starting_point
+from robertax.tasks import glue, starting_point
 
 _BUCKET = 32  # batches are padded to a multiple of this many tokens (fewer compilations)
 
@@ -52,9 +53,14 @@ class Features:
                 where: Optional[Sequence[str]] = None) -> list[np.ndarray]:
         """Each text's features, float32: [T_i, D] (the last layer) or, with all_layers,
         [num_layers + 1, T_i, D]. `where` names each text in errors (say, FILE:LINE)."""
+        ids = [self.encode(t, where[i] if where else "") for i, t in enumerate(texts)]
+        return self.extract_ids(ids, all_layers, batch_size)
+
+    def extract_ids(self, ids: Sequence[Sequence[int]], all_layers: bool = False,
+                    batch_size: int = 32) -> list[np.ndarray]:
+        """`extract` for texts already encoded (`encode`)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        ids = [self.encode(t, where[i] if where else "") for i, t in enumerate(texts)]
         out: list[Optional[np.ndarray]] = [None] * len(ids)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together
         run = self._all if all_layers else self._last
@@ -62,9 +68,7 @@ class Features:
             rows = order[start:start + batch_size]
             longest = max(len(ids[i]) for i in rows)
             length = min(-(-longest // _BUCKET) * _BUCKET, self.config.max_length)
-            padded = np.full((len(rows), length), self.tokenizer.pad_id, np.int32)
-            for r, i in enumerate(rows):
-                padded[r, :len(ids[i])] = ids[i]
+            padded, _ = glue.pad([ids[i] for i in rows], length, self.tokenizer.pad_id)
             with jax.default_matmul_precision("highest"):
                 h = np.asarray(run(self.params, padded), np.float32)
             for r, i in enumerate(rows):  # [.., B, L, D] -> this row's real tokens
@@ -88,10 +92,9 @@ def save(path: str, features: Sequence[np.ndarray], ids: Sequence[Sequence[int]]
     longest = max(len(i) for i in ids)
     lead = features[0].shape[:-2]
     out = np.zeros((len(features), *lead, longest, features[0].shape[-1]), np.float32)
-    input_ids = np.full((len(ids), longest), pad_id, np.int32)
     for n, (f, i) in enumerate(zip(features, ids)):
         out[n, ..., :len(i), :] = f
-        input_ids[n, :len(i)] = i
+    input_ids, _ = glue.pad(ids, longest, pad_id)
     np.savez(path, features=out, input_ids=input_ids,
              lengths=np.array([len(i) for i in ids], np.int32))
 
@@ -110,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("texts", nargs="*", help="texts (or --input)")
     args = parser.parse_args(argv)
-    try:
+    with cli.bad_input_exits():  # bad input: the message says what and where
         if bool(args.input) == bool(args.texts):
             raise ValueError("give texts on the command line or --input=FILE (one of them)")
         texts, where = (read_texts(args.input) if args.input
@@ -118,11 +121,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not texts:
             raise ValueError(f"{args.input}: no texts")
         extractor = Features(args.model, args.tokenizer)
-        feats = extractor.extract(texts, args.all_layers, args.batch_size, where)
-        ids = [extractor.encode(t) for t in texts]
+        ids = [extractor.encode(t, w) for t, w in zip(texts, where)]
+        feats = extractor.extract_ids(ids, args.all_layers, args.batch_size)
         save(args.output, feats, ids, extractor.tokenizer.pad_id)
-    except (OSError, ValueError, KeyError) as e:  # bad input: the message says what and where
-        raise SystemExit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
     shape = "N, layers + 1, T, D" if args.all_layers else "N, T, D"
     print(f"{len(texts)} text{'s' if len(texts) != 1 else ''}, features [{shape}] = "
           f"{[len(texts), *feats[0].shape[:-2], max(map(len, ids)), feats[0].shape[-1]]}, "

@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robertax import cli
 from robertax import tokenizer as tokenizer_lib
 from robertax.model import RobertaForMaskedLM
-from robertax.tasks import starting_point
+from robertax.tasks import glue, starting_point
 
 _BUCKET = 32  # texts are padded to a multiple of this many tokens (fewer compilations)
 
@@ -67,8 +68,7 @@ class FillMask:
             raise ValueError(f"{text!r}: {len(ids)} tokens with <s> and </s>, more than the "
                              f"model's {self.config.max_length}")
         length = min(-(-len(ids) // _BUCKET) * _BUCKET, self.config.max_length)
-        padded = np.full((1, length), tok.pad_id, np.int32)  # pad positions attend nowhere
-        padded[0, :len(ids)] = ids
+        padded, _ = glue.pad([ids], length, tok.pad_id)  # pad positions attend nowhere
         with jax.default_matmul_precision("highest"):
             logp = np.asarray(self._logprobs(self.params, padded, np.array([where], np.int32)))
         best = np.argsort(-logp, kind="stable")[:topk]
@@ -97,15 +97,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("texts", nargs="+", help="texts with one <mask> each")
     args = parser.parse_args(argv)
-    try:
+    with cli.bad_input_exits():  # bad input: the message says what and where
         filler = FillMask(args.model, args.tokenizer)
         for text in args.texts:
             print(text)
             for row in filler.fill(text, args.topk):
                 print(f"  {row['score']:.4f}  {row['token']:>6}  {row['token_str']!r:<16} "
                       f"{row['sequence']}")
-    except (OSError, ValueError, KeyError) as e:  # bad input: the message says what and where
-        raise SystemExit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
 
 
 if __name__ == "__main__":

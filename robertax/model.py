@@ -145,8 +145,6 @@ class RobertaConfig:
         return self.max_position_embeddings - self.pad_token_id - 1
 
 
-
-
 def position_ids_from_input_ids(input_ids: Array, pad_token_id: int) -> Array:
     """Real tokens count up from pad_id + 1 (= 2); padding gets the pad row (1)."""
     not_pad = (input_ids != pad_token_id).astype(jnp.int32)
@@ -391,8 +389,6 @@ class Layer(nn.Module):
         return add_norm
 
 
-
-
 class Embeddings(nn.Module):
     config: RobertaConfig
     deterministic: bool
@@ -441,7 +437,8 @@ class Encoder(nn.Module):
                 raise ValueError(f"model.remat must be none, full or dots, got {c.remat!r}")
             layer = nn.remat(Layer, prevent_cse=False, policy=_REMAT_POLICIES[c.remat])
         self.layers = nn.scan(
-            layer, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True, "dropout": True},
+            layer, variable_axes={"params": 0, "intermediates": 0},
+            split_rngs={"params": True, "dropout": True},
             in_axes=nn.broadcast, length=c.num_layers, unroll=c.layers_per_scan_step,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(c, self.deterministic)

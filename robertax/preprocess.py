@@ -39,6 +39,7 @@ from typing import Sequence
 import numpy as np
 
 import robertax
+from robertax import cli
 from robertax import tokenizer as tokenizer_lib
 from robertax.data import corpus, shards
 from robertax.data.sentences import split_sentences as _split
@@ -325,15 +326,13 @@ def main(argv):
     from absl import flags
     FLAGS = flags.FLAGS
     del argv
-    try:
+    with cli.bad_input_exits():  # bad input: the message says what and where
         manifest = preprocess(
             FLAGS.input, FLAGS.tokenizer, FLAGS.output, valid_fraction=FLAGS.valid_fraction, seed=FLAGS.seed,
             num_processes=FLAGS.num_processes, fmt=FLAGS.format, text_key=FLAGS.text_key,
             split_sentences=FLAGS.split_sentences, max_line_bytes=FLAGS.max_line_bytes,
             chunk_bytes=FLAGS.chunk_mb << 20, tfds_split=FLAGS.tfds_split, tfds_data_dir=FLAGS.tfds_data_dir,
             overwrite=FLAGS.overwrite)
-    except (OSError, ValueError, KeyError) as e:  # bad input: the message says what and where
-        raise SystemExit(f"error: {e}") from e
     for split, s in manifest["splits"].items():
         print(f"{split}: {s['documents']:,} documents, {s['sentences']:,} sentences, {s['tokens']:,} tokens, "
               f"{len(s['shards'])} shards")

@@ -29,6 +29,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from robertax import cli
+
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3, as fairseq's Dictionary
 MASK = "<mask>"
 CONFIG_FILE = "robertax_tokenizer.json"
@@ -545,10 +547,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     enc.add_argument("text")
     enc.add_argument("--pair", default=None)
     args = parser.parse_args(argv)
-    try:
+    with cli.bad_input_exits():  # bad input: the message says what and where
         _run(args)
-    except (OSError, ValueError, KeyError) as e:  # bad input: the message says what and where
-        raise SystemExit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
 
 
 def _run(args) -> None:

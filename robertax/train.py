@@ -32,7 +32,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from robertax import (  # noqa: E402
-    checkpoint, hash_rng, observe, optim, perf, sharding, step as step_lib)
+    checkpoint, cli, hash_rng, observe, optim, perf, sharding, step as step_lib)
 from robertax.model import RobertaConfig, RobertaForPretraining  # noqa: E402
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -483,12 +483,11 @@ def run_cli(main_fn, default_config: str, about: str, workdir_help: str) -> None
     def run(argv):
         try:
             return main_fn(argv)
-        except (OSError, ValueError, KeyError) as e:
+        except cli.BAD_INPUT as e:
             if not getattr(e, "robertax_bad_input", False) or os.environ.get(
                     "ROBERTAX_TRACEBACK"):
                 raise
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            raise SystemExit(f"error: {msg}") from None
+            raise SystemExit(cli.error_line(e)) from None
 
     app.run(run, flags_parser=parse)
 
