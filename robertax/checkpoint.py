@@ -121,9 +121,20 @@ def is_train_dir(path: str) -> bool:
         os.path.join(path, "checkpoints"))
 
 
+def is_finetune_dir(path: str) -> bool:
+    """A fine-tuning run's workdir: its model is best/ (`model_dir`)."""
+    return not is_model_dir(path) and is_model_dir(os.path.join(path, "best"))
+
+
+def model_dir(path: str) -> str:
+    """The model dir a path names: a fine-tuning workdir's best/, else the path itself."""
+    return os.path.join(path, "best") if is_finetune_dir(path) else path
+
+
 def load_model(path: str, **config_overrides) -> tuple[RobertaConfig, Any, dict]:
-    """Reads the robertax model format or a training workdir -> (config, params, extra)."""
-    path = os.path.abspath(path)
+    """Reads the robertax model format (or a fine-tuning workdir's best/) or a pretraining
+    workdir's latest checkpoint -> (config, params, extra)."""
+    path = model_dir(os.path.abspath(path))
     if is_model_dir(path):
         with open(os.path.join(path, CONFIG_FILE)) as f:
             meta = json.load(f)

@@ -294,21 +294,24 @@ def detect_format(path: str) -> str:
         return "fairseq"
     if os.path.exists(os.path.join(path, "config.json")) and hf.hf_weights_file(path):
         return "hf"
-    if checkpoint.is_model_dir(path) or checkpoint.is_train_dir(path):
+    if (checkpoint.is_model_dir(path) or checkpoint.is_train_dir(path)
+            or checkpoint.is_finetune_dir(path)):
         return "robertax"
     raise ValueError(f"{path}: cannot tell its format (expected a Hugging Face dir with "
                      "config.json + model.safetensors (or pytorch_model.bin, or a sharded "
-                     "*.index.json), a fairseq model.pt, or a robertax model or training dir); "
-                     "pass --src_format")
+                     "*.index.json), a fairseq model.pt, or a robertax model dir, pretraining "
+                     "workdir or fine-tuning workdir with best/)")
 
 
 def tokenizer_dir(source: str, fmt: str) -> str:
     """Where the tokenizer of a checkpoint lives: beside a Hugging Face or fairseq model
     (vocab.json + merges.txt or tokenizer.json; encoder.json + vocab.bpe + dict.txt), in a
-    robertax model dir's tokenizer/, or with a pretraining run's corpus shards."""
+    robertax model dir's tokenizer/ (a fine-tuning workdir's best/tokenizer/), or with a
+    pretraining run's corpus shards."""
     from robertax import checkpoint
     if fmt in ("hf", "fairseq"):
         return source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
+    source = checkpoint.model_dir(source)
     if checkpoint.is_model_dir(source):
         path = os.path.join(source, "tokenizer")
         if os.path.isdir(path):
@@ -438,7 +441,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not os.path.exists(args.src):
         raise FileNotFoundError(f"--src={args.src} does not exist")
-    src_format = args.src_format or detect_format(args.src)
+    try:
+        src_format = args.src_format or detect_format(args.src)
+    except ValueError as e:
+        raise ValueError(f"{e}; pass --src_format") from None
     dst_format = args.dst_format or ("fairseq" if args.dst.endswith(".pt") else
                                      "robertax" if src_format != "robertax" else "hf")
     config, params, meta = read_with_meta(args.src, src_format, trusted=args.trust_pickle,

@@ -35,7 +35,7 @@ class Features:
     """An encoder checkpoint and its tokenizer, loaded once: `extract(texts, all_layers)`."""
 
     def __init__(self, path: str, tokenizer: Optional[str] = None):
-        self.config, params, self.tokenizer = starting_point.load_for_inference(path, tokenizer)
+        self.config, params, self.tokenizer, _ = starting_point.load_for_inference(path, tokenizer)
         self.params = params["encoder"]
         encoder = Encoder(self.config)
         self._last = jax.jit(lambda p, ids: encoder.apply({"params": p}, ids))

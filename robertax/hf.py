@@ -201,7 +201,7 @@ def from_hf(path: str, **config_overrides) -> tuple[RobertaConfig, dict]:
     return config, params
 
 
-def _multiple_choice(meta: dict) -> bool:
+def multiple_choice(meta: dict) -> bool:
     """Whether a classifier is a multiple-choice scorer (RACE: one score per choice)."""
     return bool(meta.get("multiple_choice") or "num_choices" in meta
                 or str(meta.get("task", "")).upper() == "RACE")
@@ -212,7 +212,7 @@ def hf_config(config: RobertaConfig, params: dict, id2label: dict | None = None,
     """config.json for `params`. `meta` (robertax_config.json's extras) names the labels
     ("labels") and tells a multiple-choice classifier (RACE) from a regression one."""
     meta = meta or {}
-    choice = "classifier" in params and _multiple_choice(meta)
+    choice = "classifier" in params and multiple_choice(meta)
     archs = []
     if "mlm_head" in params:
         archs.append("RobertaForMaskedLM")
@@ -263,7 +263,7 @@ def to_hf(config: RobertaConfig, params: dict, path: str, id2label: dict | None 
     params = convert._to_numpy(params)
     os.makedirs(path, exist_ok=True)
     prefix = "roberta." if any(h in params for h in convert.HEADS) else ""
-    choice = "classifier" in params and _multiple_choice(meta or {})
+    choice = "classifier" in params and multiple_choice(meta or {})
     tensors = convert.params_to_tensors(params, config, _hf_name(prefix, choice),
                                         dest=f"{path} (Hugging Face)")
     save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})

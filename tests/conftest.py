@@ -30,6 +30,28 @@ def data_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("ROBERTAX_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
+def _tfds_temp_dirs() -> set:
+    import tempfile
+    return set(pathlib.Path(tempfile.gettempdir()).glob("tmp*tfds"))
+
+
+def pytest_sessionstart(session):
+    session.config._tfds_temp_dirs = _tfds_temp_dirs()
+
+
+def pytest_sessionfinish(session):
+    """tensorflow_datasets makes an empty temp dir ("tmp...tfds") for each builder of a dataset
+    that is not prepared (every `tfds.testing.mock_data` read) and never removes it: 67 a run.
+    The main process (not an xdist worker) removes the empty ones made during the session."""
+    if hasattr(session.config, "workerinput"):
+        return
+    for path in _tfds_temp_dirs() - session.config._tfds_temp_dirs:
+        try:
+            path.rmdir()  # only if empty
+        except OSError:
+            pass
+
+
 @pytest.fixture(scope="session")
 def test_data() -> pathlib.Path:
     path = data_dir()
@@ -72,11 +94,12 @@ def random_hf_roberta(test_data):
 
 
 def _random_hf_roberta(path: pathlib.Path, test_data: pathlib.Path, num_layers: int = 2,
-                       masked_lm: bool = True) -> pathlib.Path:
-    """A small random transformers RoBERTa (width 32, `RobertaForMaskedLM` or, without the head,
-    `RobertaModel`) over RoBERTa's real 50,265-unit BPE, its weights drawn far from their
-    initial values (so that texts and layers differ), saved as the Hub lays a model out:
-    config.json, model.safetensors, vocab.json, merges.txt."""
+                       masked_lm: bool = True, labels: tuple = ()) -> pathlib.Path:
+    """A small random transformers RoBERTa (width 32, `RobertaForMaskedLM`, without the head
+    `RobertaModel`, or with `labels` a `RobertaForSequenceClassification` naming them in
+    id2label, one label a regression head) over RoBERTa's real 50,265-unit BPE, its weights
+    drawn far from their initial values (so that texts and layers differ), saved as the Hub
+    lays a model out: config.json, model.safetensors, vocab.json, merges.txt."""
     import shutil
 
     import torch
@@ -86,8 +109,14 @@ def _random_hf_roberta(path: pathlib.Path, test_data: pathlib.Path, num_layers: 
         intermediate_size=64, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
         bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
     torch.manual_seed(0)
-    model = (transformers.RobertaForMaskedLM(config) if masked_lm
-             else transformers.RobertaModel(config, add_pooling_layer=False)).eval()
+    if labels:
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {name: i for i, name in enumerate(labels)}
+        model = transformers.RobertaForSequenceClassification(config).eval()
+    else:
+        model = (transformers.RobertaForMaskedLM(config) if masked_lm
+                 else transformers.RobertaModel(config, add_pooling_layer=False)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.normal_(1.0 if "LayerNorm.weight" in name else 0.0, 0.3)

@@ -21,10 +21,12 @@ def get_config():
                                     # or ~/tensorflow_datasets); see robertax/data/tfds_source.py
     c.train_file = ""               # SQuAD: explicit train JSON (default <data_dir>/train-v*.json)
     c.eval_file = ""                # SQuAD: explicit dev JSON (default <data_dir>/dev-v*.json)
-    c.init_checkpoint = ""          # robertax model dir, pretraining workdir or Hugging Face dir
+    c.init_checkpoint = ""          # robertax model dir, pretraining or fine-tuning workdir, or
+                                    # Hugging Face dir
     c.tokenizer = ""                # "" = the checkpoint's own (see robertax/finetune.py)
-    c.from_mnli = ""                # an MNLI fine-tuned model to start from (Section 5: RTE,
-                                    # STS-B and MRPC start from MNLI); its head is re-initialized
+    c.from_mnli = ""                # an MNLI fine-tuned model (or its workdir) to start from
+                                    # (Section 5: RTE, STS-B and MRPC start from MNLI); its head
+                                    # is re-initialized
     c.head = "auto"                 # "auto": reuse a checkpoint head of the right shape; "fresh"
     c.random_init = False           # ablation: the checkpoint's model and tokenizer, random
                                     # weights (fine-tuning without pretraining)

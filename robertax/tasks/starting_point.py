@@ -64,21 +64,22 @@ def check_vocab(mc: RobertaConfig, tok, source: str, tok_path: str) -> None:
 
 
 def load_for_inference(path: str, tokenizer: str | None = None, check_params=None):
-    """(config, numpy params, tokenizer) of any checkpoint robertax reads, for inference
-    (`fill_mask`, `features`): the config computes in float32 without dropout, and the tokenizer
-    is the checkpoint's own unless `tokenizer` names one (its vocabulary checked).
-    check_params(params) may refuse the checkpoint before its tokenizer is looked for."""
+    """(config, numpy params, tokenizer, metadata) of any checkpoint robertax reads, for
+    inference (`fill_mask`, `features`, `classify`): the config computes in float32 without
+    dropout, and the tokenizer is the checkpoint's own unless `tokenizer` names one (its
+    vocabulary checked). check_params(params, metadata) may refuse the checkpoint before its
+    tokenizer is looked for."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist")
-    config, params, _, fmt = load_checkpoint(path)
+    config, params, meta, fmt = load_checkpoint(path)
     if check_params is not None:
-        check_params(params)
+        check_params(params, meta)
     tok_path = tokenizer or convert.tokenizer_dir(path, fmt)
     tok = tokenizer_lib.load(tok_path)
     check_vocab(config, tok, path, tok_path)
     config = config.replace(dtype=jax.numpy.float32, dropout_rate=0.0,
                             attention_dropout_rate=0.0)
-    return config, params, tok
+    return config, params, tok, meta
 
 
 def merge_params(shapes: dict, fresh_heads: dict, loaded: dict, head_names, *,
