@@ -89,17 +89,18 @@ def writer_closes(monkeypatch) -> list:
 
 @pytest.fixture(scope="session")
 def random_hf_roberta(test_data):
-    """make(path, num_layers=2, masked_lm=True) -> path: see `_random_hf_roberta`."""
+    """make(path, num_layers=2, head="mlm", labels=()) -> path: see `_random_hf_roberta`."""
     return lambda path, **kw: _random_hf_roberta(path, test_data, **kw)
 
 
 def _random_hf_roberta(path: pathlib.Path, test_data: pathlib.Path, num_layers: int = 2,
-                       masked_lm: bool = True, labels: tuple = ()) -> pathlib.Path:
-    """A small random transformers RoBERTa (width 32, `RobertaForMaskedLM`, without the head
-    `RobertaModel`, or with `labels` a `RobertaForSequenceClassification` naming them in
-    id2label, one label a regression head) over RoBERTa's real 50,265-unit BPE, its weights
-    drawn far from their initial values (so that texts and layers differ), saved as the Hub
-    lays a model out: config.json, model.safetensors, vocab.json, merges.txt."""
+                       head: str | None = "mlm", labels: tuple = ()) -> pathlib.Path:
+    """A small random transformers RoBERTa (width 32; head "mlm": `RobertaForMaskedLM`, None:
+    `RobertaModel`, "classifier": `RobertaForSequenceClassification` naming `labels` in
+    id2label, one label a regression head, "qa": `RobertaForQuestionAnswering`) over RoBERTa's
+    real 50,265-unit BPE, its weights drawn far from their initial values (so that texts and
+    layers differ), saved as the Hub lays a model out: config.json, model.safetensors,
+    vocab.json, merges.txt."""
     import shutil
 
     import torch
@@ -109,14 +110,18 @@ def _random_hf_roberta(path: pathlib.Path, test_data: pathlib.Path, num_layers: 
         intermediate_size=64, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
         bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
     torch.manual_seed(0)
-    if labels:
+    if head == "classifier":
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {name: i for i, name in enumerate(labels)}
-        model = transformers.RobertaForSequenceClassification(config).eval()
+        model = transformers.RobertaForSequenceClassification(config)
+    elif head == "qa":
+        model = transformers.RobertaForQuestionAnswering(config)
+    elif head == "mlm":
+        model = transformers.RobertaForMaskedLM(config)
     else:
-        model = (transformers.RobertaForMaskedLM(config) if masked_lm
-                 else transformers.RobertaModel(config, add_pooling_layer=False)).eval()
+        model = transformers.RobertaModel(config, add_pooling_layer=False)
+    model.eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.normal_(1.0 if "LayerNorm.weight" in name else 0.0, 0.3)

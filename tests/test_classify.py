@@ -18,7 +18,7 @@ NLI = ("contradiction", "neutral", "entailment")
 @pytest.fixture(scope="module")
 def nli_dir(random_hf_roberta, tmp_path_factory):
     """A random RobertaForSequenceClassification with MNLI's three labels named in id2label."""
-    return random_hf_roberta(tmp_path_factory.mktemp("nli"), labels=NLI)
+    return random_hf_roberta(tmp_path_factory.mktemp("nli"), head="classifier", labels=NLI)
 
 
 SINGLES = ["The capital of France is Paris.", "Hello", "A longer text, with a few more words "
@@ -58,7 +58,7 @@ def test_predictions_equal_transformers_pipeline(nli_dir):
 
 def test_regression_head_gives_its_raw_output(random_hf_roberta, tmp_path):
     """A one-output head (STS-B's shape): `score` is the model's output itself."""
-    path = random_hf_roberta(tmp_path / "reg", labels=("LABEL_0",))
+    path = random_hf_roberta(tmp_path / "reg", head="classifier", labels=("LABEL_0",))
     model = transformers.RobertaForSequenceClassification.from_pretrained(path).eval()
     tok = transformers.RobertaTokenizer(vocab=str(path / "vocab.json"),
                                         merges=str(path / "merges.txt"))

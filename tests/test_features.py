@@ -17,7 +17,7 @@ from robertax import model as M
 @pytest.fixture(scope="module")
 def hf_dir(random_hf_roberta, tmp_path_factory):
     """A random 3-layer transformers RobertaModel over RoBERTa's real BPE files."""
-    return random_hf_roberta(tmp_path_factory.mktemp("hf"), num_layers=3, masked_lm=False)
+    return random_hf_roberta(tmp_path_factory.mktemp("hf"), num_layers=3, head=None)
 
 
 TEXTS = ["The capital of France is Paris.", "Hello", "A longer text, with a few more words in it"

@@ -276,12 +276,7 @@ class SquadTask:
                              version="1.1")
         if not self.v2:
             return texts, None
-        # A window is "answerable" when it holds the answer; a question is, when any of its
-        # windows is: no-answer score = min over windows of logit(no) - logit(yes).
-        a = np.asarray(outputs.answerable_logits, np.float64)
-        margin = a[:, 0] - a[:, 1]
-        null = np.full(len(features.example_ids), np.inf)
-        np.minimum.at(null, features.example_index, margin)
+        null = squad.no_answer_margins(outputs.answerable_logits, features)
         for e, qid in enumerate(features.example_ids):
             if null[e] > c.null_threshold:
                 texts[qid] = ""

@@ -335,6 +335,67 @@ def featurize(examples: Sequence[Example], tokenizer, max_length: int = 384,
 # ---------------------------------------------------------------------------- decoding
 
 
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """An example's best answer span: its text, character offsets in the context
+    (`context[start:end] == text`) and score (start + end logit); no valid span: "", -1, -1,
+    -inf."""
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+def best_spans(start_logits, end_logits, features: Features, n_best: int = 20,
+               max_answer_length: int = 30) -> list[Span]:
+    """Each example's best span over its windows (BERT's n-best search, as `decode`)."""
+    start_logits = np.asarray(start_logits, np.float64)
+    end_logits = np.asarray(end_logits, np.float64)
+    if start_logits.shape != features.input_ids.shape or end_logits.shape != start_logits.shape:
+        raise ValueError(f"logits of shape {start_logits.shape} / {end_logits.shape} do not "
+                         f"match features {features.input_ids.shape}")
+    k = min(n_best, start_logits.shape[1])
+    best = [Span("", -1, -1, -np.inf) for _ in features.example_ids]
+    for f in range(len(features)):
+        e = int(features.example_index[f])
+        s_log, e_log, off = start_logits[f], end_logits[f], features.offsets[f]
+        si = np.argsort(-s_log, kind="stable")[:k]  # ties keep the earlier token
+        ei = np.argsort(-e_log, kind="stable")[:k]
+        score = s_log[si][:, None] + e_log[ei][None, :]  # [k, k]
+        length = ei[None, :] - si[:, None] + 1
+        valid = ((off[si, 0] >= 0) & features.max_context[f, si])[:, None] \
+            & (off[ei, 0] >= 0)[None, :] & (length >= 1) & (length <= max_answer_length)
+        if not valid.any():
+            continue
+        score = np.where(valid, score, -np.inf)
+        a, b = np.unravel_index(np.argmax(score), score.shape)
+        if score[a, b] > best[e].score:
+            start, end = int(off[si[a], 0]), int(off[ei[b], 1])
+            raw = features.contexts[e][start:end]
+            start += len(raw) - len(raw.lstrip())  # a token's span may hold its leading space
+            text = raw.strip()
+            best[e] = Span(text, start, start + len(text), float(score[a, b]))
+    return best
+
+
+def null_scores(start_logits, end_logits, features: Features) -> np.ndarray:
+    """[examples] the no-answer score: the smallest `<s>` start + end logit over the windows."""
+    s = np.asarray(start_logits, np.float64)[:, 0] + np.asarray(end_logits, np.float64)[:, 0]
+    null = np.full(len(features.example_ids), np.inf)
+    np.minimum.at(null, features.example_index, s)
+    return null
+
+
+def no_answer_margins(answerable_logits, features: Features) -> np.ndarray:
+    """[examples] SQuAD v2.0's no-answer score from the answerable classifier's window logits
+    [F, 2] (no, yes): a window is answerable when it holds the answer, a question when any of
+    its windows is, so the score is the smallest logit(no) - logit(yes) over its windows."""
+    a = np.asarray(answerable_logits, np.float64)
+    null = np.full(len(features.example_ids), np.inf)
+    np.minimum.at(null, features.example_index, a[:, 0] - a[:, 1])
+    return null
+
+
 def decode(start_logits, end_logits, features: Features, n_best: int = 20,
            max_answer_length: int = 30, null_threshold: float = 0.0,
            version: str = "1.1") -> dict[str, str]:
@@ -349,38 +410,13 @@ def decode(start_logits, end_logits, features: Features, n_best: int = 20,
     (v1.1 then also answers "").
     """
     version = _version(version)
-    start_logits = np.asarray(start_logits, np.float64)
-    end_logits = np.asarray(end_logits, np.float64)
-    if start_logits.shape != features.input_ids.shape or end_logits.shape != start_logits.shape:
-        raise ValueError(f"logits of shape {start_logits.shape} / {end_logits.shape} do not "
-                         f"match features {features.input_ids.shape}")
-    k = min(n_best, start_logits.shape[1])
-    best_score = np.full(len(features.example_ids), -np.inf)
-    best_text = [""] * len(features.example_ids)
-    null_score = np.full(len(features.example_ids), np.inf)
-    for f in range(len(features)):
-        e = int(features.example_index[f])
-        s_log, e_log, off = start_logits[f], end_logits[f], features.offsets[f]
-        null_score[e] = min(null_score[e], s_log[0] + e_log[0])
-        si = np.argsort(-s_log, kind="stable")[:k]  # ties keep the earlier token
-        ei = np.argsort(-e_log, kind="stable")[:k]
-        score = s_log[si][:, None] + e_log[ei][None, :]  # [k, k]
-        length = ei[None, :] - si[:, None] + 1
-        valid = ((off[si, 0] >= 0) & features.max_context[f, si])[:, None] \
-            & (off[ei, 0] >= 0)[None, :] & (length >= 1) & (length <= max_answer_length)
-        if not valid.any():
-            continue
-        score = np.where(valid, score, -np.inf)
-        a, b = np.unravel_index(np.argmax(score), score.shape)
-        if score[a, b] > best_score[e]:
-            best_score[e] = score[a, b]
-            context = features.contexts[e]
-            best_text[e] = context[off[si[a], 0]:off[ei[b], 1]].strip()
+    spans = best_spans(start_logits, end_logits, features, n_best, max_answer_length)
+    null = null_scores(start_logits, end_logits, features) if version == "2.0" else None
     predictions = {}
-    for e, qid in enumerate(features.example_ids):
-        text = best_text[e]
-        if version == "2.0" and (best_score[e] == -np.inf
-                                 or null_score[e] - best_score[e] > null_threshold):
+    for e, (qid, span) in enumerate(zip(features.example_ids, spans)):
+        text = span.text
+        if null is not None and (span.score == -np.inf
+                                 or null[e] - span.score > null_threshold):
             text = ""
         predictions[qid] = text
     return predictions
