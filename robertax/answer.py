@@ -128,10 +128,8 @@ def read_questions(path: str) -> tuple[list[str], list[str], list[str], list[str
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m robertax.answer",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="a SQuAD model: robertax workdir or "
-                        "model dir, or Hugging Face")
-    parser.add_argument("--tokenizer", default=None, help="a tokenizer dir or file (default: "
-                        "the checkpoint's own)")
+    cli.add_model_args(parser, "a SQuAD model: robertax workdir or model dir, or Hugging "
+                       "Face")
     parser.add_argument("--question", default=None)
     parser.add_argument("--context", default=None)
     parser.add_argument("--input", default=None, help="a .jsonl file: {\"question\", "

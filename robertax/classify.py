@@ -36,9 +36,6 @@ from robertax import cli, hf
 from robertax.model import RobertaForSequenceClassification
 from robertax.tasks import glue, starting_point
 
-_BUCKET = 32  # batches are padded to a multiple of this many tokens (fewer compilations)
-
-
 class Classifier:
     """A sentence classifier and its tokenizer, loaded once: `predict(texts)`."""
 
@@ -90,17 +87,11 @@ class Classifier:
         """One dict a text: `label`, `score`, `scores` (label -> probability) and `truncated`;
         for a regression head `score` only (and `truncated`). `where` names each text in errors
         (say, FILE:LINE)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         encoded = [self.encode(t, where[i] if where else "") for i, t in enumerate(texts)]
         ids = [e[0] for e in encoded]
         logits: list[Optional[np.ndarray]] = [None] * len(ids)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            longest = max(len(ids[i]) for i in rows)
-            length = min(-(-longest // _BUCKET) * _BUCKET, self.config.max_length)
-            padded, mask = glue.pad([ids[i] for i in rows], length, self.tokenizer.pad_id)
+        for rows, padded, mask in starting_point.inference_batches(
+                ids, batch_size, self.config.max_length, self.tokenizer.pad_id):
             with jax.default_matmul_precision("highest"):
                 out = np.asarray(self._logits(self.params, padded, mask), np.float32)
             for r, i in enumerate(rows):
@@ -136,24 +127,11 @@ def _label_names(meta: dict, task: Optional[glue.Task], n: int) -> list[str]:
     return [f"LABEL_{i}" for i in range(n)]
 
 
-def read_texts(path: str) -> tuple[list[str], list[str]]:
-    """One text (or tab-separated pair) a line; an empty line is refused (FILE:LINE)."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            raise ValueError(f"{path}:{n}: empty line (one text, or a tab-separated pair, a "
-                             "line)")
-    return lines, [f"{path}:{n}" for n in range(1, len(lines) + 1)]
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m robertax.classify",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="a fine-tuned classifier: robertax "
-                        "best/ dir, Hugging Face or fairseq")
-    parser.add_argument("--tokenizer", default=None, help="a tokenizer dir or file (default: "
-                        "the checkpoint's own)")
+    cli.add_model_args(parser, "a fine-tuned classifier: robertax workdir or model dir, "
+                       "Hugging Face or fairseq")
     parser.add_argument("--input", default=None, help="a text file, one text (or tab-separated "
                         "pair) a line")
     parser.add_argument("--output", default=None, help="a .jsonl to write, one prediction a "
@@ -162,12 +140,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("texts", nargs="*", help="texts (or --input); a tab splits a pair")
     args = parser.parse_args(argv)
     with cli.bad_input_exits():  # bad input: the message says what and where
-        if bool(args.input) == bool(args.texts):
-            raise ValueError("give texts on the command line or --input=FILE (one of them)")
-        texts, where = (read_texts(args.input) if args.input
-                        else (args.texts, [f"text {n}" for n in range(1, len(args.texts) + 1)]))
-        if not texts:
-            raise ValueError(f"{args.input}: no texts")
+        texts, where = cli.texts_from(args.input, args.texts,
+                                      "one text, or a tab-separated pair, a line")
         classifier = Classifier(args.model, args.tokenizer)
         rows = classifier.predict(texts, args.batch_size, where)
         if args.output:

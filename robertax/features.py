@@ -28,9 +28,6 @@ from robertax import cli
 from robertax.model import Encoder, hidden_states
 from robertax.tasks import glue, starting_point
 
-_BUCKET = 32  # batches are padded to a multiple of this many tokens (fewer compilations)
-
-
 class Features:
     """An encoder checkpoint and its tokenizer, loaded once: `extract(texts, all_layers)`."""
 
@@ -59,31 +56,15 @@ class Features:
     def extract_ids(self, ids: Sequence[Sequence[int]], all_layers: bool = False,
                     batch_size: int = 32) -> list[np.ndarray]:
         """`extract` for texts already encoded (`encode`)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         out: list[Optional[np.ndarray]] = [None] * len(ids)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together
         run = self._all if all_layers else self._last
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            longest = max(len(ids[i]) for i in rows)
-            length = min(-(-longest // _BUCKET) * _BUCKET, self.config.max_length)
-            padded, _ = glue.pad([ids[i] for i in rows], length, self.tokenizer.pad_id)
+        for rows, padded, _ in starting_point.inference_batches(
+                ids, batch_size, self.config.max_length, self.tokenizer.pad_id):
             with jax.default_matmul_precision("highest"):
                 h = np.asarray(run(self.params, padded), np.float32)
             for r, i in enumerate(rows):  # [.., B, L, D] -> this row's real tokens
                 out[i] = h[..., r, :len(ids[i]), :]
         return out
-
-
-def read_texts(path: str) -> tuple[list[str], list[str]]:
-    """One text a line; an empty line is refused (FILE:LINE), not skipped."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            raise ValueError(f"{path}:{n}: empty line (one text a line)")
-    return lines, [f"{path}:{n}" for n in range(1, len(lines) + 1)]
 
 
 def save(path: str, features: Sequence[np.ndarray], ids: Sequence[Sequence[int]],
@@ -102,10 +83,8 @@ def save(path: str, features: Sequence[np.ndarray], ids: Sequence[Sequence[int]]
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m robertax.features",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="a checkpoint: Hugging Face, fairseq, "
-                        "robertax model dir or workdir")
-    parser.add_argument("--tokenizer", default=None, help="a tokenizer dir or file (default: "
-                        "the checkpoint's own)")
+    cli.add_model_args(parser, "a checkpoint: Hugging Face, fairseq, robertax model dir or "
+                       "workdir")
     parser.add_argument("--input", default=None, help="a text file, one text a line")
     parser.add_argument("--output", required=True, help="the .npz to write")
     parser.add_argument("--all_layers", action="store_true", help="every layer's output, the "
@@ -114,12 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("texts", nargs="*", help="texts (or --input)")
     args = parser.parse_args(argv)
     with cli.bad_input_exits():  # bad input: the message says what and where
-        if bool(args.input) == bool(args.texts):
-            raise ValueError("give texts on the command line or --input=FILE (one of them)")
-        texts, where = (read_texts(args.input) if args.input
-                        else (args.texts, [f"text {n}" for n in range(1, len(args.texts) + 1)]))
-        if not texts:
-            raise ValueError(f"{args.input}: no texts")
+        texts, where = cli.texts_from(args.input, args.texts)
         extractor = Features(args.model, args.tokenizer)
         ids = [extractor.encode(t, w) for t, w in zip(texts, where)]
         feats = extractor.extract_ids(ids, args.all_layers, args.batch_size)

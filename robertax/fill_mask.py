@@ -90,10 +90,8 @@ def fill_mask(path: str, text: str, topk: int = 5, tokenizer: Optional[str] = No
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m robertax.fill_mask",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="a checkpoint: Hugging Face, fairseq, "
-                        "robertax model dir or pretraining workdir")
-    parser.add_argument("--tokenizer", default=None, help="a tokenizer dir or file (default: "
-                        "the checkpoint's own)")
+    cli.add_model_args(parser, "a checkpoint: Hugging Face, fairseq, robertax model dir or "
+                       "pretraining workdir")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("texts", nargs="+", help="texts with one <mask> each")
     args = parser.parse_args(argv)

@@ -82,6 +82,21 @@ def load_for_inference(path: str, tokenizer: str | None = None, check_params=Non
     return config, params, tok, meta
 
 
+def inference_batches(ids, batch_size: int, max_length: int, pad_id: int, bucket: int = 32):
+    """Yields (rows, input_ids, attention_mask): the id lists (indices `rows`) in batches of
+    similar lengths, each padded to a multiple of `bucket` tokens (fewer compilations), at
+    most `max_length`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        longest = max(len(ids[i]) for i in rows)
+        length = min(-(-longest // bucket) * bucket, max_length)
+        input_ids, mask = glue.pad([ids[i] for i in rows], length, pad_id)
+        yield rows, input_ids, mask
+
+
 def merge_params(shapes: dict, fresh_heads: dict, loaded: dict, head_names, *,
                  keep_heads: bool, source: str, fresh_reason: str = "config.head='fresh'",
                  require_heads: bool = False) -> dict:
