@@ -11,10 +11,11 @@ decoded as fine-tuning's evaluation does them (`tasks/squad.py`): `<s> question 
 context </s>`, a long context in windows of the model's length, `--doc_stride` tokens apart,
 and BERT's n-best search for the best span of at most `--max_answer_length` tokens. Each answer
 is the span's text, its character offsets in the context (`context[start:end]`) and `score`,
-its start + end logit. A SQuAD v2.0 model (one with the answerable classifier) also gives
-`no_answer_score` (the smallest logit(no) - logit(yes) over the windows) and answers "" where it
-exceeds `--null_threshold`, as fine-tuning's evaluation does; a span head alone (SQuAD v1.1, a
-Hugging Face model) always answers with its best span.
+its start + end logit. A question longer than --max_query_length tokens keeps its first ones,
+as in fine-tuning, and is reported. A SQuAD v2.0 model (one with the answerable classifier)
+also gives `no_answer_score` (the smallest logit(no) - logit(yes) over the windows) and answers
+"" where it exceeds `--null_threshold`, as fine-tuning's evaluation does; a span head alone
+(SQuAD v1.1, a Hugging Face model) always answers with its best span.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ class Answerer:
                n_best: int = 20, null_threshold: float = 0.0, batch_size: int = 16,
                where: Optional[Sequence[str]] = None) -> list[dict]:
         """One dict a question: `answer`, `start`, `end` (character offsets in its context;
-        -1 where the answer is ""), `score` (None where no span is valid: "" then), and for a
-        v2.0 model `no_answer_score`. `where`
+        -1 where the answer is ""), `score` (None where no span is valid: "" then),
+        `question_truncated` (the question kept only its first `max_query_length` tokens, as
+        fine-tuning keeps them) and for a v2.0 model `no_answer_score`. `where`
         names each question in errors (say, FILE:LINE)."""
         if len(questions) != len(contexts):
             raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
@@ -93,7 +95,9 @@ class Answerer:
         results = []
         for e, span in enumerate(spans):
             row = {"answer": span.text, "start": span.start, "end": span.end,
-                   "score": None if span.score == -np.inf else span.score}  # None: no span
+                   "score": None if span.score == -np.inf else span.score,  # None: no span
+                   "question_truncated": len(self.tokenizer.encode_plain(
+                       questions[e].lstrip())) > max_query_length}
             if null is not None:
                 row["no_answer_score"] = float(null[e])
                 if null[e] > null_threshold:
@@ -166,6 +170,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         score = "no span" if row["score"] is None else f"score {row['score']:.3f}"
         extra = (f", no-answer {row['no_answer_score']:.3f}" if "no_answer_score" in row else "")
         print(f"{shown}\n  -> {row['answer']!r}  ({score}{extra})")
+    cut = [w for w, row in zip(where, rows) if row["question_truncated"]]
+    if cut:
+        print(f"{len(cut)} of {len(rows)} questions cut to their first {args.max_query_length} "
+              f"tokens (--max_query_length): {', '.join(cut[:10])}"
+              f"{', ...' if len(cut) > 10 else ''}")
     if args.output:
         print(f"{len(rows)} answer{'s' if len(rows) != 1 else ''} written to {args.output}")
 

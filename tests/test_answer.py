@@ -105,7 +105,7 @@ def test_v2_workdir_answers_as_fine_tuning_evaluates(squad_v2_run, tmp_path, cap
     assert all(r["answer"] for r in always) and not any(r["answer"] for r in never)
 
 
-def test_bad_input_is_refused(qa_dir, random_hf_roberta, tmp_path):
+def test_bad_input_is_refused(qa_dir, random_hf_roberta, tmp_path, capsys):
     src = tmp_path / "q.jsonl"
     ok = json.dumps({"question": "Where?", "context": CONTEXT})
     for body, message in ((ok + "\n\n", r"q.jsonl:2: empty line"),
@@ -117,6 +117,13 @@ def test_bad_input_is_refused(qa_dir, random_hf_roberta, tmp_path):
         src.write_text(body)
         with pytest.raises(SystemExit, match="error: .*" + message):
             answer.main(["--model", str(qa_dir), "--input", str(src)])
+    # a question past --max_query_length keeps its first tokens and is reported
+    answer.main(["--model", str(qa_dir), "--question", "Where is the tower that was completed "
+                 "in 1889?", "--context", CONTEXT, "--max_query_length", "4"])
+    assert capsys.readouterr().out.endswith(
+        "1 of 1 questions cut to their first 4 tokens (--max_query_length): --question\n")
+    rows = answer.Answerer(str(qa_dir)).answer(QUESTIONS, [CONTEXT] * 3, max_query_length=5)
+    assert [r["question_truncated"] for r in rows] == [True, False, True]  # 6, 4, 6 tokens
     with pytest.raises(SystemExit, match=r"error: give --question and --context, or --input"):
         answer.main(["--model", str(qa_dir), "--question", "Where?"])
     mlm = random_hf_roberta(tmp_path / "mlm")
