@@ -223,6 +223,11 @@ def test_race_scorer_is_multiple_choice_both_ways(tmp_path):
         str(tmp_path / "back"), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert np.abs(hf_out(back.eval(), ids, mask).logits.numpy() - want).max() < 1e-5
+    # tmp_path now holds best/ as a fine-tuning workdir does: --src=WORKDIR reads best/
+    assert convert.detect_format(str(tmp_path)) == "robertax"
+    convert.main([f"--src={tmp_path}", f"--dst={tmp_path / 'back2'}"])
+    assert (json.loads((tmp_path / "back2" / "config.json").read_text())
+            == json.loads((tmp_path / "back" / "config.json").read_text()))
 
 
 def test_label_names_travel_both_ways(tmp_path):
@@ -275,6 +280,9 @@ def test_cli_errors_and_dst_format(hf_dir, tmp_path):
                           f"--dst={tmp_path / 'out'}"], cwd=repo, capture_output=True, text=True)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1] == f"error: --src={tmp_path / 'nope'} does not exist"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty: cannot tell its format .*; pass --src_format$"):
+        convert.main([f"--src={tmp_path / 'empty'}", f"--dst={tmp_path / 'out'}"])
     # --dst=*.pt without --dst_format writes fairseq
     convert.main([f"--src={hf_dir}", f"--dst={tmp_path / 'out.pt'}"])
     assert (tmp_path / "out.pt").is_file() and (tmp_path / "dict.txt").is_file()

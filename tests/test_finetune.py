@@ -172,6 +172,13 @@ def test_rte_from_mnli_keeps_the_encoder_and_renews_the_head(mnli_run, glue_dir)
         np.testing.assert_array_equal(np.asarray(a), b)
     assert np.shape(p.params["classifier"]["out"]["kernel"])[-1] == 2  # MNLI's had 3
     assert p.tokenizer_path == os.path.join(best, "tokenizer")
+    # the MNLI run's workdir names the same model: its best/ (and best/tokenizer)
+    by_workdir = finetune.prepare(config_for("rte", "", data_dir=str(glue_dir),
+                                             from_mnli=str(workdir)))
+    for a, b in zip(jax.tree.leaves(by_workdir.params["encoder"]),
+                    jax.tree.leaves(p.params["encoder"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert by_workdir.tokenizer_path == os.path.join(best, "tokenizer")
     c.init_checkpoint = "/elsewhere"
     with pytest.raises(ValueError, match="give one"):
         finetune.prepare(c)
