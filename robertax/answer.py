@@ -96,8 +96,7 @@ class Answerer:
         for e, span in enumerate(spans):
             row = {"answer": span.text, "start": span.start, "end": span.end,
                    "score": None if span.score == -np.inf else span.score,  # None: no span
-                   "question_truncated": len(self.tokenizer.encode_plain(
-                       questions[e].lstrip())) > max_query_length}
+                   "question_truncated": feats.question_truncated[e]}
             if null is not None:
                 row["no_answer_score"] = float(null[e])
                 if null[e] > null_threshold:
@@ -162,9 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                null_threshold=args.null_threshold,
                                batch_size=args.batch_size, where=where)
         if args.output:
-            with open(args.output, "w", encoding="utf-8") as f:
-                for qid, row in zip(ids, rows):
-                    f.write(json.dumps({"id": qid, **row}) + "\n")
+            cli.write_jsonl(args.output, [{"id": qid, **row} for qid, row in zip(ids, rows)])
     for question, row in zip(questions, rows):
         shown = question if len(question) <= 60 else question[:57] + "..."
         score = "no span" if row["score"] is None else f"score {row['score']:.3f}"
@@ -173,8 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cut = [w for w, row in zip(where, rows) if row["question_truncated"]]
     if cut:
         print(f"{len(cut)} of {len(rows)} questions cut to their first {args.max_query_length} "
-              f"tokens (--max_query_length): {', '.join(cut[:10])}"
-              f"{', ...' if len(cut) > 10 else ''}")
+              f"tokens (--max_query_length): {cli.some(cut)}")
     if args.output:
         print(f"{len(rows)} answer{'s' if len(rows) != 1 else ''} written to {args.output}")
 

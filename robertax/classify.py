@@ -24,7 +24,6 @@ choice (RACE) and span (SQuAD) models are refused: they do not classify a text.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Optional, Sequence
 
@@ -56,7 +55,13 @@ class Classifier:
         self.regression = self.num_labels == 1
         self.labels = _label_names(meta, self.task, self.num_labels)
         module = RobertaForSequenceClassification(self.config, self.num_labels)
-        self._logits = jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask))
+
+        @jax.jit
+        def outputs(p, ids, mask):  # [B, classes] probabilities, or [B, 1] regression scores
+            z = module.apply({"params": p}, ids, mask).astype(jnp.float32)
+            return z if self.regression else jax.nn.softmax(z)
+
+        self._outputs = outputs
 
     @property
     def pairs(self) -> Optional[bool]:
@@ -89,22 +94,21 @@ class Classifier:
         (say, FILE:LINE)."""
         encoded = [self.encode(t, where[i] if where else "") for i, t in enumerate(texts)]
         ids = [e[0] for e in encoded]
-        logits: list[Optional[np.ndarray]] = [None] * len(ids)
+        outputs: list[Optional[np.ndarray]] = [None] * len(ids)
         for rows, padded, mask in starting_point.inference_batches(
                 ids, batch_size, self.config.max_length, self.tokenizer.pad_id):
             with jax.default_matmul_precision("highest"):
-                out = np.asarray(self._logits(self.params, padded, mask), np.float32)
+                out = np.asarray(self._outputs(self.params, padded, mask))
             for r, i in enumerate(rows):
-                logits[i] = out[r]
-        return [self._row(z, truncated) for z, (_, truncated) in zip(logits, encoded)]
+                outputs[i] = out[r]
+        return [self._row(o, truncated) for o, (_, truncated) in zip(outputs, encoded)]
 
-    def _row(self, logits: np.ndarray, truncated: bool) -> dict:
+    def _row(self, out: np.ndarray, truncated: bool) -> dict:
         if self.regression:
-            return {"score": float(logits[0]), "truncated": truncated}
-        p = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32)))
-        best = int(np.argmax(p))
-        return {"label": self.labels[best], "score": float(p[best]),
-                "scores": {name: float(x) for name, x in zip(self.labels, p)},
+            return {"score": float(out[0]), "truncated": truncated}
+        best = int(np.argmax(out))  # out: the class probabilities
+        return {"label": self.labels[best], "score": float(out[best]),
+                "scores": {name: float(x) for name, x in zip(self.labels, out)},
                 "truncated": truncated}
 
 
@@ -145,9 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         classifier = Classifier(args.model, args.tokenizer)
         rows = classifier.predict(texts, args.batch_size, where)
         if args.output:
-            with open(args.output, "w", encoding="utf-8") as f:
-                for row in rows:
-                    f.write(json.dumps(row) + "\n")
+            cli.write_jsonl(args.output, rows)
     for row, text in zip(rows, texts):
         shown = text.replace("\t", " | ")
         shown = shown if len(shown) <= 70 else shown[:67] + "..."
@@ -156,8 +158,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cut = [w for w, row in zip(where, rows) if row["truncated"]]
     if cut:
         print(f"{len(cut)} of {len(rows)} texts truncated to the model's "
-              f"{classifier.config.max_length} tokens: {', '.join(cut[:10])}"
-              f"{', ...' if len(cut) > 10 else ''}")
+              f"{classifier.config.max_length} tokens: {cli.some(cut)}")
     if args.output:
         print(f"{len(rows)} prediction{'s' if len(rows) != 1 else ''} written to {args.output}")
 

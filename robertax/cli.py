@@ -5,6 +5,7 @@ the traceback instead. The exceptions keep their messages for callers of the lib
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 BAD_INPUT = (OSError, ValueError, KeyError)
@@ -55,3 +56,15 @@ def texts_from(input_file: str | None, texts: list[str],
             raise ValueError(f"{input_file}: no texts")
         return lines, where
     return list(texts), [f"text {n}" for n in range(1, len(texts) + 1)]
+
+
+def write_jsonl(path: str, rows) -> None:
+    """One JSON object a line."""
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def some(names, limit: int = 10) -> str:
+    """The first `limit` names, comma-separated, with ", ..." when there are more."""
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")

@@ -242,6 +242,8 @@ class Features:
     max_context: np.ndarray       # [F, L] bool
     example_ids: list[str]        # per example
     contexts: list[str]           # per example
+    question_truncated: list[bool] = dataclasses.field(default_factory=list)  # per example:
+    # longer than max_query_length tokens (kept its first ones)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -274,7 +276,7 @@ def featurize(examples: Sequence[Example], tokenizer, max_length: int = 384,
     is not at its `answer_start` in the context raises ValueError.
     """
     bos, eos, pad_id = tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id
-    rows, starts, ends, ex_index, offsets, best = [], [], [], [], [], []
+    rows, starts, ends, ex_index, offsets, best, cut = [], [], [], [], [], [], []
     encoded: dict[str, tuple[list[int], np.ndarray]] = {}  # paragraphs repeat per question
     for e, ex in enumerate(examples):
         if ex.context not in encoded:
@@ -283,7 +285,9 @@ def featurize(examples: Sequence[Example], tokenizer, max_length: int = 384,
         ctx_ids, ctx_offs = encoded[ex.context]
         # Some questions start with spaces (ten in dev-v1.1): a byte-level BPE would spend a
         # token on them, so they are dropped, as Hugging Face's run_qa.py does.
-        query = list(tokenizer.encode_plain(ex.question.lstrip()))[:max_query_length]
+        query = list(tokenizer.encode_plain(ex.question.lstrip()))
+        cut.append(len(query) > max_query_length)
+        query = query[:max_query_length]
         size = max_length - len(query) - 4
         if size < 1:
             raise ValueError(f"max_length {max_length} leaves no room for context after a "
@@ -329,7 +333,7 @@ def featurize(examples: Sequence[Example], tokenizer, max_length: int = 384,
         np.asarray(ex_index, np.int32),
         np.stack(offsets) if offsets else np.zeros((0, max_length, 2), np.int32),
         np.stack(best) if best else np.zeros((0, max_length), bool),
-        [ex.id for ex in examples], [ex.context for ex in examples])
+        [ex.id for ex in examples], [ex.context for ex in examples], cut)
 
 
 # ---------------------------------------------------------------------------- decoding
