@@ -47,9 +47,9 @@ import sys
 import time
 from typing import Any
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:  # config files import `configs.finetune.base`
-    sys.path.insert(0, _REPO)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # config files import `configs.finetune.base`
+    sys.path.insert(0, REPO)
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -332,15 +332,15 @@ def _finetune(config, workdir: str) -> dict:
     t_start = time.perf_counter()
     with input_checks():  # set-up: what is wrong here is the input (config, files, workdir)
         sharding.maybe_initialize_distributed()
-        _check_workdir(workdir, config)  # before reading anything: nothing is removed yet
+        check_workdir(workdir, config)  # before reading anything: nothing is removed yet
         p = prepare(config)
     config, task = p.config, p.task
-    _clear_workdir(workdir, config.do_train)  # every input is read and checked: now it is safe
+    clear_workdir(workdir, config.do_train)  # every input is read and checked: now it is safe
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     rep = sharding.replicated(p.mesh)
-    eval_bs = -(-config.eval_batch_size // _data_shards(p.mesh)) * _data_shards(p.mesh)
+    eval_bs = eval_batch_size(p)
     metric = config.select_metric or task.metric
     if not config.do_train:
         return _evaluate_only(p, workdir, metric, eval_bs, t_start)
@@ -366,8 +366,7 @@ def _finetune(config, workdir: str) -> dict:
         lambda s, b, r: train_step(s, b, r, module=p.module, task=task, tx=tx, schedule=schedule,
                                    microbatches=config.microbatches, fp16=fp16),
         in_shardings=(state_sh, None, rep), out_shardings=(state_sh, rep), donate_argnums=(0,))
-    p_predict = jax.jit(lambda params, b: predict_step(params, b, module=p.module),
-                        in_shardings=(state_sh.params, None), out_shardings=rep)
+    p_predict = predictor(p)
     logging.info("%s: %d train examples (%d rows), %d steps (%d per epoch), lr %g, batch %d",
                  task.name, p.train_examples, len(p.train["input_ids"]), total, steps_per_epoch,
                  config.learning_rate, config.batch_size)
@@ -379,7 +378,7 @@ def _finetune(config, workdir: str) -> dict:
 
     def evaluate(step: int, epoch: float):
         nonlocal best, best_params, best_outputs, bad_evals
-        row, outputs = _evaluate(p, p_predict, state.params, eval_bs, metric)
+        row, outputs = evaluate_dev(p, p_predict, state.params, eval_bs, metric)
         evaluations.append({"step": step, "epoch": epoch, **row})
         writer.write(step, {"epoch": epoch, **{f"eval_{k}": v for k, v in row.items()}})
         logging.info("step %d (epoch %.2f): %s", step, epoch,
@@ -435,8 +434,10 @@ def _finetune(config, workdir: str) -> dict:
         if jax.process_index() == 0:
             p.tokenizer.save(os.path.join(best_dir, "tokenizer"))
     results = {k: v for k, v in best.items() if k not in ("step", "epoch")}
-    device_best = jax.device_put(best_params, state_sh.params) if config.predict_test else None
-    results.update(_write_predictions(p, p_predict, device_best, best_outputs, eval_bs, workdir))
+    tests = []
+    if p.test_sets:
+        tests = test_outputs(p, p_predict, jax.device_put(best_params, state_sh.params), eval_bs)
+    results.update(write_predictions(p, best_outputs, tests, workdir))
     results.update({"task": task.name, "metric": metric, "step": best["step"],
                     "epoch": best["epoch"], "total_steps": total, "steps_run": step,
                     "train_examples": p.train_examples,
@@ -450,7 +451,21 @@ def _finetune(config, workdir: str) -> dict:
     return results
 
 
-def _evaluate(p: Prepared, p_predict, params, eval_bs: int, metric: str) -> tuple[dict, list]:
+def predictor(p: Prepared):
+    """The jitted forward pass: (params in p.param_shardings, global batch) -> outputs,
+    replicated."""
+    return jax.jit(lambda params, b: predict_step(params, b, module=p.module),
+                   in_shardings=(p.param_shardings, None),
+                   out_shardings=sharding.replicated(p.mesh))
+
+
+def eval_batch_size(p: Prepared) -> int:
+    """config.eval_batch_size rounded up to a multiple of the data-parallel shards."""
+    shards = _data_shards(p.mesh)
+    return -(-p.config.eval_batch_size // shards) * shards
+
+
+def evaluate_dev(p: Prepared, p_predict, params, eval_bs: int, metric: str) -> tuple[dict, list]:
     """Dev metrics of `params` over every dev set, and the model's outputs on each."""
     row, outputs = {}, []
     for es in p.eval_sets:
@@ -465,12 +480,11 @@ def _evaluate(p: Prepared, p_predict, params, eval_bs: int, metric: str) -> tupl
 def _evaluate_only(p: Prepared, workdir: str, metric: str, eval_bs: int, t_start) -> dict:
     """config.do_train=False: the checkpoint's dev metrics and prediction files, as training
     writes them for its best model (no best/, no training logs)."""
-    rep = sharding.replicated(p.mesh)
-    p_predict = jax.jit(lambda params, b: predict_step(params, b, module=p.module),
-                        in_shardings=(p.param_shardings, None), out_shardings=rep)
-    row, outputs = _evaluate(p, p_predict, p.params, eval_bs, metric)
+    p_predict = predictor(p)
+    row, outputs = evaluate_dev(p, p_predict, p.params, eval_bs, metric)
     results = dict(row)
-    results.update(_write_predictions(p, p_predict, p.params, outputs, eval_bs, workdir))
+    results.update(write_predictions(p, outputs, test_outputs(p, p_predict, p.params, eval_bs),
+                                     workdir))
     results.update({"task": p.task.name, "metric": metric, "do_train": False, "step": 0,
                     "epoch": 0.0, "total_steps": 0, "steps_run": 0, "train_examples": 0,
                     "eval_examples": {es.name or "dev": es.examples for es in p.eval_sets},
@@ -511,7 +525,7 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _check_workdir(workdir: str, config) -> None:
+def check_workdir(workdir: str, config) -> None:
     """Refuses, before anything is read, a run that would replace a finished one without
     config.overwrite=True, or that would delete its own inputs when it clears old outputs."""
     results = os.path.join(workdir, "results.json")
@@ -529,7 +543,7 @@ def _check_workdir(workdir: str, config) -> None:
                                  f"--workdir (or copy the checkpoint out of {workdir} first)")
 
 
-def _clear_workdir(workdir: str, do_train: bool) -> None:
+def clear_workdir(workdir: str, do_train: bool) -> None:
     """A fine-tuning run starts clean: its own outputs from an earlier run are removed."""
     if jax.process_index() == 0:
         for path in _outputs(workdir, do_train):
@@ -556,25 +570,31 @@ def _log_train(writer, pending, tput, step, epoch, fp16, bar) -> None:
     bar.set_postfix(loss=f"{row['loss']:.4f}")
 
 
-def _write_predictions(p: Prepared, p_predict, params, dev_outputs: list, eval_bs: int,
-                       workdir: str) -> dict:
+def test_outputs(p: Prepared, p_predict, params, eval_bs: int) -> list:
+    """The model's outputs on each of `p.test_sets` (config.predict_test; `params` on the
+    mesh), in their order."""
+    # RACE's test sets are EvalSets; GLUE's (task, split, examples, arrays).
+    arrays = [t.arrays if isinstance(t, runner.EvalSet) else t[3] for t in p.test_sets]
+    return [predict(p_predict, params, p.mesh, a, eval_bs) for a in arrays]
+
+
+def write_predictions(p: Prepared, dev_outputs: list, tests: list, workdir: str) -> dict:
     """Dev prediction files from the outputs of the model being reported (`dev_outputs`, one
-    per dev set); with config.predict_test, GLUE leaderboard files under workdir/submission
-    and RACE's test accuracy and predictions (`params` on the mesh). Returns the entries that
-    go to results.json."""
+    per dev set); with config.predict_test (`tests`, the outputs on each test set), GLUE
+    leaderboard files under workdir/submission and RACE's test accuracy and predictions.
+    Returns the entries that go to results.json."""
     files, leaderboard, out = {}, {}, {}
     for es, outputs in zip(p.eval_sets, dev_outputs):
         if es.files is not None:
             files.update(es.files(outputs))
     if isinstance(p.task, runner.RaceTask):
-        for es in p.test_sets:
-            outputs = predict(p_predict, params, p.mesh, es.arrays, eval_bs)
+        for es, outputs in zip(p.test_sets, tests):
             out.update(es.score(outputs))
             out["test_examples"] = es.examples  # config.max_eval_examples applies to test too
             files.update(es.files(outputs))
     else:
-        for task, split, examples, arrays in p.test_sets:
-            pred = np.asarray(predict(p_predict, params, p.mesh, arrays, eval_bs))
+        for (task, split, examples, _), pred in zip(p.test_sets, tests):
+            pred = np.asarray(pred)
             if task is not p.task.task:  # AX with the MNLI head: map ids through label strings
                 ids = pred.argmax(-1)
                 pred = np.array([task.labels.index(p.task.task.labels[i]) for i in ids])
@@ -609,5 +629,5 @@ def main(argv):
 if __name__ == "__main__":
     # Flags are defined only when run as a program (as robertax.train does), so importing this
     # module defines none.
-    run_cli(main, os.path.join(_REPO, "configs", "finetune", "sst2.py"),
+    run_cli(main, os.path.join(REPO, "configs", "finetune", "sst2.py"),
             "Fine-tuning config file.", "Output directory (default: workdir/finetune/<config>).")

@@ -89,18 +89,20 @@ def writer_closes(monkeypatch) -> list:
 
 @pytest.fixture(scope="session")
 def random_hf_roberta(test_data):
-    """make(path, num_layers=2, head="mlm", labels=()) -> path: see `_random_hf_roberta`."""
+    """make(path, num_layers=2, head="mlm", labels=(), seed=0) -> path: see
+    `_random_hf_roberta`."""
     return lambda path, **kw: _random_hf_roberta(path, test_data, **kw)
 
 
 def _random_hf_roberta(path: pathlib.Path, test_data: pathlib.Path, num_layers: int = 2,
-                       head: str | None = "mlm", labels: tuple = ()) -> pathlib.Path:
+                       head: str | None = "mlm", labels: tuple = (), seed: int = 0
+                       ) -> pathlib.Path:
     """A small random transformers RoBERTa (width 32; head "mlm": `RobertaForMaskedLM`, None:
     `RobertaModel`, "classifier": `RobertaForSequenceClassification` naming `labels` in
-    id2label, one label a regression head, "qa": `RobertaForQuestionAnswering`) over RoBERTa's
-    real 50,265-unit BPE, its weights drawn far from their initial values (so that texts and
-    layers differ), saved as the Hub lays a model out: config.json, model.safetensors,
-    vocab.json, merges.txt."""
+    id2label, one label a regression head, "qa": `RobertaForQuestionAnswering`, "choice":
+    `RobertaForMultipleChoice`) over RoBERTa's real 50,265-unit BPE, its weights drawn (from
+    `seed`) far from their initial values (so that texts and layers differ), saved as the Hub
+    lays a model out: config.json, model.safetensors, vocab.json, merges.txt."""
     import shutil
 
     import torch
@@ -109,7 +111,7 @@ def _random_hf_roberta(path: pathlib.Path, test_data: pathlib.Path, num_layers: 
         vocab_size=50265, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
         bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     if head == "classifier":
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
@@ -117,6 +119,8 @@ def _random_hf_roberta(path: pathlib.Path, test_data: pathlib.Path, num_layers: 
         model = transformers.RobertaForSequenceClassification(config)
     elif head == "qa":
         model = transformers.RobertaForQuestionAnswering(config)
+    elif head == "choice":
+        model = transformers.RobertaForMultipleChoice(config)
     elif head == "mlm":
         model = transformers.RobertaForMaskedLM(config)
     else:

@@ -351,7 +351,7 @@ def test_an_error_mid_run_closes_the_metric_writer(pretrained, glue_dir, tmp_pat
     writer (conftest.writer_closes says why)."""
     def broken(*_):
         raise RuntimeError("evaluation failed")
-    monkeypatch.setattr(finetune, "_evaluate", broken)
+    monkeypatch.setattr(finetune, "evaluate_dev", broken)
     with pytest.raises(RuntimeError, match="evaluation failed"):
         run("sst2", pretrained, tmp_path, data_dir=str(glue_dir), max_steps=2, eval_every=1)
     assert writer_closes == [True]
