@@ -349,6 +349,45 @@ def write_submission(task: str | Task, split: str, predictions, output_dir: str 
                              indices)
 
 
+# The leaderboard's files: name -> (task, test split); GLUE wants all eleven in one zip.
+SUBMISSION_FILES: dict[str, tuple[str, str]] = {
+    name: (t.name, split) for t in TASKS.values() for split, name in t.submission.items()}
+
+
+def read_submission(path: str | os.PathLike) -> tuple[Task, str, list[int]]:
+    """(task, test split, indices) of a leaderboard file, the task told by its name
+    (`RTE.tsv`, `MNLI-m.tsv`, ...), checked row by row as `format_predictions` writes them:
+    the `index<TAB>prediction` header, integer indices without repeats, and predictions that
+    are the task's label strings (STS-B: numbers on its 0-5 scale). Errors name FILE:LINE."""
+    path = Path(path)
+    if path.name not in SUBMISSION_FILES:
+        raise ValueError(f"{path}: not a GLUE leaderboard file name; expected one of "
+                         f"{', '.join(SUBMISSION_FILES)}")
+    name, split = SUBMISSION_FILES[path.name]
+    task = TASKS[name]
+    with open(path, encoding="utf-8", newline="") as f:
+        lines = f.read().splitlines()
+    if not lines or lines[0] != "index\tprediction":
+        raise ValueError(f"{path}:1: expected the header 'index<TAB>prediction', found "
+                         f"{lines[0] if lines else 'an empty file'!r}")
+    indices, seen = [], {}
+    for n, line in enumerate(lines[1:], 2):
+        cells = line.split("\t")
+        if len(cells) != 2:
+            raise ValueError(f"{path}:{n}: expected 2 tab-separated columns, found "
+                             f"{len(cells)}")
+        try:
+            idx = int(cells[0])
+        except ValueError:
+            raise ValueError(f"{path}:{n}: index {cells[0]!r} is not an integer") from None
+        if idx in seen:
+            raise ValueError(f"{path}:{n}: index {idx} repeats line {seen[idx]}")
+        seen[idx] = n
+        _parse_label(task, cells[1], path, n)
+        indices.append(idx)
+    return task, split, indices
+
+
 def write_predictions(task: str | Task, predictions, path: str | os.PathLike,
                       indices: Sequence[int] | None = None, labels=None) -> Path:
     """`format_predictions` written to `path` (its folder made when missing)."""
