@@ -25,7 +25,6 @@ test accuracy and test_predictions.json). No model is written.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from typing import Sequence
@@ -73,12 +72,7 @@ def combine(task, outputs: Sequence):
 
 def _inputs(p: finetune.Prepared) -> list[tuple[str, dict]]:
     """(name, model inputs) of every dev and test set p evaluates."""
-    sets = [(f"the dev set{es.name}", es.arrays) for es in p.eval_sets]
-    for t in p.test_sets:  # RACE: EvalSets; GLUE: (task, split, examples, arrays)
-        if isinstance(t, runner.EvalSet):
-            sets.append(("the test set", t.arrays))
-        else:
-            sets.append((f"{t[0].name} {t[1]}", t[3]))
+    sets = [(f"the dev set{es.name}", es.arrays) for es in p.eval_sets] + finetune.test_arrays(p)
     return [(name, {k: a[k] for k in finetune.INPUT_KEYS}) for name, a in sets]
 
 
@@ -135,7 +129,7 @@ def ensemble(config, models: Sequence[str], workdir: str) -> dict:
                 first = p
             else:
                 _check_same_inputs(first, p)
-        metric = p.config.select_metric or p.task.metric
+        metric = p.config.select_metric or p.task.metric  # the same for every member
         eval_bs = finetune.eval_batch_size(p)
         p_predict = finetune.predictor(p)
         row, outputs = finetune.evaluate_dev(p, p_predict, p.params, eval_bs, metric)
@@ -151,24 +145,18 @@ def ensemble(config, models: Sequence[str], workdir: str) -> dict:
     row = {}
     for es, outputs in zip(first.eval_sets, dev_out):
         row.update(es.score(outputs))
-    finetune.clear_workdir(workdir, False)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(first.config.to_json_best_effort(indent=2))
+    finetune.start_workdir(workdir, first.config)  # every member has run: now it is safe
     results = dict(row)
     results.update(finetune.write_predictions(first, dev_out, test_out, workdir))
-    metric = first.config.select_metric or task.metric
     results.update({"task": task.name, "metric": metric, "do_train": False,
                     "ensemble": how(task), "models": [m["model"] for m in members],
                     "members": members,
                     "eval_examples": {es.name or "dev": es.examples for es in first.eval_sets},
                     "tokenizer": first.tokenizer_path,
                     "seconds": round(time.perf_counter() - t_start, 1)})
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+    finetune.write_results(workdir, results)
     logging.info("%s ensemble of %d: %s %.4f -> %s", task.name, len(members), metric,
-                    row[metric], os.path.join(workdir, "results.json"))
+                 row[metric], os.path.join(workdir, "results.json"))
     return results
 
 

@@ -335,10 +335,7 @@ def _finetune(config, workdir: str) -> dict:
         check_workdir(workdir, config)  # before reading anything: nothing is removed yet
         p = prepare(config)
     config, task = p.config, p.task
-    clear_workdir(workdir, config.do_train)  # every input is read and checked: now it is safe
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    start_workdir(workdir, config)  # every input is read and checked: now it is safe
     rep = sharding.replicated(p.mesh)
     eval_bs = eval_batch_size(p)
     metric = config.select_metric or task.metric
@@ -445,7 +442,7 @@ def _finetune(config, workdir: str) -> dict:
                     "init_checkpoint": p.source, "tokenizer": p.tokenizer_path,
                     "seconds": round(time.perf_counter() - t_start, 1),
                     "evaluations": evaluations})
-    _write_results(workdir, results)
+    write_results(workdir, results)
     logging.info("%s: best %s %.4f at step %d -> %s", task.name, metric, best[metric],
                     best["step"], os.path.join(workdir, "results.json"))
     return results
@@ -491,13 +488,13 @@ def _evaluate_only(p: Prepared, workdir: str, metric: str, eval_bs: int, t_start
                     "init_checkpoint": p.source, "tokenizer": p.tokenizer_path,
                     "seconds": round(time.perf_counter() - t_start, 1),
                     "evaluations": [{"step": 0, "epoch": 0.0, **row}]})
-    _write_results(workdir, results)
+    write_results(workdir, results)
     logging.warning("%s (evaluation only): %s %.4f -> %s", p.task.name, metric, row[metric],
                     os.path.join(workdir, "results.json"))
     return results
 
 
-def _write_results(workdir: str, results: dict) -> None:
+def write_results(workdir: str, results: dict) -> None:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
@@ -543,15 +540,19 @@ def check_workdir(workdir: str, config) -> None:
                                  f"--workdir (or copy the checkpoint out of {workdir} first)")
 
 
-def clear_workdir(workdir: str, do_train: bool) -> None:
-    """A fine-tuning run starts clean: its own outputs from an earlier run are removed."""
+def start_workdir(workdir: str, config) -> None:
+    """A fine-tuning run starts clean: its own outputs from an earlier run are removed, and
+    its config is written as config.json."""
     if jax.process_index() == 0:
-        for path in _outputs(workdir, do_train):
+        for path in _outputs(workdir, config.do_train):
             if os.path.isdir(path):
                 shutil.rmtree(path)
             else:
                 os.remove(path)
     os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
 
 
 def _log_train(writer, pending, tput, step, epoch, fp16, bar) -> None:
@@ -570,12 +571,16 @@ def _log_train(writer, pending, tput, step, epoch, fp16, bar) -> None:
     bar.set_postfix(loss=f"{row['loss']:.4f}")
 
 
-def test_outputs(p: Prepared, p_predict, params, eval_bs: int) -> list:
-    """The model's outputs on each of `p.test_sets` (config.predict_test; `params` on the
-    mesh), in their order."""
+def test_arrays(p: Prepared) -> list[tuple[str, dict]]:
+    """(name, model inputs) of each of `p.test_sets` (config.predict_test), in their order."""
     # RACE's test sets are EvalSets; GLUE's (task, split, examples, arrays).
-    arrays = [t.arrays if isinstance(t, runner.EvalSet) else t[3] for t in p.test_sets]
-    return [predict(p_predict, params, p.mesh, a, eval_bs) for a in arrays]
+    return [(f"{p.task.name} test", t.arrays) if isinstance(t, runner.EvalSet)
+            else (f"{t[0].name} {t[1]}", t[3]) for t in p.test_sets]
+
+
+def test_outputs(p: Prepared, p_predict, params, eval_bs: int) -> list:
+    """The model's outputs on each of `p.test_sets` (`params` on the mesh), in their order."""
+    return [predict(p_predict, params, p.mesh, a, eval_bs) for _, a in test_arrays(p)]
 
 
 def write_predictions(p: Prepared, dev_outputs: list, tests: list, workdir: str) -> dict:

@@ -26,6 +26,18 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def hf_copy(src: pathlib.Path, dst: pathlib.Path, **config) -> pathlib.Path:
+    """The Hugging Face dir `src` with config.json fields changed (weights linked, not copied)."""
+    import json
+    dst.mkdir()
+    for name in os.listdir(src):
+        if name != "config.json":
+            os.symlink(src / name, dst / name)
+    cfg = {**json.load(open(src / "config.json")), **config}
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
 def data_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("ROBERTAX_TEST_DATA", REPO.parent / "shared" / "data"))
 

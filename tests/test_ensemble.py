@@ -15,6 +15,7 @@ import pytest
 import torch
 import transformers
 
+from conftest import hf_copy
 from robertax import ensemble, finetune
 from robertax.model import SpanOutput
 from robertax.tasks import glue, runner
@@ -78,19 +79,6 @@ def test_combine_by_hand():
     assert v1.answerable_logits is None
 
 
-def _relabel(src, dst, labels):
-    """The Hugging Face dir `src` naming its classes `labels` (weights linked, not copied)."""
-    dst.mkdir()
-    for name in os.listdir(src):
-        if name != "config.json":
-            os.symlink(src / name, dst / name)
-    cfg = json.load(open(src / "config.json"))
-    cfg["id2label"] = dict(enumerate(labels))
-    cfg["label2id"] = {name: i for i, name in enumerate(labels)}
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
-
-
 @pytest.fixture(scope="module")
 def glue_root(tmp_path_factory, test_data):
     root = tmp_path_factory.mktemp("glue")
@@ -107,10 +95,10 @@ def test_glue_ensemble_is_the_mean_of_transformers_probabilities(random_hf_rober
     labels = ("entailment", "not_entailment")
     models = [random_hf_roberta(tmp_path / f"m{s}", head="classifier", labels=labels, seed=s)
               for s in range(3)]
-    # Same weights as m2, classes named the other way round: robertax reorders its outputs.
-    shutil.rmtree(models[2])
-    m2 = random_hf_roberta(tmp_path / "m2_src", head="classifier", labels=labels, seed=2)
-    models[2] = _relabel(m2, tmp_path / "m2", labels[::-1])
+    # m2's weights with its classes named the other way round: robertax reorders its outputs.
+    models[2] = hf_copy(models[2], tmp_path / "m2_relabelled",
+                        id2label=dict(enumerate(labels[::-1])),
+                        label2id={name: i for i, name in enumerate(labels[::-1])})
     workdir = tmp_path / "ensemble"
     done = subprocess.run(
         [sys.executable, "-m", "robertax.ensemble", "--config=configs/finetune/rte.py",

@@ -23,6 +23,7 @@ from robertax.tasks import glue, runner, squad
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import glue_sweep  # noqa: E402
+from conftest import hf_copy  # noqa: E402
 
 
 def config_for(name, init, **kw):
@@ -213,24 +214,13 @@ def test_evaluate_only_needs_the_tasks_own_head(pretrained, mnli_run, glue_dir, 
     assert not os.listdir(tmp_path)  # refused before writing anything
 
 
-def _hf_copy(src, dst, **config):
-    """The Hugging Face dir `src` with config.json fields changed (weights linked, not copied)."""
-    dst.mkdir()
-    for name in os.listdir(src):
-        if name != "config.json":
-            os.symlink(src / name, dst / name)
-    cfg = {**json.load(open(src / "config.json")), **config}
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
-
-
 def test_hf_label_names_put_the_head_in_the_tasks_order(hf_classifier, glue_dir, tmp_path):
     """An RTE classifier whose config.json lists its classes in the other order: its outputs
     are permuted, so the labels written are those transformers' model predicts, by name."""
     import torch
     path, hf = hf_classifier
     id2label = {"0": "NOT_ENTAILMENT", "1": "ENTAILMENT"}  # RTE's order is entailment first
-    model = _hf_copy(path, tmp_path / "hf_rte", id2label=id2label,
+    model = hf_copy(path, tmp_path / "hf_rte", id2label=id2label,
                      label2id={v: int(k) for k, v in id2label.items()})
     c = config_for("rte", str(model), data_dir=str(glue_dir), do_train=False)
     p = finetune.prepare(c)
@@ -251,7 +241,7 @@ def test_a_head_for_another_task_is_replaced_with_a_warning(hf_classifier, glue_
                                                             caplog):
     path, hf = hf_classifier
     w = hf.classifier.out_proj.weight.detach().numpy().T
-    model = _hf_copy(path, tmp_path / "hf_sst2", finetuning_task="sst2")
+    model = hf_copy(path, tmp_path / "hf_sst2", finetuning_task="sst2")
     p = finetune.prepare(config_for("rte", str(model), data_dir=str(glue_dir)))
     [warning] = [r for r in caplog.records if "fine-tuned on sst2" in r.getMessage()]
     assert warning.levelname == "WARNING" and "this run is RTE" in warning.getMessage()
