@@ -26,7 +26,8 @@ early stopping) -> best model, test predictions, results. Writes to --workdir:
   best/           the best model in the robertax model format, its tokenizer in best/tokenizer
   submission/     GLUE leaderboard files (config.predict_test=True and a test file present)
   dev predictions of the best model: GLUE dev_predictions.tsv (index, prediction, label; MNLI
-                  also dev_predictions_mismatched.tsv); SQuAD predictions.json (id -> answer,
+                  also dev_predictions_mismatched.tsv, QNLI with config.ranking
+                  dev_predictions_ranking.tsv); SQuAD predictions.json (id -> answer,
                   the official scripts' input) and for v2.0 null_odds.json (id -> no-answer
                   score, their --na-prob-file); RACE dev_predictions.json (id -> A-D) and with
                   predict_test test_predictions.json
@@ -598,11 +599,8 @@ def write_predictions(p: Prepared, dev_outputs: list, tests: list, workdir: str)
             out["test_examples"] = es.examples  # config.max_eval_examples applies to test too
             files.update(es.files(outputs))
     else:
-        for (task, split, examples, _), pred in zip(p.test_sets, tests):
-            pred = np.asarray(pred)
-            if task is not p.task.task:  # AX with the MNLI head: map ids through label strings
-                ids = pred.argmax(-1)
-                pred = np.array([task.labels.index(p.task.task.labels[i]) for i in ids])
+        for (task, split, examples, _), outputs in zip(p.test_sets, tests):
+            pred = p.task.submission_predictions(task, examples, outputs)
             name = os.path.join("submission", task.submission[split])
             leaderboard[name] = glue.format_predictions(task, pred, [ex.idx for ex in examples])
             logging.info("%s %s: %d predictions -> %s", task.name, split, len(examples),

@@ -79,6 +79,9 @@ def get_config():
     c.select_metric = ""            # "" = the task's first metric (MRPC f1, STS-B pearson, ...)
     c.eval_batch_size = 64
     c.predict_test = False          # GLUE: leaderboard files in workdir/submission; RACE: test acc
+    c.ranking = False               # QNLI only: rank each question's candidate sentences, the
+                                    # top one "entailment" (Section 5.1's test formulation):
+                                    # QNLI.tsv, dev accuracy_ranking beside the pure accuracy
     c.save_best = True              # the best model to workdir/best (robertax model format)
 
     c.seed = 0                      # head init, dropout and example order (GLUE: 5 seeds, Sec. 5)

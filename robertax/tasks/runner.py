@@ -20,7 +20,8 @@ batch with weight-0 rows so one compiled shape serves every step.
 
 Metric names in results.json: GLUE as `glue.compute_metrics` (accuracy, f1, mcc, pearson,
 spearman; fractions 0-1), MNLI's mismatched dev set with the suffix `_mismatched`
-(`accuracy_mismatched`); SQuAD as `squad.evaluate` (exact_match, f1 in percent, v2.0 also
+(`accuracy_mismatched`), QNLI's accuracy ranked by question (config.ranking) as
+`accuracy_ranking`; SQuAD as `squad.evaluate` (exact_match, f1 in percent, v2.0 also
 HasAns_*/NoAns_* and the question counts *total, ints); RACE `accuracy` plus
 `accuracy_middle` / `accuracy_high`, the test split's as `test_accuracy*` with `test_examples`
 (the number of test questions scored: config.max_eval_examples applies to it too).
@@ -112,12 +113,14 @@ class GlueTask:
         self.head_names = ("classifier",)
         self.labels = self.task.labels  # class order of the head's outputs (None: regression)
         self.extra = {"labels": list(self.task.labels or []), "num_labels": self.num_labels}
+        self.ranking = bool(config.get("ranking", False))  # QNLI only: see make_task
 
     @property
     def metric_names(self) -> list[str]:
         splits = self.task.dev_splits  # MNLI: matched, then mismatched
         suffixes = ["_mismatched" if s.endswith("_mismatched") else "" for s in splits]
-        return [m + x for x in suffixes for m in self.task.metrics]
+        return [m + x for x in suffixes for m in self.task.metrics] + (
+            ["accuracy_ranking"] if self.ranking else [])
 
     def module(self, mc):
         return model_lib.RobertaForSequenceClassification(mc, num_labels=self.num_labels)
@@ -148,22 +151,44 @@ class GlueTask:
             examples = subset(self._read(split), self.config.max_eval_examples, None)
             arrays = self._featurize(examples, tokenizer)
             suffix = "_mismatched" if split.endswith("_mismatched") else ""
-            sets.append(EvalSet(suffix, arrays, self._scorer(arrays["labels"], suffix),
+            sets.append(EvalSet(suffix, arrays, self._scorer(examples, arrays["labels"], suffix),
                                 files=self._writer(examples, arrays["labels"], suffix)))
         return sets
 
+    def _ranked(self, examples, outputs) -> np.ndarray:
+        return glue.rank_by_question(self.task, np.asarray(outputs), [ex.text_a for ex in examples])
+
     def _writer(self, examples, labels, suffix):
         def files(outputs):  # index, predicted label, gold label: for error analysis
-            name = f"dev_predictions{suffix}.tsv"
-            return {name: glue.format_predictions(self.task, np.asarray(outputs),
-                                                  [ex.idx for ex in examples], labels)}
+            idx = [ex.idx for ex in examples]
+            out = {f"dev_predictions{suffix}.tsv": glue.format_predictions(
+                self.task, np.asarray(outputs), idx, labels)}
+            if self.ranking:
+                out[f"dev_predictions_ranking{suffix}.tsv"] = glue.format_predictions(
+                    self.task, self._ranked(examples, outputs), idx, labels)
+            return out
         return files
 
-    def _scorer(self, labels, suffix):
+    def _scorer(self, examples, labels, suffix):
         def score(outputs):
             m = glue.compute_metrics(self.task, np.asarray(outputs), labels)
+            if self.ranking:  # the pure classification accuracy stays `accuracy` (the paper's)
+                m["accuracy_ranking"] = glue.compute_metrics(
+                    self.task, self._ranked(examples, outputs), labels)["accuracy"]
             return {k + suffix: v for k, v in m.items()}
         return score
+
+    def submission_predictions(self, task: glue.Task, examples, outputs) -> np.ndarray:
+        """Class ids (scores) for one test set's leaderboard file from the model's outputs on
+        it: the argmax, QNLI's ranking by question with config.ranking, and for AX (the MNLI
+        head on the diagnostic set) the MNLI ids mapped through their label strings."""
+        outputs = np.asarray(outputs)
+        if task is not self.task:
+            ids = outputs.argmax(-1)
+            return np.array([task.labels.index(self.task.labels[i]) for i in ids])
+        if self.ranking:
+            return self._ranked(examples, outputs)
+        return outputs
 
     def loss_sums(self, logits, batch):
         w = batch["weight"]
@@ -399,12 +424,19 @@ class RaceTask:
 def make_task(config):
     """The task object for `config.task`: a GLUE name, "squad" or "race"."""
     name = str(config.task).strip().lower()
+    if name not in ("squad", "race"):
+        try:
+            name = glue.get_task(config.task).name
+        except ValueError:
+            name = None
+        if name not in glue.GLUE_TASKS:
+            raise ValueError(f"config.task={config.task!r}: expected a GLUE task "
+                             f"({', '.join(glue.GLUE_TASKS)}), 'squad' or 'race'")
+    if config.get("ranking", False) and name != "QNLI":
+        raise ValueError(f"config.ranking=True: ranking candidate sentences by question is "
+                         f"QNLI's formulation (Section 5.1), not {config.task}'s")
     if name == "squad":  # the version is config.squad_version
         return SquadTask(config)
     if name == "race":
         return RaceTask(config)
-    try:
-        return GlueTask(config)
-    except ValueError:
-        raise ValueError(f"config.task={config.task!r}: expected a GLUE task "
-                         f"({', '.join(glue.GLUE_TASKS)}), 'squad' or 'race'") from None
+    return GlueTask(config)
