@@ -289,10 +289,12 @@ def _take(arrays: dict, idx: np.ndarray) -> dict:
     return batch
 
 
-def batches(arrays: dict, batch_size: int, seed: int, epoch: int):
-    """One epoch in a shuffled order (drawn from (seed, epoch)); the last batch is padded."""
+def batches(arrays: dict, batch_size: int, seed: int, epoch: int, order=None):
+    """One epoch in a shuffled order (drawn from (seed, epoch)) or in `order` (a permutation of
+    the rows: the task's, e.g. QNLI's with config.ranking_loss); the last batch is padded."""
     n = len(arrays["input_ids"])
-    order = np.random.default_rng([seed, epoch]).permutation(n)
+    if order is None:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
     steps = -(-n // batch_size)
     order = np.concatenate([order, np.full(steps * batch_size - n, -1)])
     for s in range(steps):
@@ -393,7 +395,8 @@ def _finetune(config, workdir: str) -> dict:
     step, epoch, stop = 0, 0, False
     try:  # closed however the loop ends: left to its atexit hook, a traceback under Python 3.12
         while step < total and not stop:
-            for batch in batches(p.train, config.batch_size, config.seed, epoch):
+            order = task.train_order(p.train, epoch) if hasattr(task, "train_order") else None
+            for batch in batches(p.train, config.batch_size, config.seed, epoch, order):
                 state, metrics = step_fn(state, _to_global(p.mesh, batch), dropout_rng)
                 step += 1
                 pending.append(metrics)

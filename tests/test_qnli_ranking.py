@@ -14,7 +14,7 @@ import torch
 import transformers
 
 from robertax import ensemble, finetune
-from robertax.tasks import glue, runner
+from robertax.tasks import glue, ranking, runner
 
 LABELS = ("entailment", "not_entailment")
 
@@ -41,13 +41,17 @@ def test_rank_by_question_by_hand():
         [0.5, 0.5],    # q5, a tie: the first row wins
         [2.0, 2.0],
     ])
-    assert glue.rank_by_question("qnli", logits, questions).tolist() == [1, 0, 0, 1, 1, 0, 1, 0, 1]
-    with pytest.raises(ValueError, match="QNLI's formulation, not RTE's"):
-        glue.rank_by_question("RTE", logits, questions)
+    assert ranking.rank_by_question(LABELS, logits, questions).tolist() == [1, 0, 0, 1, 1, 0, 1, 0, 1]
+    # The head's classes the other way round: the same decisions, in that order's ids.
+    flipped = ranking.rank_by_question(LABELS[::-1], logits[:, ::-1], questions)
+    assert (1 - flipped).tolist() == [1, 0, 0, 1, 1, 0, 1, 0, 1]
+    with pytest.raises(ValueError, match="ranking needs the classes 'entailment' and "
+                                         "'not_entailment'; got \\['0', '1'\\]"):
+        ranking.rank_by_question(("0", "1"), logits, questions)
     with pytest.raises(ValueError, match="9 rows of logits for 8 questions"):
-        glue.rank_by_question("QNLI", logits, questions[:8])
+        ranking.rank_by_question(LABELS, logits, questions[:8])
     with pytest.raises(ValueError, match=r"expected logits \[N, 2\]"):
-        glue.rank_by_question("QNLI", logits[:, 0], questions)
+        ranking.rank_by_question(LABELS, logits[:, 0], questions)
 
 
 def test_ranking_is_qnli_only():
@@ -59,6 +63,15 @@ def test_ranking_is_qnli_only():
     c.ranking = True
     with pytest.raises(ValueError, match=r"config.ranking=True: .* not squad's"):
         runner.make_task(c)
+    with pytest.raises(ValueError, match=r"config.ranking_loss=-1.0: a weight"):
+        runner.make_task(config_for("glue_data", ranking_loss=-1.0))
+    with pytest.raises(ValueError, match=r"config.batch_size=8 over config.microbatches=8 "
+                                         "leaves one row in each"):
+        runner.make_task(config_for("glue_data", ranking_loss=1.0, batch_size=8, microbatches=8))
+    rte = importlib.import_module("configs.finetune.rte").get_config()
+    rte.ranking_loss = 0.5
+    with pytest.raises(ValueError, match=r"config.ranking_loss=0.5: .* not RTE's"):
+        runner.make_task(rte)
     qnli = runner.make_task(config_for("glue_data"))
     assert qnli.metric_names == ["accuracy", "accuracy_ranking"]
     assert runner.make_task(config_for("glue_data", ranking=False)).metric_names == ["accuracy"]
@@ -171,3 +184,92 @@ def test_finetune_and_ensemble_rank_as_transformers_logits_do(random_hf_roberta,
     test_plain = probs[0][1].argmax(-1)
     assert ([r[1] for r in _read(tmp_path / "plain" / "submission" / "QNLI.tsv")]
             == [LABELS[i] for i in test_plain])
+
+
+# ------------------------------------------------------------------ training: the ranking loss
+
+
+def test_question_groups_and_train_order(test_data):
+    group, rankable = ranking.question_groups(
+        ["a", "b", "a", "c", "c", "d", "d", "e"],
+        [False, True, True, True, False, True, True, False])
+    assert group.tolist() == [0, 1, 0, 2, 2, 3, 3, 4]
+    # a and c: several rows, one answer; b, e alone; d has two answers: not ranked
+    assert rankable.tolist() == [0, 0, 1, 1, 0, 0, 0, 0]
+
+    examples = glue.read_tsv("QNLI", test_data / "glue", "validation")
+    group, _ = ranking.question_groups([ex.text_a for ex in examples])
+    for unit in (8, 32):
+        order, split = ranking.train_order(group, unit, seed=0, epoch=0)
+        assert split == 0 and sorted(order.tolist()) == list(range(len(group)))
+        chunk = {}  # every question's rows in one chunk of `unit`
+        for pos, row in enumerate(order):
+            assert chunk.setdefault(group[row], pos // unit) == pos // unit
+    again, _ = ranking.train_order(group, 8, seed=0, epoch=0)
+    other, _ = ranking.train_order(group, 8, seed=0, epoch=1)
+    assert again.tolist() == ranking.train_order(group, 8, 0, 0)[0].tolist()
+    assert other.tolist() != again.tolist()
+    # Three questions of 3 rows in chunks of 4: a question must be split, and it is counted.
+    order, split = ranking.train_order(np.repeat([0, 1, 2], 3), 4, seed=0, epoch=0)
+    assert sorted(order.tolist()) == list(range(9)) and split == 2
+
+
+def test_ranking_loss_by_hand():
+    logits = np.array([[1.0, 0.0],    # question 0, log-odds 1, its answer
+                       [3.0, 0.0],    # question 0, log-odds 3
+                       [0.0, 2.0],    # question 1, log-odds -2, its answer
+                       [5.0, 0.0],    # question 1 but padding (weight 0): not a candidate
+                       [0.0, 0.0],    # question 1, log-odds 0
+                       [4.0, 0.0]],   # question 2 alone: not ranked
+                      np.float32)
+    batch = {"group": np.array([0, 0, 1, 1, 1, 2]), "weight": np.array([1, 1, 1, 0, 1, 1.0]),
+             "rankable": np.array([1, 0, 1, 0, 0, 0], np.float32)}
+    expected = (np.log(np.exp(1) + np.exp(3)) - 1) + (np.log(np.exp(-2) + np.exp(0)) + 2)
+    got = ranking.loss_sums(logits, LABELS, batch)
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+    # The head's classes the other way round: the same loss.
+    assert float(ranking.loss_sums(logits[:, ::-1], LABELS[::-1], batch)) == pytest.approx(
+        expected, rel=1e-6)
+    import jax
+    grad = jax.grad(lambda x: ranking.loss_sums(x, LABELS, batch))(logits)
+    assert np.isfinite(grad).all() and not grad[3].any() and not grad[5].any()
+
+
+def test_finetune_with_the_ranking_loss_trains_on_transformers_loss(random_hf_roberta,
+                                                                    qnli_root, tmp_path):
+    """Step 1's logged loss (no dropout) is transformers' mean cross-entropy on the batch plus
+    0.5 x the mean ranking term over its microbatches, in the order the task drew."""
+    root = tmp_path / "glue"
+    (root / "QNLI").mkdir(parents=True)
+    for name, src in (("train", "dev"), ("dev", "dev")):
+        (root / "QNLI" / f"{name}.tsv").write_text((qnli_root / "QNLI" / f"{src}.tsv").read_text())
+    model = random_hf_roberta(tmp_path / "m", head="classifier", labels=LABELS, seed=3)
+    c = config_for(root, init_checkpoint=str(model), do_train=True, predict_test=False,
+                   ranking_loss=0.5, batch_size=16, microbatches=2, max_steps=2, log_every=1,
+                   eval_every=-1, dropout=0.0, attention_dropout=0.0)
+    p = finetune.prepare(c)
+    order = p.task.train_order(p.train, 0)
+    rows = order[:16]
+    first = {k: v[rows] for k, v in p.train.items()}
+    assert first["rankable"].sum() >= 2
+
+    hf = transformers.RobertaForSequenceClassification.from_pretrained(model).eval()
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor(first["input_ids"], dtype=torch.long),
+                    attention_mask=torch.tensor(first["attention_mask"],
+                                                dtype=torch.long)).logits.double().numpy()
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ce = -logp[np.arange(16), first["labels"]].mean()
+    odds = logits[:, 0] - logits[:, 1]
+    rank = []
+    for i in np.flatnonzero(first["rankable"]):
+        half = np.arange(16)[(np.arange(16) // 8) == i // 8]        # i's microbatch
+        rivals = half[first["group"][half] == first["group"][i]]
+        rank.append(np.log(np.exp(odds[rivals]).sum()) - odds[i])
+
+    results = finetune.finetune(c, str(tmp_path / "run"))
+    assert results["steps_run"] == 2 and "accuracy_ranking" in results
+    logged = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    loss1 = next(r["loss"] for r in logged if r.get("step") == 1 and "loss" in r)
+    assert loss1 == pytest.approx(ce + 0.5 * np.mean(rank), rel=1e-4)
+    assert 0.5 * np.mean(rank) > 1e-3  # the ranking term is a visible part of it

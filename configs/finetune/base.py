@@ -82,6 +82,8 @@ def get_config():
     c.ranking = False               # QNLI only: rank each question's candidate sentences, the
                                     # top one "entailment" (Section 5.1's test formulation):
                                     # QNLI.tsv, dev accuracy_ranking beside the pure accuracy
+    c.ranking_loss = 0.0            # QNLI only, > 0: train with this weight on a listwise
+                                    # ranking term over each question's candidates too
     c.save_best = True              # the best model to workdir/best (robertax model format)
 
     c.seed = 0                      # head init, dropout and example order (GLUE: 5 seeds, Sec. 5)

@@ -329,42 +329,6 @@ def compute_metrics(task: str | Task, predictions, labels) -> dict[str, float]:
     return {name: fns[name](p, y) for name in task.metrics}
 
 
-# ------------------------------------------------------------------------- QNLI ranking
-
-
-def rank_by_question(task: str | Task, logits, questions: Sequence[str]) -> np.ndarray:
-    """QNLI's pairwise ranking formulation (Section 5.1, the paper's test submission): the
-    rows that share a question are its candidate sentences, and exactly one of them holds
-    the answer. Within each question of two or more rows the one with the highest
-    entailment log-odds (logit[entailment] - logit[not_entailment]; the log-odds of the
-    mean probability for an ensemble's log-probabilities) is "entailment", the others
-    "not_entailment" (ties: the first row); a question with one row keeps the classifier's
-    argmax. Returns class ids [N] in the task's label order.
-
-    GLUE's QNLI files hold questions with one candidate and questions with two or three of
-    which exactly one is "entailment" (all 1,362 of them in the dev file); the paper reports
-    dev results without ranking, for comparison with BERT."""
-    task = get_task(task)
-    if task.name != "QNLI":
-        raise ValueError(f"ranking by question is QNLI's formulation, not {task.name}'s")
-    logits = np.asarray(logits, np.float64)
-    if logits.ndim != 2 or logits.shape[1] != len(task.labels):
-        raise ValueError(f"expected logits [N, {len(task.labels)}], got {logits.shape}")
-    if len(questions) != len(logits):
-        raise ValueError(f"{len(logits)} rows of logits for {len(questions)} questions")
-    yes, no = task.labels.index("entailment"), task.labels.index("not_entailment")
-    odds = logits[:, yes] - logits[:, no]
-    ids = logits.argmax(-1)
-    rows: dict[str, list[int]] = {}
-    for i, q in enumerate(questions):
-        rows.setdefault(q, []).append(i)
-    for group in rows.values():
-        if len(group) > 1:
-            ids[group] = no
-            ids[group[int(np.argmax(odds[group]))]] = yes
-    return ids
-
-
 # -------------------------------------------------------------------------- submission
 
 

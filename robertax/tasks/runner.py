@@ -14,6 +14,8 @@ One class per task family. Each turns the run config into:
                                    The training loss is the sum over terms of sum / count, the
                                    counts taken over the whole batch, so microbatches add up.
   * `predict_test(...)`            optional test-set outputs (GLUE submission files, RACE test)
+  * `train_order(arrays, epoch)`   optional: an epoch's row order (None: a plain shuffle), e.g.
+                                   QNLI's with config.ranking_loss
 
 Every array dict carries `weight` [N] float32 (1 for real examples); the loop pads the last
 batch with weight-0 rows so one compiled shape serves every step.
@@ -41,7 +43,7 @@ import optax
 
 from robertax import model as model_lib
 from robertax.data import tfds_source
-from robertax.tasks import glue, race, squad
+from robertax.tasks import glue, race, ranking, squad
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,7 @@ class GlueTask:
         self.labels = self.task.labels  # class order of the head's outputs (None: regression)
         self.extra = {"labels": list(self.task.labels or []), "num_labels": self.num_labels}
         self.ranking = bool(config.get("ranking", False))  # QNLI only: see make_task
+        self.ranking_loss = float(config.get("ranking_loss", 0.0))
 
     @property
     def metric_names(self) -> list[str]:
@@ -143,7 +146,34 @@ class GlueTask:
     def train_arrays(self, tokenizer):
         examples = subset(self._read("train"), self.config.max_train_examples,
                           self.config.data_seed)
-        return self._featurize(examples, tokenizer), len(examples)
+        arrays = self._featurize(examples, tokenizer)
+        if self.ranking_loss > 0:  # QNLI: each question's rows, and the answers to rank
+            arrays["group"], arrays["rankable"] = ranking.question_groups(
+                [ex.text_a for ex in examples],
+                [self.task.labels[ex.label] == ranking.YES for ex in examples])
+            rows = np.bincount(arrays["group"])
+            several, ranked = int((rows > 1).sum()), int(arrays["rankable"].sum())
+            log.info("%s ranking loss: %d of %d questions have several candidate sentences; "
+                     "%d of those have exactly one answer and are ranked", self.name,
+                     several, len(rows), ranked)
+            if several > ranked:
+                log.warning("%s: %d questions of several candidates have no answer or more "
+                            "than one: the ranking loss skips them (their rows are still "
+                            "classified)", self.name, several - ranked)
+        return arrays, len(examples)
+
+    def train_order(self, arrays, epoch: int) -> np.ndarray | None:
+        """With config.ranking_loss, one epoch's row order that keeps each question's rows in
+        one microbatch (see ranking.train_order); else None (a plain shuffle)."""
+        if self.ranking_loss <= 0:
+            return None
+        c = self.config
+        order, split = ranking.train_order(arrays["group"], c.batch_size // c.microbatches,
+                                           c.seed, epoch)
+        if split:
+            log.warning("epoch %d: %d questions split across microbatches; each part is ranked "
+                        "on its own", epoch, split)
+        return order
 
     def eval_sets(self, tokenizer) -> list[EvalSet]:
         sets = []
@@ -156,7 +186,7 @@ class GlueTask:
         return sets
 
     def _ranked(self, examples, outputs) -> np.ndarray:
-        return glue.rank_by_question(self.task, np.asarray(outputs), [ex.text_a for ex in examples])
+        return ranking.rank_by_question(self.labels, outputs, [ex.text_a for ex in examples])
 
     def _writer(self, examples, labels, suffix):
         def files(outputs):  # index, predicted label, gold label: for error analysis
@@ -196,10 +226,16 @@ class GlueTask:
             err = logits[:, 0].astype(jnp.float32) - batch["labels"].astype(jnp.float32)
             return {"loss": (err * err * w).sum()}
         labels = jnp.maximum(batch["labels"], 0)  # unlabelled padding rows carry -1, weight 0
-        return {"loss": (_ce(logits, labels) * w).sum()}
+        sums = {"loss": (_ce(logits, labels) * w).sum()}
+        if self.ranking_loss > 0:  # QNLI: classification plus the weighted ranking term
+            sums["ranking"] = self.ranking_loss * ranking.loss_sums(logits, self.labels, batch)
+        return sums
 
     def loss_counts(self, batch):
-        return {"loss": batch["weight"].sum()}
+        counts = {"loss": batch["weight"].sum()}
+        if self.ranking_loss > 0:
+            counts["ranking"] = (batch["rankable"] * batch["weight"]).sum()
+        return counts
 
     def test_sets(self, tokenizer) -> list[tuple[glue.Task, str, list, dict]]:
         """(task, split, examples, arrays) of each test set there is (a missing one is skipped
@@ -432,9 +468,17 @@ def make_task(config):
         if name not in glue.GLUE_TASKS:
             raise ValueError(f"config.task={config.task!r}: expected a GLUE task "
                              f"({', '.join(glue.GLUE_TASKS)}), 'squad' or 'race'")
-    if config.get("ranking", False) and name != "QNLI":
-        raise ValueError(f"config.ranking=True: ranking candidate sentences by question is "
-                         f"QNLI's formulation (Section 5.1), not {config.task}'s")
+    for key, value in (("ranking", config.get("ranking", False)),
+                       ("ranking_loss", config.get("ranking_loss", 0.0))):
+        if value and name != "QNLI":
+            raise ValueError(f"config.{key}={value}: ranking candidate sentences by question "
+                             f"is QNLI's formulation (Section 5.1), not {config.task}'s")
+    if config.get("ranking_loss", 0.0) < 0:
+        raise ValueError(f"config.ranking_loss={config.ranking_loss}: a weight, 0 (off) or more")
+    if config.get("ranking_loss", 0.0) > 0 and config.batch_size // config.microbatches < 2:
+        raise ValueError(f"config.ranking_loss={config.ranking_loss} ranks the candidates "
+                         f"within a microbatch: config.batch_size={config.batch_size} over "
+                         f"config.microbatches={config.microbatches} leaves one row in each")
     if name == "squad":  # the version is config.squad_version
         return SquadTask(config)
     if name == "race":
