@@ -9,7 +9,8 @@ Each member (a fine-tuning workdir, whose best/ is read, a robertax model dir, a
 dir or a fairseq model, holding the task's head) is evaluated as `robertax.finetune` with
 config.do_train=False evaluates it, one member at a time; their outputs are combined per
 example by `combine`:
-  classification (GLUE, RACE's options)  the mean of the members' probabilities
+  classification (GLUE, RACE's options)  the mean of the members' probabilities (QNLI with
+                                         config.ranking: then ranked by question on them)
   regression (STS-B)                     the mean of their scores
   span extraction (SQuAD)                the mean of their start, end (and v2.0 answerable)
                                          logits, then decoded as one model's are

@@ -13,7 +13,9 @@ One class per task family. Each turns the run config into:
   * `loss_sums(outputs, batch)`    {term: summed loss}; `loss_counts(batch)` {term: count}.
                                    The training loss is the sum over terms of sum / count, the
                                    counts taken over the whole batch, so microbatches add up.
-  * `predict_test(...)`            optional test-set outputs (GLUE submission files, RACE test)
+  * `test_sets(tokenizer)`         the test sets config.predict_test scores: GLUE (task, split,
+                                   examples, arrays) for leaderboard files, whose class ids
+                                   `submission_predictions` decides; RACE EvalSets; SQuAD none
   * `train_order(arrays, epoch)`   optional: an epoch's row order (None: a plain shuffle), e.g.
                                    QNLI's with config.ranking_loss
 
