@@ -10,7 +10,8 @@ dir or a fairseq model, holding the task's head) is evaluated as `robertax.finet
 config.do_train=False evaluates it, one member at a time; their outputs are combined per
 example by `combine`:
   classification (GLUE, RACE's options)  the mean of the members' probabilities (QNLI with
-                                         config.ranking: then ranked by question on them)
+                                         config.ranking: then ranked by question on them;
+                                         WSC: over each row's candidates, softmax of scores)
   regression (STS-B)                     the mean of their scores
   span extraction (SQuAD)                the mean of their start, end (and v2.0 answerable)
                                          logits, then decoded as one model's are

@@ -1,4 +1,4 @@
-"""Fine-tuning entry point: GLUE, SQuAD v1.1/v2.0 and RACE with the paper's recipes.
+"""Fine-tuning entry point: GLUE, SQuAD v1.1/v2.0, RACE and WSC (WNLI) with the paper's recipes.
 
     python -m robertax.finetune --config=configs/finetune/sst2.py \
         --config.init_checkpoint=PATH --config.data_dir=glue_data --workdir=DIR
@@ -27,10 +27,10 @@ early stopping) -> best model, test predictions, results. Writes to --workdir:
   submission/     GLUE leaderboard files (config.predict_test=True and a test file present)
   dev predictions of the best model: GLUE dev_predictions.tsv (index, prediction, label; MNLI
                   also dev_predictions_mismatched.tsv, QNLI with config.ranking
-                  dev_predictions_ranking.tsv); SQuAD predictions.json (id -> answer,
-                  the official scripts' input) and for v2.0 null_odds.json (id -> no-answer
-                  score, their --na-prob-file); RACE dev_predictions.json (id -> A-D) and with
-                  predict_test test_predictions.json
+                  dev_predictions_ranking.tsv; WSC as WNLI's); SQuAD predictions.json
+                  (id -> answer, the official scripts' input) and for v2.0 null_odds.json
+                  (id -> no-answer score, their --na-prob-file); RACE dev_predictions.json
+                  (id -> A-D) and with predict_test test_predictions.json
 
 The per-task parts (data, head, loss, scoring) live in `robertax/tasks/runner.py`.
 """
@@ -254,6 +254,10 @@ def prepare(config) -> Prepared:
             logging.warning("%s: %s: starting a new head (config.from_mnli=PATH is the paper's "
                             "recipe for starting RTE, MRPC or STS-B from an MNLI model)",
                             source, why)
+    if isinstance(task, runner.WscTask) and not config.random_init and "mlm_head" not in loaded:
+        raise ValueError(f"{source} has no masked-LM head ('mlm_head'; it has {sorted(loaded)}):"
+                         f" {task.name} scores candidates with the pretrained one; start from a "
+                         "pretraining checkpoint or a RobertaForMaskedLM")
     if keep and task.labels and "classifier" in loaded:
         loaded = {**loaded, "classifier": start.align_labels(loaded["classifier"], head_labels,
                                                        task.labels, task.name, source)}

@@ -631,6 +631,42 @@ class RobertaForMultipleChoice(nn.Module):
         return scores.reshape(B, C)  # [B, C]
 
 
+NO_CANDIDATE = -1e9  # RobertaForCandidateScoring's score of an empty (padding) candidate row
+
+
+class RobertaForCandidateScoring(nn.Module):
+    """Winograd schemas (WNLI and WSC, Section 5.1): how likely the pretrained masked LM finds
+    each candidate in a pronoun's place. input_ids [..., 2, L]: [..., 0, :] the text with the
+    candidate's tokens replaced by <mask>, [..., 1, :] the candidate's tokens at those positions
+    and <pad> elsewhere; attention_mask [..., L] of the masked text (None: its non-pad tokens).
+    Returns the mean log-probability of the candidate's tokens at their positions [...]
+    (float32; NO_CANDIDATE for a row without any): fairseq's WSC score. With `span` > 0 (at
+    least any row's candidate tokens) the head runs only on that many positions a row."""
+    config: RobertaConfig
+    span: int = 0
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic=True) -> Array:
+        c = self.config
+        lead, L = input_ids.shape[:-2], input_ids.shape[-1]
+        ids = input_ids.reshape(-1, 2, L)
+        masked, target = ids[:, 0], ids[:, 1]
+        real = None if attention_mask is None else attention_mask.reshape(-1, L)
+        encoder = Encoder(c, deterministic, name="encoder")
+        h = encoder(masked, real)
+        if self.span:  # the candidate's positions first, then as many others as fill `span`
+            pos = jnp.argsort(target == c.pad_token_id, axis=-1, stable=True)[:, :self.span]
+            h = gather_positions(h, pos, c.gather_onehot)
+            target = jnp.take_along_axis(target, pos, axis=-1)
+        logits = MaskedLMHead(c, name="mlm_head")(h, encoder)[..., :c.vocab_size]
+        lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        tok = jnp.take_along_axis(lp, target[..., None], axis=-1)[..., 0]  # [N, span or L]
+        scored = target != c.pad_token_id
+        n = scored.sum(-1)
+        mean = jnp.where(scored, tok, 0.0).sum(-1) / jnp.maximum(n, 1)
+        return jnp.where(n > 0, mean, NO_CANDIDATE).reshape(lead)
+
+
 def init_params(module: nn.Module, rng: Array, length: int = 8, batch_shape=(1,)):
     """Unboxed float32 parameters of `module` (for tests and small models), initialized in one
     jitted computation (run op by op, a tiny model's init took 7 s on a 2-core CPU; jitted, 2.6)."""

@@ -15,7 +15,7 @@ def get_config():
     c = ml_collections.ConfigDict()
 
     # --- what to fine-tune, on what ---
-    c.task = "SST-2"                # a GLUE task name, "squad" or "race"
+    c.task = "SST-2"                # a GLUE task name, "squad", "race" or "wsc"
     c.data_dir = "glue_data"        # the task's data folder, or "tfds" (prepared TFDS datasets)
     c.tfds_data_dir = ""            # data_dir="tfds": where they are prepared ("": TFDS_DATA_DIR
                                     # or ~/tensorflow_datasets); see robertax/data/tfds_source.py
@@ -71,6 +71,14 @@ def get_config():
 
     # --- RACE (used when task = "race") ---
     c.max_option_length = 128       # Section 5 (RACE): question + answer truncated to 128 tokens
+
+    # --- WSC (used when task = "wsc"; robertax/tasks/wsc.py, configs/finetune/wnli_wsc.py) ---
+    c.wsc_data = "wnli"             # "wnli": GLUE's WNLI folder in data_dir (the leaderboard's
+                                    # WNLI.tsv); "superglue": WSC's train/val/test.jsonl there
+    c.wsc_loss = "cross_entropy"    # "cross_entropy" over the candidates (fairseq's WSC README)
+                                    # | "margin" (Kocijan et al., 2019: the paper's Section 5.1)
+    c.wsc_alpha = 5.0               # margin loss: -s + alpha * sum max(0, c - s + beta); 5.0 and
+    c.wsc_beta = 0.4                # 0.4 as fairseq's README's margin command
 
     # --- evaluation and model selection ---
     c.eval_every = 0                # 0: each epoch; K > 0: every K steps; -1: only at the end

@@ -15,7 +15,8 @@ One class per task family. Each turns the run config into:
                                    counts taken over the whole batch, so microbatches add up.
   * `test_sets(tokenizer)`         the test sets config.predict_test scores: GLUE (task, split,
                                    examples, arrays) for leaderboard files, whose class ids
-                                   `submission_predictions` decides; RACE EvalSets; SQuAD none
+                                   `submission_predictions` decides (WSC: WNLI.tsv the same
+                                   way); RACE EvalSets; SQuAD none
   * `train_order(arrays, epoch)`   optional: an epoch's row order (None: a plain shuffle), e.g.
                                    QNLI's with config.ranking_loss
 
@@ -28,7 +29,8 @@ spearman; fractions 0-1), MNLI's mismatched dev set with the suffix `_mismatched
 `accuracy_ranking`; SQuAD as `squad.evaluate` (exact_match, f1 in percent, v2.0 also
 HasAns_*/NoAns_* and the question counts *total, ints); RACE `accuracy` plus
 `accuracy_middle` / `accuracy_high`, the test split's as `test_accuracy*` with `test_examples`
-(the number of test questions scored: config.max_eval_examples applies to it too).
+(the number of test questions scored: config.max_eval_examples applies to it too); WSC
+`accuracy` over every dev row (WNLI's rows that cannot be aligned count as predicted 0).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import optax
 
 from robertax import model as model_lib
 from robertax.data import tfds_source
-from robertax.tasks import glue, race, ranking, squad
+from robertax.tasks import glue, race, ranking, squad, wsc
 
 log = logging.getLogger(__name__)
 
@@ -459,17 +461,128 @@ class RaceTask:
             return []
 
 
+# ------------------------------------------------------------------------------- WSC
+
+
+class WscTask:
+    """WNLI the paper's way, or SuperGLUE's WSC: candidates scored by the masked LM (wsc.py)."""
+
+    FILES = {"wnli": {"train": "WNLI/train.tsv", "dev": "WNLI/dev.tsv", "test": "WNLI/test.tsv"},
+             "superglue": {"train": "train.jsonl", "dev": "val.jsonl", "test": "test.jsonl"}}
+
+    def __init__(self, config):
+        self.config = config
+        self.data = str(config.get("wsc_data", "wnli"))
+        if self.data not in self.FILES:
+            raise ValueError(f"config.wsc_data={self.data!r}: 'wnli' (GLUE's WNLI folder in "
+                             "config.data_dir) or 'superglue' (SuperGLUE's WSC jsonl files)")
+        self.loss = str(config.get("wsc_loss", "cross_entropy"))
+        if self.loss not in ("cross_entropy", "margin"):
+            raise ValueError(f"config.wsc_loss={self.loss!r}: 'cross_entropy' or 'margin'")
+        self.alpha = float(config.get("wsc_alpha", 5.0))  # the margin loss's (base.py)
+        self.beta = float(config.get("wsc_beta", 0.4))
+        self.name = "WSC"
+        self.metric = "accuracy"
+        self.metric_names = ["accuracy"]
+        self.head_names = ("mlm_head",)  # the pretrained head scores the candidates
+        self.labels = None
+        self.extra = {"wsc_data": self.data, "wsc_loss": self.loss}
+        self._read_cache: dict[str, list[wsc.Schema]] = {}
+        self._span = 0  # the most candidate tokens of any row featurized
+
+    def module(self, mc):
+        # The head runs on the candidates' positions only: the most any row read so far has
+        # (prepare reads every set first), rounded up to a multiple of 8; 0 = every position.
+        return model_lib.RobertaForCandidateScoring(mc, span=-(-self._span // 8) * 8)
+
+    def _path(self, split: str) -> str:
+        return os.path.join(self.config.data_dir, self.FILES[self.data][split])
+
+    def _read(self, split: str) -> list[wsc.Schema]:
+        if split not in self._read_cache:
+            path = self._path(split)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path}: no {self.data} {split} file (config.data_dir="
+                                        f"{self.config.data_dir!r}, config.wsc_data={self.data!r})")
+            read = wsc.read_wnli if self.data == "wnli" else wsc.read_superglue
+            schemas = read(path, labelled=split != "test")
+            problems = [s for s in schemas if s.problem]
+            log.info("%s: %d schemas, %d cannot be scored (predicted 0, not trained on)", path,
+                     len(schemas), len(problems))
+            for s in problems:
+                log.warning("%s: row %s cannot be scored: %s", path, s.idx, s.problem)
+            self._read_cache[split] = schemas
+        return self._read_cache[split]
+
+    def _pool(self) -> list[wsc.Schema]:
+        """Every split's schemas there are: where the other candidates for a pronoun come from
+        (WNLI's dev sentences name their other referent in train)."""
+        return [s for split in ("train", "dev", "test") if os.path.isfile(self._path(split))
+                for s in self._read(split)]
+
+    def _featurize(self, schemas, tokenizer, what: str):
+        others = wsc.candidates(schemas, self._pool())
+        alone = sum(1 for s, o in zip(schemas, others) if not s.problem and not o)
+        if alone:
+            log.warning("%s: %d of %d schemas have no other candidate for their pronoun "
+                        "(predicted 1, as fairseq does; the cross-entropy over one candidate "
+                        "is 0)", what, alone, len(schemas))
+        arrays = wsc.featurize(schemas, others, tokenizer, self.config.max_length)
+        tokens = (arrays["input_ids"][..., 1, :] != tokenizer.pad_id).sum(-1)
+        self._span = max(self._span, int(tokens.max(initial=0)))
+        return trim(_with_weight(arrays))
+
+    def train_arrays(self, tokenizer):
+        schemas = subset(self._read("train"), self.config.max_train_examples,
+                         self.config.data_seed)
+        return self._featurize(schemas, tokenizer, "train"), len(schemas)
+
+    def eval_sets(self, tokenizer) -> list[EvalSet]:
+        schemas = subset(self._read("dev"), self.config.max_eval_examples, None)
+        arrays = self._featurize(schemas, tokenizer, "dev")
+
+        def score(outputs):
+            pred = wsc.predict(outputs, arrays["scorable"])
+            return {"accuracy": float((pred == arrays["labels"]).mean())}
+
+        def files(outputs):  # index, predicted label, gold label (WNLI's 0/1)
+            pred = wsc.predict(outputs, arrays["scorable"])
+            return {"dev_predictions.tsv": glue.format_predictions(
+                "WNLI", pred, [s.idx for s in schemas], arrays["labels"])}
+        return [EvalSet("", arrays, score, files=files)]
+
+    def submission_predictions(self, task, schemas, outputs) -> np.ndarray:
+        return wsc.predict(outputs, np.array([0.0 if s.problem else 1.0 for s in schemas]))
+
+    def test_sets(self, tokenizer):
+        """WNLI's test file as GLUE's WNLI.tsv; SuperGLUE's format has no leaderboard file here."""
+        if self.data != "wnli":
+            log.warning("config.wsc_data='superglue': no leaderboard file is written")
+            return []
+        if not os.path.isfile(self._path("test")):
+            log.warning("no WNLI test file %s: no submission for it", self._path("test"))
+            return []
+        schemas = self._read("test")
+        return [(glue.TASKS["WNLI"], "test", schemas, self._featurize(schemas, tokenizer, "test"))]
+
+    def loss_sums(self, scores, batch):
+        return {"loss": wsc.loss_sums(scores, batch, self.loss, self.alpha, self.beta)}
+
+    def loss_counts(self, batch):
+        return {"loss": (batch["scorable"] * batch["weight"]).sum()}
+
+
 def make_task(config):
-    """The task object for `config.task`: a GLUE name, "squad" or "race"."""
+    """The task object for `config.task`: a GLUE name, "squad", "race" or "wsc"."""
     name = str(config.task).strip().lower()
-    if name not in ("squad", "race"):
+    if name not in ("squad", "race", "wsc"):
         try:
             name = glue.get_task(config.task).name
         except ValueError:
             name = None
         if name not in glue.GLUE_TASKS:
             raise ValueError(f"config.task={config.task!r}: expected a GLUE task "
-                             f"({', '.join(glue.GLUE_TASKS)}), 'squad' or 'race'")
+                             f"({', '.join(glue.GLUE_TASKS)}), 'squad', 'race' or 'wsc'")
     for key, value in (("ranking", config.get("ranking", False)),
                        ("ranking_loss", config.get("ranking_loss", 0.0))):
         if value and name != "QNLI":
@@ -481,6 +594,12 @@ def make_task(config):
         raise ValueError(f"config.ranking_loss={config.ranking_loss} ranks the candidates "
                          f"within a microbatch: config.batch_size={config.batch_size} over "
                          f"config.microbatches={config.microbatches} leaves one row in each")
+    if name == "wsc":
+        for key, on in (("from_mnli", config.from_mnli), ("head", config.head == "fresh")):
+            if on:
+                raise ValueError(f"config.{key}={config.get(key)!r}: WSC scores candidates with "
+                                 "the pretrained masked-LM head, which a new head would replace")
+        return WscTask(config)
     if name == "squad":  # the version is config.squad_version
         return SquadTask(config)
     if name == "race":
