@@ -34,14 +34,8 @@ class FillMask:
     """A masked-LM checkpoint and its tokenizer, loaded once: `fill(text, topk)`."""
 
     def __init__(self, path: str, tokenizer: Optional[str] = None):
-        def has_head(params, meta):
-            if "mlm_head" not in params:
-                raise ValueError(f"{path}: no masked-LM head (mlm_head) in this checkpoint (it "
-                                 f"has {sorted(params)}); a model fine-tuned for a task cannot "
-                                 "fill masks, its pretrained starting point can")
-
         self.config, params, self.tokenizer, _ = starting_point.load_for_inference(
-            path, tokenizer, check_params=has_head)
+            path, tokenizer, check_params=starting_point.require_mlm_head(path))
         self.params = {"encoder": params["encoder"], "mlm_head": params["mlm_head"]}
         module = RobertaForMaskedLM(self.config)
 

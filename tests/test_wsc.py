@@ -261,3 +261,27 @@ def test_wsc_refuses_what_cannot_work(random_hf_roberta, wnli_root, tmp_path):
         finetune.prepare(config_for(wnli_root, init_checkpoint=str(body)))
     with pytest.raises(FileNotFoundError, match="no wnli dev file"):
         finetune.prepare(config_for(tmp_path, init_checkpoint=str(body)))
+
+
+def test_pronoun_resolver_scores_as_transformers(random_hf_roberta, tmp_path, capsys):
+    from robertax import pronoun
+    text = "The _trophy_ doesn't fit into the brown suitcase because [it] is too large."
+    clean, start, end, marked = pronoun.parse(text)
+    assert (clean[start:end], marked) == ("it", ["trophy"])
+    assert clean == "The trophy doesn't fit into the brown suitcase because it is too large."
+    for bad, found in (("no pronoun here", 0), ("[He] said [it] was", 2)):
+        with pytest.raises(ValueError, match=f"exactly one pronoun in \\[brackets\\], found {found}"):
+            pronoun.parse(bad)
+    path = random_hf_roberta(tmp_path / "m", seed=6)
+    got = pronoun.PronounResolver(str(path)).scores(text, ["the brown suitcase", " ", "trophy"])
+    schema = wsc.Schema(0, clean, start, end, "trophy", None)
+    want = _torch_scores(path, [schema], [["the brown suitcase"]])[0]
+    assert [c for c, _ in got] == [c for _, c in sorted(zip(-want, ["trophy",
+                                                                     "the brown suitcase"]))]
+    assert dict(got) == pytest.approx(dict(zip(["trophy", "the brown suitcase"], want)),
+                                      abs=1e-4)
+    with pytest.raises(ValueError, match="no candidates"):
+        pronoun.PronounResolver(str(path)).scores("Then [it] fell.")
+    pronoun.main(["--model", str(path), "--candidates=the suitcase", text])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == text and len(out) == 3 and out[1].endswith("<- the referent")

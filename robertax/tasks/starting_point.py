@@ -82,6 +82,17 @@ def load_for_inference(path: str, tokenizer: str | None = None, check_params=Non
     return config, params, tok, meta
 
 
+def require_mlm_head(path: str):
+    """A `check_params` for `load_for_inference` that refuses a checkpoint without the masked-LM
+    head (mlm_head), naming what it holds."""
+    def check(params, meta):
+        if "mlm_head" not in params:
+            raise ValueError(f"{path}: no masked-LM head (mlm_head) in this checkpoint (it "
+                             f"has {sorted(params)}); a model fine-tuned for a task cannot "
+                             "fill masks, its pretrained starting point can")
+    return check
+
+
 def inference_batches(ids, batch_size: int, max_length: int, pad_id: int, bucket: int = 32):
     """Yields (rows, input_ids, attention_mask): the id lists (indices `rows`) in batches of
     similar lengths, each padded to a multiple of `bucket` tokens (fewer compilations), at
