@@ -285,3 +285,36 @@ def test_pronoun_resolver_scores_as_transformers(random_hf_roberta, tmp_path, ca
     pronoun.main(["--model", str(path), "--candidates=the suitcase", text])
     out = capsys.readouterr().out.splitlines()
     assert out[0] == text and len(out) == 3 and out[1].endswith("<- the referent")
+
+
+def test_superglue_files_score_as_the_same_wnli_rows(random_hf_roberta, wnli_root, tmp_path):
+    """The WNLI fixture's rows written in SuperGLUE WSC's jsonl (word index of the pronoun,
+    the candidate as span1): the same schemas, so the same dev accuracy and predictions."""
+    root = tmp_path / "WSC"
+    root.mkdir()
+    for split, name in (("train", "train"), ("dev", "val")):
+        rows = []
+        for s in wsc.read_wnli(wnli_root / "WNLI" / f"{split}.tsv"):
+            if not s.problem:
+                index = len(s.text[:s.start].split(" ")) - 1
+                rows.append({"idx": s.idx, "text": s.text, "label": bool(s.label), "target": {
+                    "span1_text": s.candidate, "span1_index": 0, "span2_index": index,
+                    "span2_text": s.text[s.start:s.end]}})
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert wsc.read_superglue(root / "val.jsonl") == [
+        s for s in wsc.read_wnli(wnli_root / "WNLI" / "dev.tsv") if not s.problem]
+    path = random_hf_roberta(tmp_path / "m", seed=7)
+    runs = {}
+    for data, data_dir in (("wnli", wnli_root), ("superglue", root)):
+        runs[data] = finetune.finetune(config_for(data_dir, init_checkpoint=str(path),
+                                                  wsc_data=data, predict_test=False),
+                                       str(tmp_path / data))
+    wnli_rows = [l.split("\t") for l in (tmp_path / "wnli" / "dev_predictions.tsv").read_text()
+                 .splitlines()[1:]]
+    sg_rows = [l.split("\t") for l in (tmp_path / "superglue" / "dev_predictions.tsv")
+               .read_text().splitlines()[1:]]
+    problems = {str(s.idx) for s in wsc.read_wnli(wnli_root / "WNLI" / "dev.tsv") if s.problem}
+    aligned = [r for r in wnli_rows if r[0] not in problems]
+    assert sg_rows == aligned and len(aligned) >= 40 and len(problems) == 1
+    assert runs["superglue"]["accuracy"] == pytest.approx(
+        np.mean([r[1] == r[2] for r in aligned]), abs=1e-9)
