@@ -10,8 +10,9 @@ schema's candidate is the referent when it scores at least as high as every othe
 for that pronoun. Training uses only the schemas whose candidate is the referent: a margin
 ranking loss (Kocijan et al., 2019) or, fairseq's later choice, cross-entropy over the
 candidates. The paper mines the other candidates with spaCy's noun chunks; here they are the
-other referents the data itself names for the same pronoun of the same text (WNLI and WSC
-pair most pronouns with two), from every split read, inputs only, never labels.
+other referents the data itself names for the same pronoun of the same text (WNLI names two
+for most: 595 of its 615 train rows that align get another), from every split read, inputs
+only, never labels.
 
   * `align`            the pronoun's span and the candidate of one WNLI row, or why there are none
   * `read_wnli`        a GLUE WNLI file as schemas (rows that do not align kept, marked)
