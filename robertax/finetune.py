@@ -254,10 +254,8 @@ def prepare(config) -> Prepared:
             logging.warning("%s: %s: starting a new head (config.from_mnli=PATH is the paper's "
                             "recipe for starting RTE, MRPC or STS-B from an MNLI model)",
                             source, why)
-    if isinstance(task, runner.WscTask) and not config.random_init and "mlm_head" not in loaded:
-        raise ValueError(f"{source} has no masked-LM head ('mlm_head'; it has {sorted(loaded)}):"
-                         f" {task.name} scores candidates with the pretrained one; start from a "
-                         "pretraining checkpoint or a RobertaForMaskedLM")
+    if isinstance(task, runner.WscTask) and not config.random_init:
+        start.require_mlm_head(source)(loaded)  # WSC scores candidates with the pretrained head
     if keep and task.labels and "classifier" in loaded:
         loaded = {**loaded, "classifier": start.align_labels(loaded["classifier"], head_labels,
                                                        task.labels, task.name, source)}

@@ -257,7 +257,7 @@ def test_wsc_refuses_what_cannot_work(random_hf_roberta, wnli_root, tmp_path):
     with pytest.raises(ValueError, match="config.from_mnli='/x'.* pretrained masked-LM head"):
         runner.make_task(config_for(wnli_root, from_mnli="/x"))
     body = random_hf_roberta(tmp_path / "body", head=None)
-    with pytest.raises(ValueError, match=re.escape("has no masked-LM head ('mlm_head'")):
+    with pytest.raises(ValueError, match=re.escape("body: no masked-LM head (mlm_head)")):
         finetune.prepare(config_for(wnli_root, init_checkpoint=str(body)))
     with pytest.raises(FileNotFoundError, match="no wnli dev file"):
         finetune.prepare(config_for(tmp_path, init_checkpoint=str(body)))

@@ -83,13 +83,14 @@ def load_for_inference(path: str, tokenizer: str | None = None, check_params=Non
 
 
 def require_mlm_head(path: str):
-    """A `check_params` for `load_for_inference` that refuses a checkpoint without the masked-LM
-    head (mlm_head), naming what it holds."""
-    def check(params, meta):
+    """A `check_params` for `load_for_inference` (or called on loaded params) that refuses a
+    checkpoint without the masked-LM head (mlm_head), naming what it holds."""
+    def check(params, meta=None):
         if "mlm_head" not in params:
             raise ValueError(f"{path}: no masked-LM head (mlm_head) in this checkpoint (it "
-                             f"has {sorted(params)}); a model fine-tuned for a task cannot "
-                             "fill masks, its pretrained starting point can")
+                             f"has {sorted(params)}); a model fine-tuned for a classification "
+                             "task has none, its pretrained starting point (or a Hugging Face "
+                             "RobertaForMaskedLM) has it")
     return check
 
 
