@@ -311,5 +311,5 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     try:
         study(parse_args())
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, RuntimeError) as e:  # bad input, or a run failed (its log)
         raise SystemExit(f"error: {e}") from None
