@@ -145,3 +145,15 @@ def test_a_cell_is_the_median_at_the_grids_best_setting(monkeypatch, tmp_path):
     a = seen[-1]
     assert (a.learning_rates, a.batch_sizes, a.metric) == ((1.5e-5,), (48,), "f1")
     assert cell["median"] == 71.5 and a.set == ["data_dir=S", "max_steps=5"]
+
+
+def test_an_unfinished_pretraining_run_is_not_tabulated(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"optim": {"total_steps": 10}}))
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 4, "loss": 7.0}\n{"step": 4, "eval_loss": 6.5}\n')
+    with pytest.raises(RuntimeError, match="stopped at step 4 of 10; run the study again"):
+        paper_study.pretrain_summary(str(tmp_path))
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 10, "loss": 6.0}\n{"step": 10, "eval_loss": 2.0}\n')
+    got = paper_study.pretrain_summary(str(tmp_path))
+    assert (got["step"], got["train_loss"], got["ppl"]) == (10, 6.0, pytest.approx(math.exp(2)))

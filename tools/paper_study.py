@@ -163,6 +163,11 @@ def pretrain_summary(workdir: str) -> dict:
     if eval_row is None:
         raise ValueError(f"{workdir}/metrics.jsonl has no eval row: the corpus's valid split "
                          "is empty or smaller than one batch")
+    with open(os.path.join(workdir, "config.json")) as f:
+        total = json.load(f)["optim"]["total_steps"]
+    if eval_row["step"] != total:  # e.g. stopped by SIGTERM: its checkpoint resumes
+        raise RuntimeError(f"{workdir}: pretraining stopped at step {eval_row['step']} of "
+                           f"{total}; run the study again to resume it")
     return {"workdir": workdir, "step": eval_row["step"], "eval_loss": eval_row["eval_loss"],
             "ppl": math.exp(eval_row["eval_loss"]),
             "train_loss": train_row["loss"] if train_row else None}
