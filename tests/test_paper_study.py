@@ -157,3 +157,17 @@ def test_an_unfinished_pretraining_run_is_not_tabulated(tmp_path):
         '{"step": 10, "loss": 6.0}\n{"step": 10, "eval_loss": 2.0}\n')
     got = paper_study.pretrain_summary(str(tmp_path))
     assert (got["step"], got["train_loss"], got["ppl"]) == (10, 6.0, pytest.approx(math.exp(2)))
+
+
+def test_tasks_none_pretrains_only_and_tabulates_perplexity(monkeypatch, tmp_path):
+    ran = []
+    monkeypatch.setattr(paper_study, "pretrain", lambda args, row: ran.append(row) or {
+        "ppl": {"table3_batch256": 4.5, "table3_batch2k": 4.25, "table3_batch8k": 4.0}[row]})
+    monkeypatch.setattr(paper_study, "finetune_cell", lambda *a: pytest.fail("fine-tuned"))
+    result = paper_study.study(paper_study.parse_args(
+        ["--table=3", f"--workdir={tmp_path}", "--corpus=C", "--tasks=none"]))
+    assert ran == ["table3_batch256", "table3_batch2k", "table3_batch8k"]
+    assert [r["cells"] for r in result["rows"]] == [{"ppl": 4.5}, {"ppl": 4.25}, {"ppl": 4.0}]
+    table = (tmp_path / "study.md").read_text()
+    assert "| row | ppl | MNLI-m | SST-2 |" in table
+    assert "| table3_batch2k | 4.25 (3.68) | - (85.2) | - (92.9) |" in table

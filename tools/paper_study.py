@@ -17,7 +17,8 @@ Shrink a table at will: `--pretrain_set=key=value` sets any pretraining field of
 (e.g. model.num_layers=2); `--batch_divisor=N` / `--steps_divisor=N` divide every row's batch
 size and its steps (total and warmup), which keeps Table 3's rows at equal compute;
 `--finetune_set=[TASK:]key=value` sets a fine-tuning field (of one task with the prefix);
-`--tasks=sst2,squad_v2` runs some columns only (the others print "-"); `--rows=` some rows.
+`--tasks=sst2,squad_v2` runs some columns only (the others print "-"), `--tasks=none` pretrains
+only (Table 3's perplexity); `--rows=` some rows.
 
 Every run is what a user would type: `python -m robertax.train` in WORKDIR/ROW/pretrain (its log
 beside it), and each cell a `tools/glue_sweep.py` grid over --seeds in WORKDIR/ROW/TASK: one
@@ -244,7 +245,9 @@ def study(args) -> dict:
             raise ValueError(f"--rows: {row!r} is not a row of Table {args.table} "
                              f"({', '.join(rows_of(args.table))})")
     tasks = [c for c in columns if c != "ppl"]
-    if args.tasks:
+    if args.tasks == ["none"]:
+        tasks = []
+    elif args.tasks:
         bad = [t for t in args.tasks if t not in tasks]
         if bad:
             raise ValueError(f"--tasks: {', '.join(bad)} not a column of Table {args.table} "
@@ -285,7 +288,8 @@ def parse_args(argv=None):
     p.add_argument("--table", type=int, required=True, choices=sorted(TABLES))
     p.add_argument("--workdir", required=True)
     p.add_argument("--rows", type=names, default=None, help="some rows only (config names)")
-    p.add_argument("--tasks", type=names, default=None, help="some columns only")
+    p.add_argument("--tasks", type=names, default=None,
+                   help="some columns only; none: pretraining only")
     p.add_argument("--corpus", action="append", default=[],
                    help="DIR for every row, or NAME=DIR for the rows whose corpus is NAME")
     p.add_argument("--tokenizer", default="", help="the tokenizer directory of the shards")
