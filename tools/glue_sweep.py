@@ -33,8 +33,9 @@ PAPER_BATCHES = (16, 32)         # Table 10 (GLUE)
 PAPER_SEEDS = 5                  # Section 5: median over five random initializations
 
 
-def load_config(path: str):
-    """get_config() of a config file, as config_flags would read it."""
+def load_config(path: str, sets=()):
+    """get_config() of a config file, as config_flags would read it, with the "key=value"
+    overrides `sets` applied (`set_override`)."""
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     spec = importlib.util.spec_from_file_location("sweep_config", path)
@@ -42,7 +43,10 @@ def load_config(path: str):
         raise FileNotFoundError(f"--config={path}: not a Python config file")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    config = module.get_config()
+    for s in sets:
+        set_override(config, s)
+    return config
 
 
 def set_override(config, assignment: str) -> None:
@@ -91,9 +95,7 @@ _UNRECORDED = ("progress", "overwrite")  # change no result
 
 def settings(args, sets: list[str]) -> dict:
     """The full config one run gets (the config file with the overrides applied), as JSON."""
-    config = load_config(args.config)
-    for s in sets:
-        set_override(config, s)
+    config = load_config(args.config, sets)
     values = json.loads(config.to_json_best_effort())
     return {k: v for k, v in values.items() if k not in _UNRECORDED}
 
@@ -127,10 +129,7 @@ def run_one(args, lr: float, batch: int, seed: int) -> dict:
         sets.append("overwrite=True")
     if args.in_process:
         from robertax import finetune
-        config = load_config(args.config)
-        for s in sets:
-            set_override(config, s)
-        finetune.finetune(config, workdir)
+        finetune.finetune(load_config(args.config, sets), workdir)
     else:
         os.makedirs(workdir, exist_ok=True)
         cmd = [sys.executable, "-m", "robertax.finetune", f"--config={args.config}",

@@ -134,10 +134,7 @@ def pretrain(args, row: str) -> dict:
     sets = pretrain_overrides(args, row)
     if args.in_process:
         from robertax import train
-        config = glue_sweep.load_config(row_config_path(row))
-        for s in sets:
-            glue_sweep.set_override(config, s)
-        train.train(config, workdir)
+        train.train(glue_sweep.load_config(row_config_path(row), sets), workdir)
     else:
         os.makedirs(workdir, exist_ok=True)
         cmd = [sys.executable, "-m", "robertax.train", f"--config={row_config_path(row)}",
@@ -194,10 +191,8 @@ def finetune_cell(args, row: str, task: str) -> dict:
     """One cell: the task fine-tuned from the row's checkpoint over --seeds, via glue_sweep: the
     median at the best setting of the grid (by default one setting, the task config's)."""
     config_path = os.path.join(REPO, "configs", "finetune", task + ".py")
-    c = glue_sweep.load_config(config_path)
     sets = finetune_sets(args, task)
-    for s in sets:  # the grid's one setting is the recipe after the overrides
-        glue_sweep.set_override(c, s)
+    c = glue_sweep.load_config(config_path, sets)  # the default grid: the recipe's setting
     lrs = args.learning_rates or [repr(c.learning_rate)]
     batches = args.batch_sizes or [str(c.batch_size)]
     sweep_args = glue_sweep.parse_args([
