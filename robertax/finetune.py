@@ -168,6 +168,10 @@ def prepare(config) -> Prepared:
             if on:
                 raise ValueError(f"config.do_train=False evaluates config.init_checkpoint's own "
                                  f"head, but {name} asks for a new (untrained) one")
+    multiple = config.get("pad_to_multiple_of", 0)
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 0:
+        raise ValueError(f"config.pad_to_multiple_of={multiple!r}: a whole "
+                         "number of tokens, or 0 (every batch at the data's longest row)")
     task = runner.make_task(config)  # reads no data yet
     metric = config.select_metric or task.metric
     if metric not in task.metric_names:
@@ -291,26 +295,35 @@ def _take(arrays: dict, idx: np.ndarray) -> dict:
     return batch
 
 
-def batches(arrays: dict, batch_size: int, seed: int, epoch: int, order=None):
+def _fit(batch: dict, multiple: int) -> dict:
+    """The batch cut to its longest row rounded up to `multiple` tokens (0: left as it is).
+    The whole global batch is cut, before each host takes its slice: every host gets the
+    same shape."""
+    return runner.trim(batch, multiple) if multiple > 0 else batch
+
+
+def batches(arrays: dict, batch_size: int, seed: int, epoch: int, order=None, multiple: int = 0):
     """One epoch in a shuffled order (drawn from (seed, epoch)) or in `order` (a permutation of
-    the rows: the task's, e.g. QNLI's with config.ranking_loss); the last batch is padded."""
+    the rows: the task's, e.g. QNLI's with config.ranking_loss); the last batch is padded.
+    `multiple` > 0 cuts each batch to its own longest row (see `_fit`)."""
     n = len(arrays["input_ids"])
     if order is None:
         order = np.random.default_rng([seed, epoch]).permutation(n)
     steps = -(-n // batch_size)
     order = np.concatenate([order, np.full(steps * batch_size - n, -1)])
     for s in range(steps):
-        yield _take(arrays, order[s * batch_size:(s + 1) * batch_size])
+        yield _fit(_take(arrays, order[s * batch_size:(s + 1) * batch_size]), multiple)
 
 
-def predict(p_predict, params, mesh, arrays: dict, batch_size: int):
-    """Model outputs for every row of `arrays` (numpy pytree, N first)."""
+def predict(p_predict, params, mesh, arrays: dict, batch_size: int, multiple: int = 0):
+    """Model outputs for every row of `arrays` (numpy pytree, N first); `multiple` > 0 cuts
+    each batch to its own longest row (only for outputs without a length axis)."""
     n = len(arrays["input_ids"])
     inputs = {k: arrays[k] for k in (*INPUT_KEYS, "weight")}
     outs = []
     for s in range(0, n, batch_size):
         idx = np.arange(s, s + batch_size)
-        batch = _take(inputs, np.where(idx < n, idx, -1))
+        batch = _fit(_take(inputs, np.where(idx < n, idx, -1)), multiple)
         outs.append(jax.device_get(p_predict(params, _to_global(mesh, batch))))
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
 
@@ -398,7 +411,8 @@ def _finetune(config, workdir: str) -> dict:
     try:  # closed however the loop ends: left to its atexit hook, a traceback under Python 3.12
         while step < total and not stop:
             order = task.train_order(p.train, epoch) if hasattr(task, "train_order") else None
-            for batch in batches(p.train, config.batch_size, config.seed, epoch, order):
+            for batch in batches(p.train, config.batch_size, config.seed, epoch, order,
+                                 batch_multiple(p)):
                 state, metrics = step_fn(state, _to_global(p.mesh, batch), dropout_rng)
                 step += 1
                 pending.append(metrics)
@@ -462,6 +476,12 @@ def predictor(p: Prepared):
                    out_shardings=sharding.replicated(p.mesh))
 
 
+def batch_multiple(p: Prepared) -> int:
+    """What each batch's length is rounded up to (config.pad_to_multiple_of), or 0: every batch
+    at the data's longest row (SQuAD, whose outputs have a length axis)."""
+    return p.config.get("pad_to_multiple_of", 0) if p.task.per_batch_length else 0
+
+
 def eval_batch_size(p: Prepared) -> int:
     """config.eval_batch_size rounded up to a multiple of the data-parallel shards."""
     shards = _data_shards(p.mesh)
@@ -472,7 +492,7 @@ def evaluate_dev(p: Prepared, p_predict, params, eval_bs: int, metric: str) -> t
     """Dev metrics of `params` over every dev set, and the model's outputs on each."""
     row, outputs = {}, []
     for es in p.eval_sets:
-        outputs.append(predict(p_predict, params, p.mesh, es.arrays, eval_bs))
+        outputs.append(predict(p_predict, params, p.mesh, es.arrays, eval_bs, batch_multiple(p)))
         row.update(es.score(outputs[-1]))
     if metric not in row:  # e.g. SQuAD v2.0's NoAns_f1 on a dev subset without such questions
         raise KeyError(f"config.select_metric={metric!r} is not among the metrics "
@@ -586,7 +606,8 @@ def test_arrays(p: Prepared) -> list[tuple[str, dict]]:
 
 def test_outputs(p: Prepared, p_predict, params, eval_bs: int) -> list:
     """The model's outputs on each of `p.test_sets` (`params` on the mesh), in their order."""
-    return [predict(p_predict, params, p.mesh, a, eval_bs) for _, a in test_arrays(p)]
+    return [predict(p_predict, params, p.mesh, a, eval_bs, batch_multiple(p))
+            for _, a in test_arrays(p)]
 
 
 def write_predictions(p: Prepared, dev_outputs: list, tests: list, workdir: str) -> dict:

@@ -268,6 +268,72 @@ def test_random_init_is_the_same_model_with_new_weights(pretrained, glue_dir):
     assert not np.allclose(np.asarray(ours[0]), np.asarray(theirs[0]))
 
 
+def test_each_batch_is_cut_to_its_own_longest_row(pretrained, glue_dir):
+    """config.pad_to_multiple_of: a batch keeps every real token and loses only padding."""
+    p = finetune.prepare(config_for("cola", pretrained, data_dir=str(glue_dir),
+                                    max_train_examples=64))
+    full = list(finetune.batches(p.train, 8, 0, 0))
+    cut = list(finetune.batches(p.train, 8, 0, 0, multiple=8))
+    width = p.train["input_ids"].shape[-1]
+    lengths = set()
+    for f, c in zip(full, cut, strict=True):
+        longest = int(f["attention_mask"].sum(-1).max())
+        length = c["input_ids"].shape[-1]
+        assert length == min(width, -(-longest // 8) * 8)
+        lengths.add(length)
+        for key in f:
+            trimmed = key in ("input_ids", "attention_mask")
+            np.testing.assert_array_equal(c[key], f[key][..., :length] if trimmed else f[key])
+        assert not f["attention_mask"][:, length:].any()
+        assert (f["input_ids"][:, length:] == p.tokenizer.pad_id).all()
+    assert len(lengths) > 1 and max(lengths) <= width  # CoLA: 16 or 24 tokens, not the longest
+
+
+def test_a_cut_batch_gives_the_same_loss_gradients_and_predictions(pretrained, glue_dir):
+    p = finetune.prepare(config_for("mrpc", pretrained, data_dir=str(glue_dir), dropout=0.0,
+                                    attention_dropout=0.0, max_length=128))
+    batch = next(finetune.batches(p.train, 8, 0, 0))
+    short = finetune._fit(batch, 8)  # pylint: disable=protected-access
+    assert short["input_ids"].shape[-1] < batch["input_ids"].shape[-1]
+    grad = jax.value_and_grad(lambda params, b: finetune.batch_loss(p.module, p.task, params, b))
+    (loss, grads), (loss_cut, grads_cut) = grad(p.params, batch), grad(p.params, short)
+    assert abs(float(loss_cut) - float(loss)) <= 1e-5 * abs(float(loss))
+    for g, h in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_cut), strict=True):
+        assert np.linalg.norm(np.asarray(h - g)) <= 1e-4 * np.linalg.norm(np.asarray(g)) + 1e-9
+    arrays = p.eval_sets[0].arrays
+    longest = arrays["attention_mask"].sum(-1).reshape(-1, 8).max(-1)  # 16 rows: two batches
+    assert (-(-longest // 8) * 8 < arrays["input_ids"].shape[-1]).any()
+    run = finetune.predictor(p)
+    whole = finetune.predict(run, p.params, p.mesh, arrays, 8)
+    per_batch = finetune.predict(run, p.params, p.mesh, arrays, 8, multiple=8)
+    np.testing.assert_allclose(per_batch, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_finetune_counts_what_the_batches_hold(pretrained, glue_dir):
+    import bench_finetune
+    c = config_for("cola", pretrained, data_dir=str(glue_dir), max_train_examples=64,
+                   max_steps=10)  # 8 batches an epoch: the count runs into a second epoch
+    counts = bench_finetune.batch_counts(c, [0, 8])
+    whole, cut = counts[0], counts[8]
+    width = whole["data_length"]
+    assert whole["lengths"] == [width] and whole["token_slots"] == 10 * 8 * width
+    assert cut["real_tokens"] == whole["real_tokens"]  # the same rows, less padding
+    assert cut["token_slots"] < whole["token_slots"] and len(cut["lengths"]) > 1
+    p = finetune.prepare(c)
+    want = sum(b["attention_mask"].sum() for e in (0, 1)
+               for b in list(finetune.batches(p.train, 8, c.seed, e))[:10 - 8 * e])
+    assert whole["real_tokens"] == want
+
+
+def test_pad_to_multiple_of_is_checked_and_squad_keeps_its_length(pretrained, test_data):
+    with pytest.raises(ValueError, match="pad_to_multiple_of=-8"):
+        finetune.prepare(config_for("sst2", pretrained, pad_to_multiple_of=-8))
+    squad_task = runner.make_task(config_for("squad_v1", pretrained))
+    assert not squad_task.per_batch_length  # span logits over every position
+    for name in ("sst2", "race", "wnli_wsc"):
+        assert runner.make_task(config_for(name, pretrained)).per_batch_length, name
+
+
 def test_squad_v1_end_to_end(pretrained, test_data, tmp_path):
     dev = str(test_data / "squad" / "dev-v1.1.json")
     results = run("squad_v1", pretrained, tmp_path, train_file=dev, eval_file=dev,

@@ -57,6 +57,9 @@ def get_config():
 
     # --- inputs ---
     c.max_length = 512              # RoBERTa's maximum (Section 5); cut to the model's positions
+    c.pad_to_multiple_of = 32       # each batch cut to its longest row, rounded up to this
+                                    # (one compilation per length used); 0: every batch at the
+                                    # data's longest row. SQuAD's always are (span logits)
     c.max_train_examples = 0        # > 0: a seeded random subset of train (CPU-scale runs)
     c.max_eval_examples = 0         # > 0: the first N dev examples
     c.data_seed = 0                 # which train subset (fixed across the sweep's seeds)

@@ -107,6 +107,10 @@ def _ce(logits, labels):
 class GlueTask:
     """The nine GLUE tasks: sentence(-pair) classification, STS-B regression."""
 
+    # Outputs and losses read the real tokens only, so each batch may be cut to its own longest
+    # row (config.pad_to_multiple_of); SQuAD's span logits cover every position, so not there.
+    per_batch_length = True
+
     def __init__(self, config):
         self.config = config
         self.task = glue.get_task(config.task)
@@ -278,6 +282,9 @@ class SquadTask:
         self.version = squad._version(config.squad_version)  # pylint: disable=protected-access
         self.name = f"SQuAD-v{self.version}"
         self.v2 = self.version == "2.0"
+        # Span logits [N, L] over every position (the loss's softmax includes the padding, as
+        # BERT's): every batch keeps the data's length (windows are mostly full anyway).
+        self.per_batch_length = False
         self.metric = "f1"
         self.head_names = ("span", "answerable") if self.v2 else ("span",)
         self.labels = None
@@ -391,6 +398,8 @@ class SquadTask:
 class RaceTask:
     """RACE: four (passage, question + option) encodings per question, softmax over them."""
 
+    per_batch_length = True  # see GlueTask
+
     def __init__(self, config):
         self.config = config
         self.name = "RACE"
@@ -466,6 +475,8 @@ class RaceTask:
 
 class WscTask:
     """WNLI the paper's way, or SuperGLUE's WSC: candidates scored by the masked LM (wsc.py)."""
+
+    per_batch_length = True  # see GlueTask
 
     FILES = {"wnli": {"train": "WNLI/train.tsv", "dev": "WNLI/dev.tsv", "test": "WNLI/test.tsv"},
              "superglue": {"train": "train.jsonl", "dev": "val.jsonl", "test": "test.jsonl"}}
