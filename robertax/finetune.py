@@ -295,24 +295,39 @@ def _take(arrays: dict, idx: np.ndarray) -> dict:
     return batch
 
 
-def _fit(batch: dict, multiple: int) -> dict:
-    """The batch cut to its longest row rounded up to `multiple` tokens (0: left as it is).
-    The whole global batch is cut, before each host takes its slice: every host gets the
-    same shape."""
-    return runner.trim(batch, multiple) if multiple > 0 else batch
-
-
 def batches(arrays: dict, batch_size: int, seed: int, epoch: int, order=None, multiple: int = 0):
     """One epoch in a shuffled order (drawn from (seed, epoch)) or in `order` (a permutation of
     the rows: the task's, e.g. QNLI's with config.ranking_loss); the last batch is padded.
-    `multiple` > 0 cuts each batch to its own longest row (see `_fit`)."""
+    `multiple` > 0 cuts each batch to its own longest row (`runner.trim`); the whole global
+    batch is cut, before each host takes its slice, so every host gets the same shape."""
     n = len(arrays["input_ids"])
     if order is None:
         order = np.random.default_rng([seed, epoch]).permutation(n)
     steps = -(-n // batch_size)
     order = np.concatenate([order, np.full(steps * batch_size - n, -1)])
     for s in range(steps):
-        yield _fit(_take(arrays, order[s * batch_size:(s + 1) * batch_size]), multiple)
+        yield runner.trim(_take(arrays, order[s * batch_size:(s + 1) * batch_size]), multiple)
+
+
+def schedule_steps(config, rows: int) -> tuple[int, int]:
+    """(steps per epoch, total steps): config.max_steps, else config.num_epochs epochs."""
+    per_epoch = -(-rows // config.batch_size)
+    return per_epoch, config.max_steps if config.max_steps > 0 else per_epoch * config.num_epochs
+
+
+def train_batches(p: Prepared, total: int):
+    """The run's training batches, epoch after epoch (in the task's order where it has one),
+    `total` of them."""
+    step, epoch = 0, 0
+    while step < total:
+        order = p.task.train_order(p.train, epoch) if hasattr(p.task, "train_order") else None
+        for batch in batches(p.train, p.config.batch_size, p.config.seed, epoch, order,
+                             batch_multiple(p)):
+            yield batch
+            step += 1
+            if step == total:
+                return
+        epoch += 1
 
 
 def predict(p_predict, params, mesh, arrays: dict, batch_size: int, multiple: int = 0):
@@ -323,7 +338,7 @@ def predict(p_predict, params, mesh, arrays: dict, batch_size: int, multiple: in
     outs = []
     for s in range(0, n, batch_size):
         idx = np.arange(s, s + batch_size)
-        batch = _fit(_take(inputs, np.where(idx < n, idx, -1)), multiple)
+        batch = runner.trim(_take(inputs, np.where(idx < n, idx, -1)), multiple)
         outs.append(jax.device_get(p_predict(params, _to_global(mesh, batch))))
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
 
@@ -361,8 +376,7 @@ def _finetune(config, workdir: str) -> dict:
         return _evaluate_only(p, workdir, metric, eval_bs, t_start)
 
     # Schedule: the paper's 6% warmup, then linear decay to 0 at the last step.
-    steps_per_epoch = -(-len(p.train["input_ids"]) // config.batch_size)
-    total = config.max_steps if config.max_steps > 0 else steps_per_epoch * config.num_epochs
+    steps_per_epoch, total = schedule_steps(config, len(p.train["input_ids"]))
     if total <= 0:
         with input_checks():
             raise ValueError(f"nothing to train: config.num_epochs={config.num_epochs} and "
@@ -407,36 +421,30 @@ def _finetune(config, workdir: str) -> dict:
     from tqdm import tqdm
     bar = tqdm(total=total, disable=jax.process_index() != 0 or not config.progress,
                dynamic_ncols=True)
-    step, epoch, stop = 0, 0, False
+    step = 0
     try:  # closed however the loop ends: left to its atexit hook, a traceback under Python 3.12
-        while step < total and not stop:
-            order = task.train_order(p.train, epoch) if hasattr(task, "train_order") else None
-            for batch in batches(p.train, config.batch_size, config.seed, epoch, order,
-                                 batch_multiple(p)):
-                state, metrics = step_fn(state, _to_global(p.mesh, batch), dropout_rng)
-                step += 1
-                pending.append(metrics)
-                sharding.wait_behind(pending)
-                tput.add(int(batch["attention_mask"].sum()), int(batch["weight"].sum()))
-                bar.update(1)
-                if step % config.log_every == 0 or step == total:
+        for batch in train_batches(p, total):
+            state, metrics = step_fn(state, _to_global(p.mesh, batch), dropout_rng)
+            step += 1
+            pending.append(metrics)
+            sharding.wait_behind(pending)
+            tput.add(int(batch["attention_mask"].sum()), int(batch["weight"].sum()))
+            bar.update(1)
+            if step % config.log_every == 0 or step == total:
+                _log_train(writer, pending, tput, step, step / steps_per_epoch, fp16, bar)
+                pending = []
+            at_epoch_end = (step % steps_per_epoch == 0)
+            if (step == total or (config.eval_every == 0 and at_epoch_end)
+                    or (config.eval_every > 0 and step % config.eval_every == 0)):
+                if pending:
                     _log_train(writer, pending, tput, step, step / steps_per_epoch, fp16, bar)
                     pending = []
-                at_epoch_end = (step % steps_per_epoch == 0)
-                if (step == total or (config.eval_every == 0 and at_epoch_end)
-                        or (config.eval_every > 0 and step % config.eval_every == 0)):
-                    if pending:
-                        _log_train(writer, pending, tput, step, step / steps_per_epoch, fp16, bar)
-                        pending = []
-                    evaluate(step, round(step / steps_per_epoch, 4))
-                    if config.early_stopping_patience > 0 and \
-                            bad_evals >= config.early_stopping_patience:
-                        logging.warning("early stopping at step %d: no better %s in %d evaluations",
-                                        step, metric, bad_evals)
-                        stop = True
-                if step == total or stop:
+                evaluate(step, round(step / steps_per_epoch, 4))
+                if config.early_stopping_patience > 0 and \
+                        bad_evals >= config.early_stopping_patience:
+                    logging.warning("early stopping at step %d: no better %s in %d evaluations",
+                                    step, metric, bad_evals)
                     break
-            epoch += 1
     finally:
         bar.close()
         writer.close()

@@ -293,7 +293,7 @@ def test_a_cut_batch_gives_the_same_loss_gradients_and_predictions(pretrained, g
     p = finetune.prepare(config_for("mrpc", pretrained, data_dir=str(glue_dir), dropout=0.0,
                                     attention_dropout=0.0, max_length=128))
     batch = next(finetune.batches(p.train, 8, 0, 0))
-    short = finetune._fit(batch, 8)  # pylint: disable=protected-access
+    short = runner.trim(batch, 8)
     assert short["input_ids"].shape[-1] < batch["input_ids"].shape[-1]
     grad = jax.value_and_grad(lambda params, b: finetune.batch_loss(p.module, p.task, params, b))
     (loss, grads), (loss_cut, grads_cut) = grad(p.params, batch), grad(p.params, short)

@@ -32,25 +32,19 @@ def batch_counts(config, multiples) -> dict[int, dict]:
     from the batches `robertax.finetune` would feed (same order, same steps)."""
     from robertax import finetune
     p = finetune.prepare(config)
-    per_epoch = -(-len(p.train["input_ids"]) // config.batch_size)
-    total = config.max_steps if config.max_steps > 0 else per_epoch * config.num_epochs
+    _, total = finetune.schedule_steps(config, len(p.train["input_ids"]))
     counts = {}
     for asked in multiples:
-        m = asked if p.task.per_batch_length else 0  # SQuAD: always the data's length
-        slots = real = step = epoch = 0
+        with p.config.unlocked():
+            p.config.pad_to_multiple_of = asked  # SQuAD: ignored, always the data's length
+        slots = real = 0
         lengths = set()
-        while step < total:
-            order = p.task.train_order(p.train, epoch) if hasattr(p.task, "train_order") else None
-            for batch in finetune.batches(p.train, config.batch_size, config.seed, epoch, order, m):
-                mask = batch["attention_mask"]  # [B, ..., L]: the rows the encoder runs on
-                weight = batch["weight"].reshape(-1, *[1] * (mask.ndim - 1))
-                slots += int(mask.size)
-                real += int((mask * (weight > 0)).sum())
-                lengths.add(mask.shape[-1])
-                step += 1
-                if step == total:
-                    break
-            epoch += 1
+        for batch in finetune.train_batches(p, total):
+            mask = batch["attention_mask"]  # [B, ..., L]: the rows the encoder runs on
+            weight = batch["weight"].reshape(-1, *[1] * (mask.ndim - 1))
+            slots += int(mask.size)
+            real += int((mask * (weight > 0)).sum())
+            lengths.add(mask.shape[-1])
         counts[asked] = {"steps": total, "token_slots": slots, "real_tokens": real,
                          "lengths": sorted(lengths), "data_length": p.train["input_ids"].shape[-1]}
     return counts

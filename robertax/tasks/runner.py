@@ -77,8 +77,11 @@ def subset(items: list, limit: int, seed: int | None) -> list:
 
 
 def trim(arrays: dict[str, np.ndarray], multiple: int = 8) -> dict[str, np.ndarray]:
-    """Cuts `input_ids`/`attention_mask` to the longest real row (rounded up to `multiple`):
-    short-text tasks (SST-2 averages ~25 tokens) then run at a fraction of max_length."""
+    """Cuts `input_ids`/`attention_mask` to the longest real row (rounded up to `multiple`;
+    0: left as they are): short-text tasks (SST-2 averages ~25 tokens) then run at a fraction
+    of max_length."""
+    if multiple <= 0:
+        return arrays
     mask = arrays["attention_mask"]
     longest = int(mask.reshape(-1, mask.shape[-1]).sum(-1).max(initial=1))
     length = min(mask.shape[-1], -(-longest // multiple) * multiple)
@@ -277,14 +280,15 @@ class GlueTask:
 class SquadTask:
     """SQuAD v1.1 / v2.0 span extraction; v2.0 trains an answerable classifier jointly."""
 
+    # Span logits [N, L] over every position (the loss's softmax includes the padding, as
+    # BERT's): every batch keeps the data's length (windows are mostly full anyway).
+    per_batch_length = False
+
     def __init__(self, config):
         self.config = config
         self.version = squad._version(config.squad_version)  # pylint: disable=protected-access
         self.name = f"SQuAD-v{self.version}"
         self.v2 = self.version == "2.0"
-        # Span logits [N, L] over every position (the loss's softmax includes the padding, as
-        # BERT's): every batch keeps the data's length (windows are mostly full anyway).
-        self.per_batch_length = False
         self.metric = "f1"
         self.head_names = ("span", "answerable") if self.v2 else ("span",)
         self.labels = None
